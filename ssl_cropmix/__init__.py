@@ -1,0 +1,28 @@
+"""ssl_cropmix: CropMix (Han et al., 2022) for self-supervised pretraining with Lightning.
+
+The public API is re-exported here lazily, so ``import ssl_cropmix`` stays cheap and a
+user who only wants the transforms never imports Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ssl_cropmix' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = ["__version__", *_EXPORTS]

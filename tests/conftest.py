@@ -1,0 +1,47 @@
+"""Shared fixtures: every test is seeded; warnings raised by our own code are errors
+(see ``filterwarnings`` in pyproject.toml)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def cifar10_root() -> Path:
+    """Extracted CIFAR-10 JPEG root (train/, test/); skips when the archive is absent."""
+    from ssl_cropmix.data.cifar import resolve_cifar10
+
+    src = os.environ.get("SSL_CROPMIX_CIFAR10") or SHARED_DATA
+    try:
+        return resolve_cifar10(src)
+    except FileNotFoundError as e:  # pragma: no cover - depends on the machine
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def demo_photos():
+    """A few real colour photos bundled with scikit-image (CC0), as PIL RGB images."""
+    from ssl_cropmix.data.demo import demo_images
+
+    return demo_images()
