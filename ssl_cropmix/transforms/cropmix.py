@@ -1,0 +1,437 @@
+"""CropMix (Han et al., 2022, Sec. 3.2 and Appendix A) as a torchvision v2 transform.
+
+One call draws ``n`` RandomResizedCrops of the same image, crop ``i`` from the ``i``-th of
+``n`` equal slices of ``crop_scale`` (so one input yields a multi-scale set of views),
+shuffles them and folds them into one image: ``m = mix(v1, v2); m = mix(m, v3); ...``.
+
+Performance (see ``benchmarks/transforms.py``): the image is converted to a uint8 tensor
+once, every crop is a slice (no copy) resized on uint8 with torchvision's native antialiased
+kernels, CutMix / ResizeMix paste uint8 pixels, Mixup converts to float inside its fused
+multiply-add, and the result is converted to float once at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import PIL.Image
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import InterpolationMode, Transform
+from torchvision.transforms.v2 import functional as F
+from torchvision.transforms.v2._utils import query_chw
+
+from ssl_cropmix.transforms import functional as CF
+
+MIXINGS = ("mixup", "cutmix", "resizemix")
+PASTE_MODES = ("random", "into_mix", "into_crop")
+INTERPOLATIONS = (
+    InterpolationMode.NEAREST,
+    InterpolationMode.NEAREST_EXACT,
+    InterpolationMode.BILINEAR,
+    InterpolationMode.BICUBIC,
+)
+_REJECTED_TV_TENSORS = (
+    tv_tensors.BoundingBoxes,
+    tv_tensors.Mask,
+    tv_tensors.Video,
+    tv_tensors.KeyPoints,
+)
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """One RandomResizedCrop box in source-image pixels.
+
+    Attributes:
+        top, left, height, width: the box.
+        scale_range: the ``(lo, hi)`` area-fraction range it was drawn from.
+        target_scale: the sampled area fraction (``nan`` for the fallback crop); the box's
+            real fraction ``height * width / (H * W)`` equals it up to rounding.
+        fallback: whether torchvision's central fallback crop was used (10 failed tries).
+    """
+
+    top: int
+    left: int
+    height: int
+    width: int
+    scale_range: tuple[float, float]
+    target_scale: float
+    fallback: bool
+
+    @property
+    def box(self) -> CF.Box:
+        return self.top, self.left, self.height, self.width
+
+
+@dataclass(frozen=True)
+class MixStep:
+    """One mixing step ``m <- mix(m, v)`` of the fold (``m``: running mix, ``v``: next crop).
+
+    Attributes:
+        kind: ``"mixup"``, ``"cutmix"`` or ``"resizemix"``.
+        lam: Mixup: weight of ``m`` (``v`` gets ``1 - lam``), ``~ Beta(alpha/n, alpha/n)``.
+            CutMix: the sampled ``lambda ~ U(0, 1)`` (box side ``sqrt(1 - lam)``).
+            ResizeMix: ``1 - tau**2``.
+        donor: ``"crop"`` or ``"mix"``. CutMix / ResizeMix: the operand pasted into the
+            other one. Mixup: the operand with the smaller weight. ``intermediate`` is
+            applied to this operand.
+        box: paste box ``(top, left, h, w)`` in output pixels (CutMix / ResizeMix).
+        tau: ResizeMix's size factor (``None`` otherwise).
+        perm: channel permutation for ``intermediate="channel_permute"`` (else ``None``).
+    """
+
+    kind: str
+    lam: float
+    donor: str
+    box: CF.Box | None = None
+    tau: float | None = None
+    perm: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class CropMixParams:
+    """Every random number of one CropMix call.
+
+    Attributes:
+        image_size: source ``(H, W)``.
+        num_crops: ``n`` drawn for this call.
+        scale_ranges: the ``n`` area-fraction ranges (all equal when ``shared_range``).
+        boxes: ``boxes[i]`` drawn from ``scale_ranges[i]``.
+        order: fold order, a permutation of ``range(n)`` (identity without shuffle).
+        steps: ``n - 1`` steps; ``steps[k]`` mixes crop ``order[k + 1]`` into the mix.
+    """
+
+    image_size: tuple[int, int]
+    num_crops: int
+    scale_ranges: tuple[tuple[float, float], ...]
+    boxes: tuple[CropBox, ...]
+    order: tuple[int, ...]
+    steps: tuple[MixStep, ...]
+
+
+def _check_range(name: str, value: Any, *, low_open: float, high: float, strict: bool) -> tuple[float, float]:
+    if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
+        raise TypeError(f"{name} must be a sequence (min, max), got {value!r}")
+    lo, hi = float(value[0]), float(value[1])
+    ok = low_open < lo and hi <= high and (lo < hi if strict else lo <= hi)
+    if not ok:
+        rel = "<" if strict else "<="
+        raise ValueError(f"{name} must satisfy {low_open} < min {rel} max <= {high}, got {tuple(value)!r}")
+    return lo, hi
+
+
+def _check_size(size: Any) -> tuple[int, int]:
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    if (
+        not isinstance(size, Sequence)
+        or len(size) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+    ):
+        raise ValueError(f"size must be a positive int or a pair (h, w) of positive ints, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _check_interpolation(interpolation: Any) -> InterpolationMode:
+    if isinstance(interpolation, str):
+        try:
+            interpolation = InterpolationMode(interpolation.lower())
+        except ValueError:
+            raise ValueError(
+                f"interpolation must be one of {[m.value for m in INTERPOLATIONS]}, got {interpolation!r}"
+            ) from None
+    if not isinstance(interpolation, InterpolationMode) or interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"interpolation must be one of {[m.value for m in INTERPOLATIONS]}, got {interpolation!r}"
+        )
+    return interpolation
+
+
+class CropMix(Transform):
+    """CropMix: mix ``n`` crops taken from ``n`` disjoint scale ranges of one image.
+
+    Paper: Han et al., "On the Importance of ... CropMix", 2022, Sec. 3.2 (Algorithm 1);
+    Appendix A for the contrastive setting; Table 5 for interpolation and ``n`` ablations.
+
+    Args:
+        size: output size, an int or ``(h, w)``.
+        crop_scale: ``(s_min, s_max)`` area-fraction range, split evenly into ``n`` ranges.
+        num_crops: ``n`` (int >= 2) or a sequence to draw ``n`` from uniformly on every call
+            (repeat a value to weight it).
+        mixing: ``"mixup"`` (``lambda ~ Beta(alpha/n, alpha/n)``), ``"cutmix"``
+            (``lambda ~ U(0, 1)``, box side ``sqrt(1 - lambda)``) or ``"resizemix"`` (the donor
+            resized by ``tau ~ U(tau_range)`` and pasted at a random place).
+        alpha: Mixup's Beta parameter (divided by ``n``).
+        ratio: aspect-ratio range of each RandomResizedCrop.
+        interpolation: ``bilinear`` (default), ``bicubic``, ``nearest`` or ``nearest-exact``.
+        intermediate: ``None``, ``"channel_permute"`` (the paper's classification setting)
+            or a callable applied, before each mixing step, to the operand with the smaller
+            Mixup weight or to the CutMix / ResizeMix donor.
+        view_transform: optional transform applied to each resized crop before mixing
+            (contrastive setting: the full MoCo v2 colour augmentation per crop). It gets
+            a uint8 tensor for PIL / uint8 input.
+        shared_range: draw every crop from the whole ``crop_scale`` instead of splitting it
+            (this is ScaleMix, see :class:`~ssl_cropmix.transforms.scalemix.ScaleMix`).
+        tau_range: ResizeMix's ``tau`` range, ``0 < min <= max <= 1``.
+        paste: CutMix / ResizeMix direction: ``"random"`` (fair coin per step),
+            ``"into_mix"`` (the next crop is pasted into the running mix) or
+            ``"into_crop"`` (the running mix is pasted into the next crop).
+        shuffle: shuffle the crops before folding (paper: yes). Without shuffling the fold
+            runs from the smallest-scale range to the largest.
+        output_dtype: dtype of the output for PIL / uint8 inputs (values in [0, 1]);
+            ``None`` keeps uint8 (rounded). Float inputs keep their dtype.
+        antialias: antialiased resizing (bilinear / bicubic).
+        generator: optional ``torch.Generator``; ``None`` uses torch's global RNG (which
+            Lightning seeds per data-loader worker). A generator object is copied into each
+            worker process, so pass one only for single-process reproducibility.
+
+    Shape:
+        ``(C, H, W)`` tensor, ``tv_tensors.Image`` or PIL image ``->`` ``(C, *size)`` tensor
+        (``tv_tensors.Image`` in gives ``tv_tensors.Image`` out).
+
+    Example:
+        >>> from torchvision.transforms import v2
+        >>> tf = v2.Compose([CropMix(224, mixing="cutmix"), v2.Normalize(mean, std)])
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int] = 224,
+        crop_scale: tuple[float, float] = (0.01, 1.0),
+        num_crops: int | Sequence[int] = (2, 3, 4),
+        mixing: str = "mixup",
+        alpha: float = 0.4,
+        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+        interpolation: InterpolationMode | str = InterpolationMode.BILINEAR,
+        intermediate: None | str | Callable[[Any], Any] = None,
+        view_transform: Callable[[Any], Any] | None = None,
+        shared_range: bool = False,
+        tau_range: tuple[float, float] = (0.1, 0.8),
+        paste: str = "random",
+        shuffle: bool = True,
+        output_dtype: torch.dtype | None = torch.float32,
+        antialias: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.size = _check_size(size)
+        self.crop_scale = _check_range("crop_scale", crop_scale, low_open=0.0, high=1.0, strict=True)
+        if isinstance(num_crops, bool) or not isinstance(num_crops, (int, Sequence)):
+            raise TypeError(f"num_crops must be an int or a sequence of ints, got {num_crops!r}")
+        choices = (num_crops,) if isinstance(num_crops, int) else tuple(num_crops)
+        if not choices or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 2 for c in choices):
+            raise ValueError(f"num_crops must be an int >= 2 or a non-empty sequence of them, got {num_crops!r}")
+        self.num_crops = choices
+        if mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
+        self.mixing = mixing
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+            raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+        self.alpha = float(alpha)
+        r = _check_range("ratio", ratio, low_open=0.0, high=math.inf, strict=False)
+        self.ratio = r
+        self._log_ratio = tuple(torch.log(torch.tensor(r)).tolist())  # as torchvision's RRC
+        self.interpolation = _check_interpolation(interpolation)
+        if intermediate is not None and intermediate != "channel_permute" and not callable(intermediate):
+            raise ValueError(
+                f"intermediate must be None, 'channel_permute' or a callable, got {intermediate!r}"
+            )
+        self.intermediate = intermediate
+        if view_transform is not None and not callable(view_transform):
+            raise TypeError(f"view_transform must be callable or None, got {view_transform!r}")
+        self.view_transform = view_transform
+        self.shared_range = bool(shared_range)
+        self.tau_range = _check_range("tau_range", tau_range, low_open=0.0, high=1.0, strict=False)
+        if paste not in PASTE_MODES:
+            raise ValueError(f"paste must be one of {PASTE_MODES}, got {paste!r}")
+        self.paste = paste
+        self.shuffle = bool(shuffle)
+        if output_dtype is not None and not (
+            isinstance(output_dtype, torch.dtype) and output_dtype.is_floating_point
+        ):
+            raise ValueError(f"output_dtype must be a floating torch.dtype or None, got {output_dtype!r}")
+        self.output_dtype = output_dtype
+        self.antialias = bool(antialias)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
+        self.generator = generator
+
+    # ------------------------------------------------------------------ sampling
+    def scale_ranges(self, n: int) -> tuple[tuple[float, float], ...]:
+        """The ``n`` area-fraction ranges: ``crop_scale`` split evenly, or repeated when
+        ``shared_range`` (ScaleMix)."""
+        if self.shared_range:
+            return (self.crop_scale,) * n
+        return CF.split_scale_range(self.crop_scale, n)
+
+    def sample_params(
+        self,
+        image_size: tuple[int, int],
+        generator: torch.Generator | None = None,
+        num_channels: int = 3,
+    ) -> CropMixParams:
+        """Draw every random number of one call for a source image of ``image_size``.
+
+        Args:
+            image_size: ``(H, W)`` of the source image.
+            generator: overrides ``self.generator`` when given.
+            num_channels: channels of the image (for ``intermediate="channel_permute"``).
+        """
+        g = generator if generator is not None else self.generator
+        height, width = int(image_size[0]), int(image_size[1])
+        if len(self.num_crops) == 1:
+            n = self.num_crops[0]
+        else:
+            n = self.num_crops[int(torch.randint(len(self.num_crops), (1,), generator=g).item())]
+        ranges = self.scale_ranges(n)
+        boxes = []
+        for rng in ranges:
+            top, left, h, w, target, fallback = CF.sample_crop_box(height, width, rng, self._log_ratio, g)
+            boxes.append(CropBox(top, left, h, w, rng, target, fallback))
+        order = tuple(torch.randperm(n, generator=g).tolist()) if self.shuffle else tuple(range(n))
+        steps = tuple(self._sample_step(n, num_channels, g) for _ in range(n - 1))
+        return CropMixParams((height, width), n, ranges, tuple(boxes), order, steps)
+
+    def _sample_donor(self, g: torch.Generator | None) -> str:
+        if self.paste == "into_mix":
+            return "crop"
+        if self.paste == "into_crop":
+            return "mix"
+        return "crop" if torch.rand((), generator=g).item() < 0.5 else "mix"
+
+    def _sample_step(self, n: int, num_channels: int, g: torch.Generator | None) -> MixStep:
+        oh, ow = self.size
+        box = tau = None
+        if self.mixing == "mixup":
+            lam = CF.sample_beta(self.alpha / n, self.alpha / n, g)
+            donor = "mix" if lam < 0.5 else "crop"
+        elif self.mixing == "cutmix":
+            lam = torch.rand((), dtype=torch.float64, generator=g).item()
+            box = CF.cutmix_box(oh, ow, lam, g)
+            donor = self._sample_donor(g)
+        else:
+            lo, hi = self.tau_range
+            tau = lo + (hi - lo) * torch.rand((), dtype=torch.float64, generator=g).item()
+            box = CF.resize_paste_box(oh, ow, tau, g)
+            lam = 1.0 - tau * tau
+            donor = self._sample_donor(g)
+        perm = None
+        if self.intermediate == "channel_permute":
+            perm = tuple(torch.randperm(num_channels, generator=g).tolist())
+        return MixStep(self.mixing, lam, donor, box, tau, perm)
+
+    # ------------------------------------------------------------------ v2 hooks
+    def check_inputs(self, flat_inputs: list[Any]) -> None:
+        found = False
+        for x in flat_inputs:
+            if isinstance(x, _REJECTED_TV_TENSORS):
+                raise TypeError(f"{type(self).__name__} mixes crops of images only; got {type(x).__name__}")
+            if isinstance(x, (PIL.Image.Image, torch.Tensor)):
+                found = True
+        if not found:
+            names = [type(x).__name__ for x in flat_inputs]
+            raise TypeError(
+                f"{type(self).__name__} expects a PIL image, a (C, H, W) tensor or a "
+                f"tv_tensors.Image, got {', '.join(names) or 'nothing'}"
+            )
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        c, h, w = query_chw(flat_inputs)
+        return {"params": self.sample_params((h, w), num_channels=c)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, PIL.Image.Image):
+            return self.apply(F.pil_to_tensor(inpt), params["params"])
+        if isinstance(inpt, tv_tensors.Image):
+            out = self.apply(inpt.as_subclass(torch.Tensor), params["params"])
+            return tv_tensors.wrap(out, like=inpt)
+        if isinstance(inpt, torch.Tensor) and type(inpt) is torch.Tensor:
+            return self.apply(inpt, params["params"])
+        raise TypeError(f"{type(self).__name__} cannot transform {type(inpt).__name__}")
+
+    # ------------------------------------------------------------------ applying
+    def apply(self, image: torch.Tensor, params: CropMixParams) -> torch.Tensor:
+        """Deterministically apply ``params`` to a ``(C, H, W)`` uint8 or float tensor.
+
+        Shape:
+            ``(C, H, W) -> (C, *size)``
+        """
+        if image.ndim != 3:
+            raise ValueError(f"image must be a (C, H, W) tensor, got shape {tuple(image.shape)}")
+        if not (image.dtype == torch.uint8 or image.is_floating_point()):
+            raise TypeError(f"image must be uint8 or floating point, got dtype {image.dtype}")
+        if tuple(image.shape[-2:]) != params.image_size:
+            raise ValueError(f"image size {tuple(image.shape[-2:])} != params.image_size {params.image_size}")
+        crops = [
+            CF.resized_crop(image, params.boxes[i].box, self.size, self.interpolation, self.antialias)
+            for i in params.order
+        ]
+        if self.view_transform is not None:
+            crops = [self.view_transform(c) for c in crops]
+        m = crops[0]
+        for step, v in zip(params.steps, crops[1:]):
+            m = self._mix(m, v, step)
+        return self._finish(m, image.dtype)
+
+    def _intermediate(self, x: torch.Tensor, step: MixStep) -> torch.Tensor:
+        if self.intermediate is None:
+            return x
+        if self.intermediate == "channel_permute":
+            return CF.channel_permute(x, step.perm)
+        return self.intermediate(x)
+
+    def _mix(self, m: torch.Tensor, v: torch.Tensor, step: MixStep) -> torch.Tensor:
+        if step.donor == "mix":
+            m = self._intermediate(m, step)
+        else:
+            v = self._intermediate(v, step)
+        if step.kind == "mixup":
+            return CF.mixup(m, v, step.lam)
+        if m.dtype != v.dtype:  # e.g. a view_transform that returns float
+            m, v = CF.to_unit_float(m), CF.to_unit_float(v)
+        base, donor = (m, v) if step.donor == "crop" else (v, m)
+        if step.kind == "cutmix":
+            return CF.cutmix(base, donor, step.box)
+        return CF.resize_paste(base, donor, step.box, self.interpolation, self.antialias)
+
+    def _finish(self, out: torch.Tensor, in_dtype: torch.dtype) -> torch.Tensor:
+        if in_dtype.is_floating_point:
+            return out if out.dtype == in_dtype else CF.to_unit_float(out, in_dtype)
+        if self.output_dtype is None:
+            return CF.to_uint8(out)
+        return CF.to_unit_float(out, self.output_dtype)
+
+
+def contrastive_cropmix(
+    size: int | Sequence[int] = 224,
+    view_transform: Callable[[Any], Any] | None = None,
+    **kwargs: Any,
+) -> CropMix:
+    """The paper's MoCo query view (Appendix A): CropMix in the contrastive setting.
+
+    Two crops, from ``(0.2, 0.6)`` and ``(0.6, 1.0)`` (``crop_scale=(0.2, 1.0)`` split in
+    two), each augmented by ``view_transform`` (the MoCo v2 colour augmentation), then
+    CutMix pasting the large-scale crop into the small-scale one. Differences from the
+    generic form: ``n`` is fixed to 2, crops are not shuffled (``shuffle=False``) and the
+    paste direction is fixed (``paste="into_mix"``: the second, larger-scale crop is the
+    donor), and every crop gets the full view augmentation before mixing.
+
+    Args:
+        size: output size.
+        view_transform: per-crop augmentation (e.g. ``moco_v2_augmentation`` without
+            the final crop / normalisation).
+        **kwargs: any other :class:`CropMix` argument, overriding the preset.
+    """
+    preset: dict[str, Any] = dict(
+        crop_scale=(0.2, 1.0),
+        num_crops=2,
+        mixing="cutmix",
+        shuffle=False,
+        paste="into_mix",
+    )
+    preset.update(kwargs)
+    return CropMix(size=size, view_transform=view_transform, **preset)

@@ -1,0 +1,262 @@
+"""Pure, generator-aware maths for CropMix, ScaleMix and ResizeMix.
+
+Sampling functions take an optional ``torch.Generator`` and draw every random number from
+torch's RNG (never ``random`` / ``numpy``), so a seeded generator reproduces a call exactly.
+Applying functions are deterministic given their arguments.
+
+Boxes are ``(top, left, height, width)`` in pixels, as in ``torchvision.transforms.v2``.
+
+References:
+    Han et al., "On the Importance of Multi-scale Mixing for Self-Supervised Learning"
+    / CropMix, 2022 (Sec. 3.2, Appendix A); Yun et al., CutMix, 2019; Qin et al.,
+    ResizeMix, 2020; Kevin et al., Asym-Siam (ScaleMix), 2022.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+Box = tuple[int, int, int, int]
+
+
+# --------------------------------------------------------------------------- scale ranges
+def split_scale_range(crop_scale: tuple[float, float], n: int) -> tuple[tuple[float, float], ...]:
+    """Split ``(s_min, s_max)`` evenly into ``n`` adjacent, non-overlapping ranges.
+
+    CropMix (paper Sec. 3.2) draws crop ``i`` from the ``i``-th range, smallest first.
+    The first range starts exactly at ``s_min`` and the last ends exactly at ``s_max``.
+
+    Example:
+        >>> split_scale_range((0.2, 1.0), 2)
+        ((0.2, 0.6), (0.6, 1.0))
+    """
+    lo, hi = float(crop_scale[0]), float(crop_scale[1])
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    edges = [lo + (hi - lo) * k / n for k in range(n)] + [hi]
+    return tuple((edges[k], edges[k + 1]) for k in range(n))
+
+
+# --------------------------------------------------------------------------- crop boxes
+def sample_crop_box(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    log_ratio: tuple[float, float],
+    generator: torch.Generator | None = None,
+) -> tuple[int, int, int, int, float, bool]:
+    """Sample a RandomResizedCrop box, with torchvision's algorithm but a torch generator.
+
+    Same draws, in the same order, as ``v2.RandomResizedCrop.make_params``: up to 10
+    attempts of (area fraction ~ U(scale), log aspect ratio ~ U(log_ratio)), then the
+    central fallback crop. With a generator seeded like torch's global RNG the boxes are
+    identical to torchvision's. The fallback crop's area fraction may lie outside
+    ``scale`` (as in torchvision).
+
+    Args:
+        height, width: source image size in pixels.
+        scale: ``(lo, hi)`` range of the crop's area fraction.
+        log_ratio: ``(log(r_min), log(r_max))`` of the aspect ratio w/h.
+        generator: optional torch generator.
+
+    Returns:
+        ``(top, left, h, w, target_scale, fallback)``: the box, the sampled target area
+        fraction of the accepted attempt (``nan`` for the fallback), and whether the
+        central fallback was used.
+    """
+    area = height * width
+    for _ in range(10):
+        target = torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        target_area = area * target
+        aspect = math.exp(
+            torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item()
+        )
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            i = int(torch.randint(0, height - h + 1, size=(1,), generator=generator).item())
+            j = int(torch.randint(0, width - w + 1, size=(1,), generator=generator).item())
+            return i, j, h, w, target, False
+    in_ratio = float(width) / float(height)
+    r_min, r_max = math.exp(log_ratio[0]), math.exp(log_ratio[1])
+    if in_ratio < r_min:
+        w, h = width, int(round(width / r_min))
+    elif in_ratio > r_max:
+        h, w = height, int(round(height * r_max))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w, float("nan"), True
+
+
+# --------------------------------------------------------------------------- Beta sampling
+def _log_gamma_sample(a: float, generator: torch.Generator | None) -> float:
+    """``log X`` with ``X ~ Gamma(a, 1)`` by Marsaglia & Tsang (2000), generator-aware.
+
+    Hand-written because ``torch.distributions.Gamma/Beta`` (``torch._standard_gamma``)
+    take no generator. For ``a < 1`` uses ``X = Gamma(a+1) * U^(1/a)``, kept in log space
+    so that tiny shapes (e.g. alpha/n = 0.1) never underflow to 0.
+    """
+    boost = 0.0
+    if a < 1.0:
+        u = torch.rand((), dtype=torch.float64, generator=generator).item()
+        boost = math.log(max(u, 1e-300)) / a
+        a = a + 1.0
+    d = a - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    while True:
+        x = torch.randn((), dtype=torch.float64, generator=generator).item()
+        v = 1.0 + c * x
+        if v <= 0.0:
+            continue
+        v = v * v * v
+        u = torch.rand((), dtype=torch.float64, generator=generator).item()
+        if math.log(max(u, 1e-300)) < 0.5 * x * x + d - d * v + d * math.log(v):
+            return math.log(d * v) + boost
+
+
+def sample_beta(a: float, b: float, generator: torch.Generator | None = None) -> float:
+    """Draw ``lambda ~ Beta(a, b)`` from torch's RNG with an optional generator.
+
+    ``Beta(a, b) = X / (X + Y)`` with independent ``X ~ Gamma(a)``, ``Y ~ Gamma(b)``,
+    computed as ``sigmoid(log X - log Y)``.
+    """
+    lx = _log_gamma_sample(a, generator)
+    ly = _log_gamma_sample(b, generator)
+    return 1.0 / (1.0 + math.exp(min(ly - lx, 700.0)))
+
+
+# --------------------------------------------------------------------------- CutMix / ResizeMix boxes
+def cutmix_box(
+    height: int, width: int, lam: float, generator: torch.Generator | None = None
+) -> Box:
+    """CutMix box (Yun et al., 2019; as timm's ``rand_bbox``) for weight ``lam``.
+
+    Side lengths ``sqrt(1 - lam)`` of the image, uniform centre, clipped to the image.
+
+    Returns:
+        ``(top, left, h, w)``; ``h`` or ``w`` may be 0 (nothing pasted).
+    """
+    cut = math.sqrt(1.0 - lam)
+    cut_h, cut_w = int(height * cut), int(width * cut)
+    cy = int(torch.randint(0, height, (1,), generator=generator).item())
+    cx = int(torch.randint(0, width, (1,), generator=generator).item())
+    y1, y2 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+    x1, x2 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+    return y1, x1, y2 - y1, x2 - x1
+
+
+def resize_paste_box(
+    height: int, width: int, tau: float, generator: torch.Generator | None = None
+) -> Box:
+    """ResizeMix box (Qin et al., 2020): side ``round(tau * size)`` (>= 1), placed uniformly
+    inside the image, so the pasted area fraction is ``tau**2`` up to rounding."""
+    h = min(max(int(round(tau * height)), 1), height)
+    w = min(max(int(round(tau * width)), 1), width)
+    top = int(torch.randint(0, height - h + 1, (1,), generator=generator).item())
+    left = int(torch.randint(0, width - w + 1, (1,), generator=generator).item())
+    return top, left, h, w
+
+
+# --------------------------------------------------------------------------- applying
+def resized_crop(
+    image: torch.Tensor,
+    box: Box,
+    size: Sequence[int],
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR,
+    antialias: bool = True,
+) -> torch.Tensor:
+    """Crop ``box`` by slicing (a view, no copy) and resize it to ``size``.
+
+    uint8 input stays uint8 (torchvision's native uint8 antialiased kernels on CPU).
+
+    Shape:
+        ``(..., C, H, W) -> (..., C, size[0], size[1])``
+    """
+    top, left, h, w = box
+    crop = image[..., top : top + h, left : left + w]
+    return F.resize(crop, list(size), interpolation=interpolation, antialias=antialias)
+
+
+def mixup(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
+    """Convex combination ``lam * a + (1 - lam) * b`` in floating point.
+
+    Float operands are used as is; uint8 operands are read as ``x / 255`` inside the same
+    fused multiply-add (no separate conversion pass), so the result is in [0, 1].
+
+    Shape:
+        ``a, b: (..., C, H, W) -> (..., C, H, W)`` float
+    """
+    sa = 1.0 / 255.0 if a.dtype == torch.uint8 else 1.0
+    sb = 1.0 / 255.0 if b.dtype == torch.uint8 else 1.0
+    if a.is_floating_point():
+        out = a.mul(lam)
+    else:
+        dtype = b.dtype if b.is_floating_point() else torch.float32
+        out = a.to(dtype).mul_(lam * sa)
+    return out.add_(b, alpha=(1.0 - lam) * sb)
+
+
+def paste(base: torch.Tensor, donor: torch.Tensor, box: Box) -> torch.Tensor:
+    """Return a copy of ``base`` whose ``box`` region is taken from ``donor`` (same place).
+
+    Used by CutMix. Both operands must have the same dtype and shape.
+
+    Shape:
+        ``(..., C, H, W) -> (..., C, H, W)``
+    """
+    top, left, h, w = box
+    out = base.clone()
+    out[..., top : top + h, left : left + w] = donor[..., top : top + h, left : left + w]
+    return out
+
+
+def cutmix(a: torch.Tensor, b: torch.Tensor, box: Box) -> torch.Tensor:
+    """CutMix: ``a`` with the ``box`` region replaced by the same region of ``b``."""
+    return paste(a, b, box)
+
+
+def resize_paste(
+    base: torch.Tensor,
+    donor: torch.Tensor,
+    box: Box,
+    interpolation: InterpolationMode = InterpolationMode.BILINEAR,
+    antialias: bool = True,
+) -> torch.Tensor:
+    """ResizeMix: resize the whole ``donor`` to the box size and paste it at ``box``.
+
+    Shape:
+        ``base, donor: (..., C, H, W) -> (..., C, H, W)``
+    """
+    top, left, h, w = box
+    small = F.resize(donor, [h, w], interpolation=interpolation, antialias=antialias)
+    out = base.clone()
+    out[..., top : top + h, left : left + w] = small
+    return out
+
+
+def to_unit_float(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 ``[0, 255]`` -> float ``[0, 1]``; float tensors are cast to ``dtype`` only."""
+    if x.is_floating_point():
+        return x if x.dtype == dtype else x.to(dtype)
+    return x.to(dtype).mul_(1.0 / 255.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float ``[0, 1]`` -> uint8, rounded to nearest (uint8 passes through)."""
+    if x.dtype == torch.uint8:
+        return x
+    return x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def channel_permute(x: torch.Tensor, perm: Sequence[int]) -> torch.Tensor:
+    """Permute the channel dimension (the paper's intermediate op for classification).
+
+    Shape:
+        ``(..., C, H, W) -> (..., C, H, W)``
+    """
+    return x[..., list(perm), :, :]
