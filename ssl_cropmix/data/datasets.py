@@ -1,0 +1,433 @@
+"""Datasets: ImageFolder trees with robust loading, torchvision sources and label fractions.
+
+Every source here has the same small interface (``classes``, ``targets``, ``__len__`` and
+``load(i) -> (PIL RGB image, label) | None``), and :class:`ViewDataset` applies a transform to
+any subset of it. One scanned folder therefore serves the pretraining views, the labelled
+probe views and the 1 % / 10 % subsets without scanning twice.
+
+Bad input (STYLE principle 10): a file that cannot be decoded (corrupt, truncated, not an
+image at all) is either skipped, with a :class:`BadImageWarning` naming it once, or raises
+:class:`BadImageError`, as the user chose with ``on_bad_image``. Skips are counted in shared
+memory, so counts made inside DataLoader worker processes are visible in the main process
+(:attr:`ImageFolderDataset.skipped`, read each epoch by
+:class:`ssl_cropmix.data.datamodule.BadImageCounter`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+IMG_EXTENSIONS: tuple[str, ...] = (
+    ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif",
+)
+#: Colour that transparent pixels (RGBA, LA, palette with transparency) are composited onto.
+ALPHA_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
+BadImagePolicy = Literal["skip", "raise"]
+
+
+class BadImageWarning(UserWarning):
+    """A file in the dataset could not be read as an image and was skipped."""
+
+
+class BadImageError(OSError):
+    """A file in the dataset could not be read as an image (``on_bad_image="raise"``)."""
+
+
+def _check_policy(on_bad_image: str) -> None:
+    if on_bad_image not in ("skip", "raise"):
+        raise ValueError(f"on_bad_image must be 'skip' or 'raise', got {on_bad_image!r}")
+
+
+# --------------------------------------------------------------------------- image decoding
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL image to 8-bit RGB, the way a viewer would display it.
+
+    * EXIF orientation is applied (``ImageOps.exif_transpose``), so rotated phone photos
+      come out upright.
+    * 16/32-bit integer greyscale (``I;16*``, ``I``) is scaled to 8 bit by ``v / 257``
+      (65535 -> 255) instead of PIL's clipping ``convert("L")``; ``F`` (float) images are
+      taken as [0, 1] when their maximum is <= 1, else as [0, 255].
+    * Transparency (``RGBA``, ``LA``, ``PA``, palette with a transparent index) is
+      composited onto :data:`ALPHA_BACKGROUND` instead of exposing whatever colour the
+      fully transparent pixels happen to store.
+    * ``L``, ``1``, ``P``, ``CMYK``, ``YCbCr`` ... go through PIL's ``convert("RGB")``.
+    """
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not lose an otherwise fine image
+        pass
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(img).astype(np.float64)
+        a = np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(a, mode="L").convert("RGB")
+    if mode == "F":
+        a = np.asarray(img).astype(np.float64)
+        scale = 255.0 if a.size and np.nanmax(a) <= 1.0 else 1.0
+        a = np.clip(np.rint(np.nan_to_num(a) * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(a, mode="L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open, fully decode and convert an image file to RGB (:func:`to_rgb`).
+
+    Raises:
+        OSError / ValueError / SyntaxError: whatever PIL raises for unreadable, truncated
+            or non-image files (callers map these to :class:`BadImageError`).
+    """
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        img.load()  # decode now, inside the caller's error handling (truncated files raise)
+        return to_rgb(img)
+
+
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError)
+
+
+# --------------------------------------------------------------------------- sources
+class _Source:
+    """Common base: ``classes``, ``targets``, ``load(i)`` and shared skip counters."""
+
+    classes: list[str]
+    targets: list[int]
+    on_bad_image: str
+
+    def _init_counters(self, n: int) -> None:
+        # Per-sample skip counts in shared memory: each index is loaded by one worker per
+        # epoch, so increments do not race, and the main process sees the workers' counts.
+        self._skips = torch.zeros(max(n, 1), dtype=torch.int32).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def skipped(self) -> int:
+        """Total number of skip events so far (all processes, all epochs)."""
+        return int(self._skips.sum())
+
+    @property
+    def bad_files(self) -> list[str]:
+        """Names of the files found unreadable so far."""
+        return [self.describe(i) for i in torch.nonzero(self._skips).flatten().tolist()]
+
+    def describe(self, index: int) -> str:
+        return f"{type(self).__name__}[{index}]"
+
+    def load(self, index: int) -> tuple[Image.Image, int] | None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class ImageFolderDataset(_Source, Dataset):
+    """An ImageFolder tree ``root/<class>/**/<image>`` (ImageNet train/val layout included).
+
+    Classes are the sorted sub-directory names (as in ``torchvision.datasets.ImageFolder``);
+    files are found recursively. Hidden files and files whose extension is not in
+    :data:`IMG_EXTENSIONS` are ignored with one :class:`BadImageWarning` listing them.
+    Files with an image extension that cannot be decoded are handled by ``on_bad_image``.
+
+    Args:
+        root: the split directory (e.g. ``imagenet/train``).
+        transform: applied to the RGB PIL image; ``None`` returns the PIL image.
+        on_bad_image: ``"skip"`` (warn once naming the file, count the skip, return the
+            next readable sample of the same dataset) or ``"raise"`` (:class:`BadImageError`).
+        extensions: accepted (lower-case) file extensions.
+
+    Raises:
+        FileNotFoundError: ``root`` missing, no class directories, or classes without images
+            (the message lists them).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable[[Image.Image], Any] | None = None,
+        on_bad_image: BadImagePolicy = "skip",
+        extensions: Sequence[str] = IMG_EXTENSIONS,
+    ) -> None:
+        _check_policy(on_bad_image)
+        self.root = Path(root)
+        self.transform = transform
+        self.on_bad_image = on_bad_image
+        self.classes, self.samples, ignored = scan_image_folder(self.root, extensions)
+        self.targets = [t for _, t in self.samples]
+        self.ignored_files = ignored
+        if ignored:
+            shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
+            warnings.warn(
+                f"{len(ignored)} non-image file(s) ignored under {str(self.root)!r}: {shown}",
+                BadImageWarning,
+                stacklevel=2,
+            )
+        self._init_counters(len(self.samples))
+
+    def describe(self, index: int) -> str:
+        return self.samples[index][0]
+
+    def load(self, index: int) -> tuple[Image.Image, int] | None:
+        """Decode sample ``index``; ``None`` when it is unreadable and the policy is "skip"."""
+        path, target = self.samples[index]
+        if self._skips[index] > 0:  # known bad: skip without re-reading or re-warning
+            self._skips[index] += 1
+            return None
+        try:
+            return load_rgb(path), target
+        except _DECODE_ERRORS as e:
+            if self.on_bad_image == "raise":
+                raise BadImageError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from e
+            first = int(self._skips[index]) == 0
+            self._skips[index] += 1
+            if first:
+                warnings.warn(
+                    f"skipping unreadable image {path!r} ({type(e).__name__}: {e})",
+                    BadImageWarning,
+                    stacklevel=2,
+                )
+            return None
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return _get_with_skip(self, range(len(self)), index, self.transform)
+
+
+def scan_image_folder(
+    root: Path, extensions: Sequence[str] = IMG_EXTENSIONS
+) -> tuple[list[str], list[tuple[str, int]], list[str]]:
+    """Return ``(classes, samples, ignored)`` of an ImageFolder tree (sorted, recursive).
+
+    Raises:
+        FileNotFoundError: ``root`` is missing, has no class folders, or some class folders
+            hold no image files (the first few are listed).
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise FileNotFoundError(
+            f"image folder {str(root)!r} has no class sub-directories: expected "
+            f"{str(root)}/<class>/<image files> (ImageFolder layout)"
+        )
+    exts = tuple(e.lower() for e in extensions)
+    samples: list[tuple[str, int]] = []
+    ignored: list[str] = []
+    empty: list[str] = []
+    for target, cls in enumerate(classes):
+        found = 0
+        for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                p = os.path.join(dirpath, name)
+                if name.startswith(".") or not name.lower().endswith(exts):
+                    ignored.append(p)
+                    continue
+                samples.append((p, target))
+                found += 1
+        if found == 0:
+            empty.append(cls)
+    if empty:
+        shown = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
+        raise FileNotFoundError(
+            f"{len(empty)} class folder(s) under {str(root)!r} contain no image files "
+            f"(extensions {', '.join(exts)}): {shown}"
+        )
+    return classes, samples, ignored
+
+
+class TorchvisionSource(_Source):
+    """Adapter giving a torchvision dataset (CIFAR-10/100, STL-10) the source interface.
+
+    The wrapped dataset must have ``transform=None`` and return ``(PIL image, int)``.
+    """
+
+    def __init__(self, dataset: Any, classes: Sequence[str] | None = None) -> None:
+        self.dataset = dataset
+        self.on_bad_image = "raise"
+        targets = getattr(dataset, "targets", None)
+        if targets is None:
+            targets = getattr(dataset, "labels", None)
+        self.targets = [int(t) for t in targets]
+        self.classes = list(classes if classes is not None else dataset.classes)
+        self._init_counters(len(self.targets))
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        img, target = self.dataset[index]
+        return to_rgb(img), int(target)
+
+
+# --------------------------------------------------------------------------- views
+def _get_with_skip(
+    source: _Source, indices: Sequence[int], j: int, transform: Callable | None
+) -> tuple[Any, int]:
+    """Sample ``indices[j]``; if unreadable, the next readable one (cyclically) of ``indices``.
+
+    Replacing within ``indices`` keeps a label-fraction subset closed (no label leaks in).
+    """
+    n = len(indices)
+    for k in range(n):
+        item = source.load(indices[(j + k) % n])
+        if item is not None:
+            img, target = item
+            return (transform(img) if transform is not None else img), target
+    raise BadImageError(f"none of the {n} images of {source.describe(indices[0])!r}'s dataset is readable")
+
+
+class ViewDataset(Dataset):
+    """A subset of a source with its own transform: ``(transform(image), label)``.
+
+    Args:
+        source: an :class:`ImageFolderDataset` or :class:`TorchvisionSource`.
+        transform: applied to the RGB PIL image (e.g. a view recipe from ``views.py``).
+        indices: sample indices into ``source``; ``None`` means all.
+    """
+
+    def __init__(
+        self, source: _Source, transform: Callable | None = None, indices: Sequence[int] | None = None
+    ) -> None:
+        self.source = source
+        self.transform = transform
+        self.indices = list(range(len(source))) if indices is None else list(indices)
+        if not self.indices:
+            raise ValueError("indices must not be empty")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def targets(self) -> list[int]:
+        return [self.source.targets[i] for i in self.indices]
+
+    def __getitem__(self, j: int) -> tuple[Any, int]:
+        return _get_with_skip(self.source, self.indices, j, self.transform)
+
+
+# --------------------------------------------------------------------------- label fractions
+def per_class_count(n_images: int, fraction: float) -> int:
+    """Images kept from a class of ``n_images`` at ``fraction``: ``max(1, floor(f*n + 0.5))``.
+
+    Rounding is half-up (not banker's rounding) and every non-empty class keeps at least
+    one image, so ImageNet at 1 % keeps 12-13 images per class (~12.8k in total, the size
+    of SimCLR's ``1percent.txt``).
+    """
+    return min(n_images, max(1, math.floor(fraction * n_images + 0.5)))
+
+
+def label_fraction_indices(
+    targets: Sequence[int], fraction: float, seed: int = 0, num_classes: int | None = None
+) -> list[int]:
+    """Seeded class-balanced subset: :func:`per_class_count` random images of every class.
+
+    Args:
+        targets: class index of each sample.
+        fraction: in (0, 1].
+        seed: seeds a private ``torch.Generator`` (independent of the global RNG).
+        num_classes: when given, a class with no images raises (it would stay empty).
+
+    Returns:
+        Sorted sample indices.
+
+    Raises:
+        ValueError: fraction outside (0, 1], or an empty class.
+    """
+    if not (isinstance(fraction, (int, float)) and 0.0 < fraction <= 1.0):
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction!r}")
+    t = torch.as_tensor(list(targets), dtype=torch.long)
+    n_cls = int(num_classes) if num_classes is not None else (int(t.max()) + 1 if len(t) else 0)
+    g = torch.Generator().manual_seed(int(seed))
+    keep: list[torch.Tensor] = []
+    empty = []
+    for c in range(n_cls):
+        idx = torch.nonzero(t == c).flatten()
+        if len(idx) == 0:
+            empty.append(c)
+            continue
+        k = per_class_count(len(idx), float(fraction))
+        keep.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    if empty:
+        raise ValueError(f"classes {empty[:10]} have no images, so no label fraction can cover them")
+    return sorted(torch.cat(keep).tolist()) if keep else []
+
+
+def read_subset_file(path: str | os.PathLike) -> list[str]:
+    """Names listed in a SimCLR-style subset file (one file name per line, blanks ignored)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"subset_file {str(p)!r} does not exist")
+    names = [ln.strip() for ln in p.read_text().splitlines()]
+    names = [n for n in names if n and not n.startswith("#")]
+    if not names:
+        raise ValueError(f"subset_file {str(p)!r} lists no file names")
+    return names
+
+
+def subset_from_list(
+    source: ImageFolderDataset, names: Sequence[str], list_name: str = "subset list"
+) -> list[int]:
+    """Indices of the files named in a SimCLR-style list (``1percent.txt``/``10percent.txt``).
+
+    An entry is a bare file name (``n01440764_10026.JPEG``; its class is the prefix before
+    ``_``, which must be the folder it lies in) or a path relative to the split root
+    (``n01440764/n01440764_10026.JPEG``) for datasets whose names do not follow that rule.
+
+    Raises:
+        FileNotFoundError: entries that are not in the folder (the first few are listed).
+        ValueError: classes left with zero images by the list.
+    """
+    root = source.root
+    by_rel: dict[str, int] = {}
+    by_name: dict[str, list[int]] = {}
+    for i, (p, _) in enumerate(source.samples):
+        rel = os.path.relpath(p, root).replace(os.sep, "/")
+        by_rel[rel] = i
+        by_name.setdefault(os.path.basename(p), []).append(i)
+    chosen: list[int] = []
+    missing: list[str] = []
+    for name in names:
+        if "/" in name:
+            i = by_rel.get(name)
+            hits = [] if i is None else [i]
+        else:
+            hits = by_name.get(name, [])
+            if len(hits) > 1 and "_" in name:  # disambiguate by the class prefix
+                prefix = name.split("_", 1)[0]
+                hits = [i for i in hits if source.classes[source.targets[i]] == prefix] or hits[:1]
+        if not hits:
+            missing.append(name)
+        else:
+            chosen.append(hits[0])
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(names)} files named in {list_name} are not under "
+            f"{str(root)!r}: {shown}"
+        )
+    chosen = sorted(set(chosen))
+    present = {source.targets[i] for i in chosen}
+    absent = [c for k, c in enumerate(source.classes) if k not in present]
+    if absent:
+        shown = ", ".join(absent[:5]) + (" ..." if len(absent) > 5 else "")
+        raise ValueError(
+            f"{len(absent)} class(es) of {str(root)!r} have zero images after sub-setting "
+            f"with {list_name}: {shown}"
+        )
+    return chosen
