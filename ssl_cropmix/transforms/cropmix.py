@@ -281,47 +281,44 @@ class CropMix(Transform):
             generator: overrides ``self.generator`` when given.
             num_channels: channels of the image (for ``intermediate="channel_permute"``).
         """
-        g = generator if generator is not None else self.generator
+        g = CF.RandomStream(generator if generator is not None else self.generator)
         height, width = int(image_size[0]), int(image_size[1])
-        if len(self.num_crops) == 1:
-            n = self.num_crops[0]
-        else:
-            n = self.num_crops[int(torch.randint(len(self.num_crops), (1,), generator=g).item())]
+        n = self.num_crops[g.randint(0, len(self.num_crops))]
         ranges = self.scale_ranges(n)
         boxes = []
-        for rng in ranges:
-            top, left, h, w, target, fallback = CF.sample_crop_box(height, width, rng, self._log_ratio, g)
-            boxes.append(CropBox(top, left, h, w, rng, target, fallback))
-        order = tuple(torch.randperm(n, generator=g).tolist()) if self.shuffle else tuple(range(n))
+        for r in ranges:
+            top, left, h, w, target, fallback = CF.sample_crop_box(height, width, r, self._log_ratio, g)
+            boxes.append(CropBox(top, left, h, w, r, target, fallback))
+        order = tuple(g.permutation(n)) if self.shuffle else tuple(range(n))
         steps = tuple(self._sample_step(n, num_channels, g) for _ in range(n - 1))
         return CropMixParams((height, width), n, ranges, tuple(boxes), order, steps)
 
-    def _sample_donor(self, g: torch.Generator | None) -> str:
+    def _sample_donor(self, g: CF.RandomStream) -> str:
         if self.paste == "into_mix":
             return "crop"
         if self.paste == "into_crop":
             return "mix"
-        return "crop" if torch.rand((), generator=g).item() < 0.5 else "mix"
+        return "crop" if g.uniform() < 0.5 else "mix"
 
-    def _sample_step(self, n: int, num_channels: int, g: torch.Generator | None) -> MixStep:
+    def _sample_step(self, n: int, num_channels: int, g: CF.RandomStream) -> MixStep:
         oh, ow = self.size
         box = tau = None
         if self.mixing == "mixup":
             lam = CF.sample_beta(self.alpha / n, self.alpha / n, g)
             donor = "mix" if lam < 0.5 else "crop"
         elif self.mixing == "cutmix":
-            lam = torch.rand((), dtype=torch.float64, generator=g).item()
+            lam = g.uniform()
             box = CF.cutmix_box(oh, ow, lam, g)
             donor = self._sample_donor(g)
         else:
             lo, hi = self.tau_range
-            tau = lo + (hi - lo) * torch.rand((), dtype=torch.float64, generator=g).item()
+            tau = g.uniform(lo, hi)
             box = CF.resize_paste_box(oh, ow, tau, g)
             lam = 1.0 - tau * tau
             donor = self._sample_donor(g)
         perm = None
         if self.intermediate == "channel_permute":
-            perm = tuple(torch.randperm(num_channels, generator=g).tolist())
+            perm = tuple(g.permutation(num_channels))
         return MixStep(self.mixing, lam, donor, box, tau, perm)
 
     # ------------------------------------------------------------------ v2 hooks
@@ -345,7 +342,16 @@ class CropMix(Transform):
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, PIL.Image.Image):
-            return self.apply(F.pil_to_tensor(inpt), params["params"])
+            # Convert only the union of the crop boxes when it is small: a PIL crop costs
+            # about as much per pixel as the conversion itself.
+            p = params["params"]
+            top = min(b.top for b in p.boxes)
+            left = min(b.left for b in p.boxes)
+            bottom = max(b.top + b.height for b in p.boxes)
+            right = max(b.left + b.width for b in p.boxes)
+            if (bottom - top) * (right - left) * 2 <= inpt.height * inpt.width:
+                return self.apply(CF.pil_to_uint8(inpt.crop((left, top, right, bottom))), p, origin=(top, left))
+            return self.apply(CF.pil_to_uint8(inpt), p)
         if isinstance(inpt, tv_tensors.Image):
             out = self.apply(inpt.as_subclass(torch.Tensor), params["params"])
             return tv_tensors.wrap(out, like=inpt)
@@ -354,8 +360,14 @@ class CropMix(Transform):
         raise TypeError(f"{type(self).__name__} cannot transform {type(inpt).__name__}")
 
     # ------------------------------------------------------------------ applying
-    def apply(self, image: torch.Tensor, params: CropMixParams) -> torch.Tensor:
+    def apply(self, image: torch.Tensor, params: CropMixParams, origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
         """Deterministically apply ``params`` to a ``(C, H, W)`` uint8 or float tensor.
+
+        Args:
+            image: the source image, or a part of it whose top-left corner lies at
+                ``origin`` in the source image (boxes are shifted by ``-origin``).
+            params: from :meth:`sample_params`.
+            origin: ``(top, left)`` of ``image`` in the source image.
 
         Shape:
             ``(C, H, W) -> (C, *size)``
@@ -364,12 +376,18 @@ class CropMix(Transform):
             raise ValueError(f"image must be a (C, H, W) tensor, got shape {tuple(image.shape)}")
         if not (image.dtype == torch.uint8 or image.is_floating_point()):
             raise TypeError(f"image must be uint8 or floating point, got dtype {image.dtype}")
-        if tuple(image.shape[-2:]) != params.image_size:
-            raise ValueError(f"image size {tuple(image.shape[-2:])} != params.image_size {params.image_size}")
-        crops = [
-            CF.resized_crop(image, params.boxes[i].box, self.size, self.interpolation, self.antialias)
-            for i in params.order
-        ]
+        oy, ox = origin
+        ih, iw = image.shape[-2:]
+        crops = []
+        for i in params.order:
+            b = params.boxes[i]
+            box = (b.top - oy, b.left - ox, b.height, b.width)
+            if box[0] < 0 or box[1] < 0 or box[0] + box[2] > ih or box[1] + box[3] > iw:
+                raise ValueError(
+                    f"image of size {(ih, iw)} at origin {origin} does not contain crop box {b.box} "
+                    f"(params were sampled for image_size {params.image_size})"
+                )
+            crops.append(CF.resized_crop(image, box, self.size, self.interpolation, self.antialias))
         if self.view_transform is not None:
             crops = [self.view_transform(c) for c in crops]
         m = crops[0]

@@ -1,0 +1,146 @@
+"""Per-image cost of CropMix views vs. the plain RandomResizedCrop view.
+
+Every path starts from the same decoded PIL image and ends in a float32 tensor in [0, 1]:
+
+- ``plain RRC``: ``v2.RandomResizedCrop`` on the PIL image, ``PILToTensor``, ``ToDtype``
+  (the baseline; every ratio in the table is relative to it, measured in the same run);
+- ``CropMix ...``: this package (uint8 crops by slicing, uint8 resize, one float conversion);
+- ``naive CropMix``: the paper's code style: ``n`` RandomResizedCrops on the PIL image,
+  each converted to float, mixed in float.
+
+At 224 px the inputs are the ImageNet-sized colour photos bundled with scikit-image, at
+32 px CIFAR-10 test images (``--data-root``, default ``../shared/data``). Methods are
+interleaved: each repeat times every method once over all images, in a shuffled order,
+and the table reports the median over repeats. Single-threaded, like a data-loader worker.
+
+Usage:
+    python benchmarks/transforms.py --repeats 7 --n-images 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from ssl_cropmix.transforms import CropMix, contrastive_cropmix
+from ssl_cropmix.transforms import functional as CF
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class NaiveCropMix:
+    """The paper's code style: n PIL crops, each converted to float, mixed in float (Mixup)."""
+
+    def __init__(self, size: int, crop_scale=(0.01, 1.0), num_crops=(2, 3, 4), alpha: float = 0.4):
+        self.size, self.crop_scale, self.num_crops, self.alpha = size, crop_scale, num_crops, alpha
+        self.to_float = v2.Compose([v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)])
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        n = self.num_crops[int(torch.randint(len(self.num_crops), (1,)))]
+        views = [
+            self.to_float(v2.RandomResizedCrop(self.size, scale=r)(img))
+            for r in CF.split_scale_range(self.crop_scale, n)
+        ]
+        views = [views[i] for i in torch.randperm(n).tolist()]
+        m = views[0]
+        for v in views[1:]:
+            lam = float(torch.distributions.Beta(self.alpha / n, self.alpha / n).sample())
+            m = lam * m + (1 - lam) * v
+        return m
+
+
+def methods(size: int) -> dict[str, Callable]:
+    to_float = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
+    return {
+        "plain RRC (PIL)": v2.Compose([v2.RandomResizedCrop(size), *to_float]),
+        "plain RRC (uint8 tensor)": v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(size),
+                                                v2.ToDtype(torch.float32, scale=True)]),
+        "CropMix mixup n=2": CropMix(size, num_crops=2),
+        "CropMix mixup n=3": CropMix(size, num_crops=3),
+        "CropMix mixup n=4": CropMix(size, num_crops=4),
+        "CropMix mixup n~{2,3,4}": CropMix(size),
+        "CropMix cutmix n~{2,3,4}": CropMix(size, mixing="cutmix"),
+        "CropMix resizemix n~{2,3,4}": CropMix(size, mixing="resizemix"),
+        "contrastive preset (no view aug)": contrastive_cropmix(size),
+        "naive CropMix mixup n~{2,3,4}": NaiveCropMix(size),
+    }
+
+
+def bench(images: list[Image.Image], size: int, repeats: int) -> list[tuple[str, float, float]]:
+    ms = methods(size)
+    times: dict[str, list[float]] = {k: [] for k in ms}
+    for name, fn in ms.items():  # warm-up
+        for img in images[:4]:
+            fn(img)
+    for r in range(repeats):
+        for i in torch.randperm(len(ms), generator=torch.Generator().manual_seed(r)).tolist():
+            name, fn = list(ms.items())[i]
+            t0 = time.perf_counter()
+            for img in images:
+                fn(img)
+            times[name].append((time.perf_counter() - t0) / len(images) * 1e6)
+    base = statistics.median(times["plain RRC (PIL)"])
+    return [(k, statistics.median(v), statistics.median(v) / base) for k, v in times.items()]
+
+
+def print_table(title: str, rows: list[tuple[str, float, float]]) -> None:
+    print(f"\n### {title}\n")
+    print("| path | µs / image | ratio vs plain RRC (PIL) |")
+    print("|---|---:|---:|")
+    for name, us, ratio in rows:
+        print(f"| {name} | {us:.0f} | {ratio:.2f}x |")
+
+
+def load_demo(n: int) -> list[Image.Image]:
+    from ssl_cropmix.data.demo import demo_images
+
+    photos = demo_images()
+    for p in photos:
+        p.load()
+    return [photos[i % len(photos)] for i in range(n)]
+
+
+def load_cifar(root: str, n: int) -> list[Image.Image] | None:
+    from ssl_cropmix.data.cifar import resolve_cifar10
+
+    try:
+        cifar = resolve_cifar10(root)
+    except FileNotFoundError as e:
+        print(f"\n(skipping 32 px: {e})")
+        return None
+    files = sorted((cifar / "test").glob("*/*.jpg"))[:: max(1, 10000 // max(n, 1))][:n]
+    out = []
+    for f in files:
+        with Image.open(f) as im:
+            out.append(im.convert("RGB"))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"),
+                   help="CIFAR-10 JPEG archive folder / extracted root (default: ../shared/data)")
+    p.add_argument("--n-images", type=int, default=64, help="images per timing pass (224 px)")
+    p.add_argument("--n-cifar", type=int, default=512, help="images per timing pass (32 px)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timing passes per method")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 = a data-loader worker)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, repeats={args.repeats}")
+    print_table(f"224 px, {args.n_images} scikit-image photos (~512 px)",
+                bench(load_demo(args.n_images), 224, args.repeats))
+    cifar = load_cifar(args.data_root, args.n_cifar)
+    if cifar:
+        print_table(f"32 px, {len(cifar)} CIFAR-10 test images", bench(cifar, 32, args.repeats))
+
+
+if __name__ == "__main__":
+    main()
