@@ -1,1 +1,42 @@
-"""data."""
+"""Data: robust datasets, view recipes and the ``CropMixDataModule`` (see docs/data.md).
+
+Names are imported lazily so that ``import ssl_cropmix.data.cifar`` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "BadImageCounter": "ssl_cropmix.data.datamodule",
+    "CropMixDataModule": "ssl_cropmix.data.datamodule",
+    "BadImageError": "ssl_cropmix.data.datasets",
+    "BadImageWarning": "ssl_cropmix.data.datasets",
+    "ImageFolderDataset": "ssl_cropmix.data.datasets",
+    "TorchvisionSource": "ssl_cropmix.data.datasets",
+    "ViewDataset": "ssl_cropmix.data.datasets",
+    "label_fraction_indices": "ssl_cropmix.data.datasets",
+    "load_rgb": "ssl_cropmix.data.datasets",
+    "subset_from_list": "ssl_cropmix.data.datasets",
+    "TwoViews": "ssl_cropmix.data.views",
+    "mae_view": "ssl_cropmix.data.views",
+    "moco_query": "ssl_cropmix.data.views",
+    "moco_v2_augmentation": "ssl_cropmix.data.views",
+    "moco_views": "ssl_cropmix.data.views",
+    "probe_views": "ssl_cropmix.data.views",
+    "show_views": "ssl_cropmix.data.grid",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ssl_cropmix.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = list(_EXPORTS)

@@ -1,0 +1,435 @@
+"""``CropMixDataModule``: one LightningDataModule for pretraining, probing and fine-tuning.
+
+Batches (``docs/architecture.md``):
+
+* ``train_dataloader()``: ``views="moco"`` -> ``((query, key), labels)``; ``views="mae"``
+  and ``views="supervised"`` -> ``(images, labels)``. Pretraining methods ignore labels.
+* ``val_dataloader()``: ``(images, labels)`` with the evaluation transform.
+* The **labelled-data provider protocol** read by the evaluation callbacks:
+  ``num_classes``, ``labeled_train_dataloader(augment, batch_size, label_fraction,
+  subset_file, shuffle)`` and ``labeled_val_dataloader(batch_size)``. A user's own
+  DataModule only needs these three members to work with every callback.
+
+All images are ``(B, 3, image_size, image_size)`` float32, normalised once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
+
+from ssl_cropmix.data import views as V
+from ssl_cropmix.data.datasets import (
+    BadImageWarning,
+    ImageFolderDataset,
+    TorchvisionSource,
+    ViewDataset,
+    _Source,
+    label_fraction_indices,
+    read_subset_file,
+    subset_from_list,
+)
+
+DATASETS = ("folder", "cifar10", "cifar100", "stl10")
+VIEWS = ("moco", "mae", "supervised")
+_TV_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10}
+_TV_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+class CropMixDataModule(pl.LightningDataModule):
+    """Images from an ImageFolder tree or torchvision's CIFAR-10/100 / STL-10, served as
+    MoCo / MAE / supervised training views plus labelled loaders for evaluation.
+
+    Args:
+        data_dir: ``dataset="folder"``: the folder holding the split directories
+            (``<data_dir>/<train_split>/<class>/<images>``), or the CIFAR-10 JPEG archive
+            ``cifar10-jpeg.tar.gz`` / a folder containing it (extracted once, see
+            :func:`~ssl_cropmix.data.cifar.resolve_cifar10`; its val split is ``"test"``).
+            torchvision datasets: their ``root`` (default ``~/.cache/ssl_cropmix/torchvision``).
+        dataset: ``"folder"``, ``"cifar10"``, ``"cifar100"`` or ``"stl10"``.
+        train_split: split for training. CIFAR: ``"train"``; STL-10: ``"train"``,
+            ``"unlabeled"`` or ``"train+unlabeled"`` (the labelled loaders always use
+            ``"train"``).
+        val_split: split for validation / evaluation (CIFAR and STL-10: ``"val"`` and
+            ``"test"`` both mean the test set).
+        views: ``"moco"`` (query/key pairs), ``"mae"`` (one view) or ``"supervised"``
+            (probe-train augmentation, for fine-tuning with ``fit``).
+        query: MoCo query: ``"plain"``, ``"cropmix"``, ``"scalemix"``, ``"contrastive"``
+            (see :func:`~ssl_cropmix.data.views.moco_query`); Python callers may pass a
+            transform.
+        mae_view: ``"rrc"``, ``"cropmix_mixup"`` or ``"cropmix_cutmix"``.
+        image_size: output side of every view.
+        small_image: small-image (CIFAR) variants: no blur in MoCo views, no centre crop in
+            evaluation. ``None``: ``image_size <= 64``.
+        batch_size: batch size of every loader (callbacks may ask for another).
+        val_batch_size: batch size of the val / labelled loaders (default ``batch_size``).
+        num_workers: DataLoader worker processes.
+        label_fraction: train on a seeded class-balanced fraction of the training split
+            (e.g. 0.1 for "MAE on 10 % of ImageNet", 0.01 for 1 % fine-tuning).
+        subset_file: or a SimCLR-style list (``1percent.txt``) of the files to keep.
+        fraction_seed: seed of ``label_fraction``.
+        on_bad_image: ``"skip"`` (warn once per file, count, replace) or ``"raise"``.
+        download: let torchvision download CIFAR / STL-10 (needs network).
+        pin_memory: ``None``: when CUDA is available.
+        persistent_workers: keep training / val workers alive between epochs.
+        drop_last: drop the last incomplete training batch (pretraining loader only).
+        mean, std: normalisation statistics (ImageNet's by default).
+
+    Raises:
+        ValueError: invalid argument values (the message names the argument and value).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        dataset: Literal["folder", "cifar10", "cifar100", "stl10"] = "folder",
+        train_split: str = "train",
+        val_split: str = "val",
+        views: Literal["moco", "mae", "supervised"] = "moco",
+        query: str = "cropmix",
+        mae_view: Literal["rrc", "cropmix_mixup", "cropmix_cutmix"] = "rrc",
+        image_size: int = 224,
+        small_image: bool | None = None,
+        batch_size: int = 256,
+        val_batch_size: int | None = None,
+        num_workers: int = 8,
+        label_fraction: float | None = None,
+        subset_file: str | None = None,
+        fraction_seed: int = 0,
+        on_bad_image: Literal["skip", "raise"] = "skip",
+        download: bool = False,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        drop_last: bool = True,
+        mean: tuple[float, float, float] = V.IMAGENET_MEAN,
+        std: tuple[float, float, float] = V.IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+        if views not in VIEWS:
+            raise ValueError(f"views must be one of {VIEWS}, got {views!r}")
+        if not callable(query) and query not in V.QUERIES:
+            raise ValueError(f"query must be one of {V.QUERIES} or a transform, got {query!r}")
+        if mae_view not in V.MAE_VIEWS:
+            raise ValueError(f"mae_view must be one of {V.MAE_VIEWS}, got {mae_view!r}")
+        if on_bad_image not in ("skip", "raise"):
+            raise ValueError(f"on_bad_image must be 'skip' or 'raise', got {on_bad_image!r}")
+        if label_fraction is not None and not (
+            isinstance(label_fraction, (int, float)) and 0 < label_fraction <= 1
+        ):
+            raise ValueError(f"label_fraction must be in (0, 1] or None, got {label_fraction!r}")
+        if label_fraction is not None and subset_file is not None:
+            raise ValueError(
+                f"give label_fraction or subset_file, not both (got {label_fraction!r} and {subset_file!r})"
+            )
+        if subset_file is not None and dataset != "folder":
+            raise ValueError(f"subset_file needs dataset='folder', got dataset={dataset!r}")
+        if dataset == "folder" and data_dir is None:
+            raise ValueError("data_dir is required for dataset='folder', got None")
+        self.data_dir = data_dir
+        self.dataset = dataset
+        self.train_split = train_split
+        self.val_split = val_split
+        self.views = views
+        self.query = query
+        self.mae_view = mae_view
+        self.image_size = _check_int("image_size", image_size, 1)
+        self.small_image = image_size <= V.SMALL_IMAGE_MAX if small_image is None else bool(small_image)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.val_batch_size = _check_int("val_batch_size", val_batch_size or batch_size, 1)
+        self.num_workers = _check_int("num_workers", num_workers, 0)
+        self.label_fraction = label_fraction
+        self.subset_file = subset_file
+        self.fraction_seed = int(fraction_seed)
+        self.on_bad_image = on_bad_image
+        self.download = bool(download)
+        self.pin_memory = pin_memory
+        self.persistent_workers = bool(persistent_workers)
+        self.drop_last = bool(drop_last)
+        self.mean = V._check_stats("mean", mean)
+        self.std = V._check_stats("std", std)
+        self._sources: dict[str, _Source] = {}
+        self._num_classes: int | None = None
+        self.save_hyperparameters(ignore=["query"] if callable(query) else None)
+
+    # ------------------------------------------------------------------ class count
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (folder: class directories of the training split)."""
+        if self._num_classes is None:
+            if self.dataset in _TV_CLASSES:
+                self._num_classes = _TV_CLASSES[self.dataset]
+            else:
+                root = self._split_root(self._labeled_train_split())
+                self._num_classes = sum(
+                    1 for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")
+                )
+        return self._num_classes
+
+    @classmethod
+    def infer_num_classes(cls, **init_args: Any) -> int | None:
+        """Class count from ``__init__`` arguments alone (used by the CLI to link
+        ``data.num_classes`` into a model's ``num_classes``). ``None`` when unknown."""
+        try:
+            return cls(**init_args).num_classes
+        except (OSError, ValueError, TypeError):
+            return None
+
+    # ------------------------------------------------------------------ sources
+    def _root(self) -> Path:
+        if self.data_dir is None:
+            from ssl_cropmix.data.cifar import cache_dir
+
+            return cache_dir() / "torchvision"
+        return Path(self.data_dir).expanduser()
+
+    def _folder_base(self) -> Path:
+        p = self._root()
+        from ssl_cropmix.data.cifar import ARCHIVE_NAME, resolve_cifar10
+
+        looks_cifar = p.is_file() or (
+            not (p / self.train_split).is_dir() and ((p / ARCHIVE_NAME).is_file() or (p / "cifar10").is_dir())
+        )
+        return resolve_cifar10(p) if looks_cifar else p
+
+    def _split_root(self, split: str) -> Path:
+        base = self._folder_base()
+        if not base.is_dir():
+            raise FileNotFoundError(f"data_dir {str(base)!r} does not exist")
+        root = base / split
+        if not root.is_dir():
+            found = sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
+            which = "val_split" if split == self.val_split else "train_split"
+            raise FileNotFoundError(
+                f"split {split!r} not found: {str(root)!r} does not exist (splits found in "
+                f"{str(base)!r}: {', '.join(found) or 'none'}); pass {which}=<one of them>"
+            )
+        return root
+
+    def _labeled_train_split(self) -> str:
+        return "train" if self.dataset == "stl10" else self.train_split
+
+    def prepare_data(self) -> None:
+        """Download torchvision datasets when ``download=True`` (rank 0 only)."""
+        if self.dataset != "folder" and self.download:
+            for split in {self.train_split, self._labeled_train_split(), self.val_split}:
+                self._torchvision(split, download=True)
+
+    def _torchvision(self, split: str, download: bool = False) -> Any:
+        import torchvision.datasets as tvd
+
+        root = self._root()
+        name = self.dataset
+        if not download and not (root / _TV_FOLDERS[name]).is_dir():
+            raise FileNotFoundError(
+                f"{name} not found under data_dir={str(root)!r} (expected {_TV_FOLDERS[name]}/ there): "
+                f"pass data_dir=<the folder that contains {_TV_FOLDERS[name]}/>, or download=True "
+                "when the network is reachable"
+                + (
+                    "; the CIFAR-10 JPEG archive is read with dataset='folder', "
+                    "data_dir=<path to cifar10-jpeg.tar.gz>, val_split='test'"
+                    if name == "cifar10"
+                    else ""
+                )
+            )
+        try:
+            if name in ("cifar10", "cifar100"):
+                if split not in ("train", "val", "test"):
+                    raise ValueError(f"{name} splits are 'train' and 'test' (or 'val'), got {split!r}")
+                cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+                return cls(str(root), train=split == "train", download=download)
+            if split not in ("train", "test", "val", "unlabeled", "train+unlabeled"):
+                raise ValueError(
+                    f"stl10 splits are 'train', 'test' ('val'), 'unlabeled', 'train+unlabeled', got {split!r}"
+                )
+            return tvd.STL10(str(root), split="test" if split == "val" else split, download=download)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError
+            raise RuntimeError(
+                f"could not {'download' if download else 'read'} {name} into {str(root)!r} ({e}); "
+                f"download it where the network is reachable and pass data_dir=<folder containing "
+                f"{_TV_FOLDERS[name]}/> with download=False"
+            ) from e
+
+    def source(self, split: str) -> _Source:
+        """The (cached) un-transformed dataset of ``split``: ``load(i) -> (PIL RGB, label)``."""
+        if split not in self._sources:
+            if self.dataset == "folder":
+                self._sources[split] = ImageFolderDataset(self._split_root(split), on_bad_image=self.on_bad_image)
+            else:
+                self._sources[split] = TorchvisionSource(self._torchvision(split))
+        return self._sources[split]
+
+    def _subset(
+        self, src: _Source, label_fraction: float | None, subset_file: str | None
+    ) -> list[int] | None:
+        if subset_file is not None:
+            if not isinstance(src, ImageFolderDataset):
+                raise ValueError(f"subset_file needs dataset='folder', got dataset={self.dataset!r}")
+            return subset_from_list(src, read_subset_file(subset_file), list_name=repr(str(subset_file)))
+        if label_fraction is not None:
+            if min(src.targets) < 0:
+                raise ValueError(
+                    "label_fraction needs labelled images; this split has unlabelled ones (STL-10 'unlabeled')"
+                )
+            return label_fraction_indices(src.targets, label_fraction, self.fraction_seed, src.num_classes)
+        return None
+
+    # ------------------------------------------------------------------ transforms
+    def train_transform(self) -> Callable[[Any], Any]:
+        """The training view of ``views`` (see :mod:`ssl_cropmix.data.views`)."""
+        kw = dict(mean=self.mean, std=self.std)
+        if self.views == "moco":
+            return V.moco_views(self.query, self.image_size, self.small_image, **kw)
+        if self.views == "mae":
+            return V.mae_view(self.mae_view, self.image_size, **kw)
+        return V.probe_views(self.image_size, self.small_image, **kw)[0]
+
+    def eval_transforms(self) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+        """``(probe_train, val)`` transforms (:func:`~ssl_cropmix.data.views.probe_views`)."""
+        return V.probe_views(self.image_size, self.small_image, mean=self.mean, std=self.std)
+
+    # ------------------------------------------------------------------ datasets / loaders
+    def setup(self, stage: str | None = None) -> None:
+        """Scan / open the splits needed by ``stage`` (all when ``None``)."""
+        if stage in (None, "fit"):
+            self.source(self.train_split)
+        if stage in (None, "fit", "validate", "test"):
+            self.source(self.val_split)
+
+    def train_dataset(self) -> ViewDataset:
+        src = self.source(self.train_split)
+        idx = self._subset(src, self.label_fraction, self.subset_file)
+        return ViewDataset(src, self.train_transform(), idx)
+
+    def val_dataset(self) -> ViewDataset:
+        return ViewDataset(self.source(self.val_split), self.eval_transforms()[1])
+
+    def _loader(
+        self, ds: ViewDataset, batch_size: int, shuffle: bool, drop_last: bool, persistent: bool
+    ) -> DataLoader:
+        import torch
+
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=pin,
+            drop_last=drop_last,
+            persistent_workers=persistent and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Pretraining batches: ``((query, key), labels)`` (MoCo) or ``(images, labels)``."""
+        ds = self.train_dataset()
+        if self.drop_last and len(ds) < self.batch_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} is larger than the training set ({len(ds)} images) "
+                "and drop_last=True would give no batch: lower batch_size"
+            )
+        return self._loader(ds, self.batch_size, True, self.drop_last, self.persistent_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        """``(images, labels)`` of ``val_split`` with the evaluation transform (no shuffle)."""
+        return self._loader(self.val_dataset(), self.val_batch_size, False, False, self.persistent_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    # ------------------------------------------------------------------ provider protocol
+    def labeled_train_dataloader(
+        self,
+        augment: bool = True,
+        batch_size: int | None = None,
+        label_fraction: float | None = None,
+        subset_file: str | None = None,
+        shuffle: bool = True,
+    ) -> DataLoader:
+        """Labelled training images for probes / fine-tuning: ``(images, labels)``.
+
+        Args:
+            augment: probe-train augmentation (RRC + flip; small images: pad-crop + flip);
+                ``False`` uses the deterministic evaluation transform (feature banks).
+            batch_size: default ``val_batch_size``.
+            label_fraction: seeded class-balanced fraction (``fraction_seed``) of the
+                labelled training split; ``None`` (and no ``subset_file``) = all of it. The
+                DataModule's own ``label_fraction`` applies to ``train_dataloader`` only.
+            subset_file: SimCLR-style list file instead of ``label_fraction``.
+            shuffle: shuffle every epoch. Never drops the last batch.
+
+        Shape:
+            batches ``(B, 3, image_size, image_size)`` float32 normalised, ``(B,)`` int64.
+        """
+        if label_fraction is not None and subset_file is not None:
+            raise ValueError(
+                f"give label_fraction or subset_file, not both (got {label_fraction!r} and {subset_file!r})"
+            )
+        src = self.source(self._labeled_train_split())
+        idx = self._subset(src, label_fraction, subset_file)
+        train_tf, val_tf = self.eval_transforms()
+        ds = ViewDataset(src, train_tf if augment else val_tf, idx)
+        return self._loader(ds, batch_size or self.val_batch_size, shuffle, False, False)
+
+    def labeled_val_dataloader(self, batch_size: int | None = None) -> DataLoader:
+        """Labelled validation images ``(images, labels)``, evaluation transform, in order."""
+        return self._loader(self.val_dataset(), batch_size or self.val_batch_size, False, False, False)
+
+    # ------------------------------------------------------------------ bad images
+    @property
+    def bad_image_count(self) -> int:
+        """Skipped-image events so far, over every split and worker process."""
+        return sum(s.skipped for s in self._sources.values())
+
+    @property
+    def bad_files(self) -> list[str]:
+        """Files found unreadable so far."""
+        return [f for s in self._sources.values() for f in s.bad_files]
+
+
+class BadImageCounter(pl.Callback):
+    """Logs ``data/bad_images`` (skips during the epoch, all splits and workers) at the end of
+    every training epoch and warns when it is non-zero, so a long run never loses images
+    silently. Works with any DataModule that has a ``bad_image_count`` attribute.
+
+    Attributes:
+        history: the per-epoch counts.
+    """
+
+    def __init__(self, name: str = "data/bad_images") -> None:
+        super().__init__()
+        self.name = name
+        self.history: list[int] = []
+        self._last = 0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dm = trainer.datamodule
+        total = int(getattr(dm, "bad_image_count", 0) or 0)
+        count, self._last = total - self._last, total
+        self.history.append(count)
+        pl_module.log(self.name, float(count), on_epoch=True, on_step=False, rank_zero_only=True)
+        if count:
+            rank_zero_warn(
+                f"epoch {trainer.current_epoch}: {count} unreadable image(s) skipped "
+                f"({total} so far); files: {', '.join(getattr(dm, 'bad_files', [])[:5])}",
+                category=BadImageWarning,
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = list(state_dict.get("history", []))

@@ -1,0 +1,329 @@
+"""View recipes: small functions that return the transform of one training / evaluation stage.
+
+* :func:`moco_v2_augmentation`: the MoCo v2 key view (Chen et al., 2020, "Improved
+  Baselines with Momentum Contrastive Learning", Sec. 3), also the per-crop augmentation of
+  the contrastive CropMix query (Han et al., 2022, Appendix A).
+* :func:`moco_views`: ``TwoViews(query, key)`` with query ``plain`` / ``cropmix`` /
+  ``scalemix`` / ``contrastive`` or any transform.
+* :func:`mae_view`: MAE's RRC view or CropMix without intermediate augmentation (Han et al.,
+  2022, Sec. 4.3: Mixup with ``n in {2,3,4}`` for 10 % data, CutMix ``n=2`` for full data).
+* :func:`probe_views`: linear-probe / fine-tune train and val transforms, with small-image
+  (CIFAR, <= 64 px) variants that never crop 32-px images to nothing.
+
+Every view ends in one normalisation: images stay PIL / uint8 through the random ops and are
+converted to float and normalised once, by :class:`ToNormalizedTensor`.
+
+Performance: the MoCo v2 colour ops run in the PIL domain (C kernels; torchvision's tensor
+``adjust_hue`` and a 23-px tensor Gaussian blur cost about twice as much at 224 px, see
+``benchmarks/dataloader.py``), so the plain key/query pair is as fast as lightly's
+``MoCoV2Transform`` while drawing every random number from torch's RNG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import PIL.Image
+import torch
+from PIL import ImageFilter
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+QUERIES = ("plain", "cropmix", "scalemix", "contrastive")
+MAE_VIEWS = ("rrc", "cropmix_mixup", "cropmix_cutmix")
+#: Images at most this many pixels wide use the small-image (CIFAR) variants by default.
+SMALL_IMAGE_MAX = 64
+
+
+def _check_size(size: Any) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    return size
+
+
+def _check_stats(name: str, value: Sequence[float]) -> tuple[float, float, float]:
+    if isinstance(value, str) or len(value) != 3:
+        raise ValueError(f"{name} must be three floats (one per RGB channel), got {value!r}")
+    out = tuple(float(v) for v in value)
+    if name == "std" and min(out) <= 0:
+        raise ValueError(f"std must be > 0 for every channel, got {value!r}")
+    return out  # type: ignore[return-value]
+
+
+class RandomGaussianBlurPIL(v2.Transform):
+    """Gaussian blur with ``sigma ~ U(sigma)``, applied with probability ``p`` (MoCo v2).
+
+    Hand-written because torchvision's ``v2.GaussianBlur`` blurs PIL images as float tensors
+    with a fixed 23-px kernel (about 2x slower at 224 px), and lightly's ``GaussianBlur``
+    draws from ``np.random`` (STYLE principle 4). PIL's ``ImageFilter.GaussianBlur`` is a C
+    box-filter approximation whose ``radius`` is the standard deviation. Tensors are
+    blurred through PIL too (uint8) or with ``F.gaussian_blur`` (float).
+
+    Args:
+        p: probability of blurring.
+        sigma: ``(min, max)`` standard deviation in pixels.
+        generator: optional ``torch.Generator`` (default: torch's global RNG).
+    """
+
+    def __init__(
+        self, p: float = 0.5, sigma: tuple[float, float] = (0.1, 2.0), generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p!r}")
+        if len(sigma) != 2 or not 0 < sigma[0] <= sigma[1]:
+            raise ValueError(f"sigma must satisfy 0 < min <= max, got {sigma!r}")
+        self.p, self.sigma, self.generator = float(p), (float(sigma[0]), float(sigma[1])), generator
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        u = torch.rand(2, generator=self.generator, dtype=torch.float64)
+        lo, hi = self.sigma
+        return {"apply": bool(u[0] < self.p), "sigma": lo + (hi - lo) * float(u[1])}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if not params["apply"]:
+            return inpt
+        s = params["sigma"]
+        if isinstance(inpt, PIL.Image.Image):
+            return inpt.filter(ImageFilter.GaussianBlur(radius=s))
+        if isinstance(inpt, torch.Tensor) and inpt.dtype == torch.uint8 and inpt.ndim == 3:
+            out = F.pil_to_tensor(F.to_pil_image(inpt).filter(ImageFilter.GaussianBlur(radius=s)))
+            return v2.functional.to_image(out) if type(inpt) is not torch.Tensor else out
+        k = 2 * int(round(3 * s)) + 1  # float tensors: a +-3 sigma kernel
+        return F.gaussian_blur(inpt, [k, k], [s, s])
+
+
+class ToNormalizedTensor(v2.Transform):
+    """PIL / uint8 -> float32 ``(x / 255 - mean) / std`` in one fused step (the only
+    normalisation of a view). Float inputs are taken as [0, 1].
+
+    Shape:
+        PIL (H, W) or ``(3, H, W)`` -> ``(3, H, W)`` float32.
+    """
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        super().__init__()
+        self.mean = _check_stats("mean", mean)
+        self.std = _check_stats("std", std)
+        std_t = torch.tensor(self.std).view(3, 1, 1)
+        self._scale_u8 = 1.0 / (255.0 * std_t)
+        self._scale_f = 1.0 / std_t
+        self._shift = (-torch.tensor(self.mean).view(3, 1, 1) / std_t)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, PIL.Image.Image):
+            inpt = F.pil_to_tensor(inpt)
+        if not isinstance(inpt, torch.Tensor):
+            return inpt
+        x = inpt.as_subclass(torch.Tensor)
+        scale = self._scale_u8 if x.dtype == torch.uint8 else self._scale_f
+        return torch.addcmul(self._shift, x.to(torch.float32), scale)
+
+
+class _ToPIL(v2.Transform):
+    """uint8 ``(3, H, W)`` tensor -> PIL (so the colour ops below run on PIL's C kernels)."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, torch.Tensor) and inpt.dtype == torch.uint8:
+            return F.to_pil_image(inpt.as_subclass(torch.Tensor))
+        return inpt
+
+
+class _ToUint8(v2.Transform):
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return F.pil_to_tensor(inpt) if isinstance(inpt, PIL.Image.Image) else inpt
+
+
+def moco_v2_augmentation(
+    size: int = 224,
+    normalize: bool = True,
+    crop: bool = True,
+    blur_prob: float = 0.5,
+    crop_scale: tuple[float, float] = (0.2, 1.0),
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """The MoCo v2 view: RRC ``crop_scale`` -> flip -> colour jitter (0.4, 0.4, 0.4, 0.1)
+    p=0.8 -> grayscale p=0.2 -> Gaussian blur sigma in [0.1, 2] p=``blur_prob`` -> normalize.
+
+    Chen et al., 2020 (MoCo v2), Sec. 3; the same values as lightly's ``MoCoV2Transform``.
+
+    Args:
+        size: output side.
+        normalize: end with :class:`ToNormalizedTensor`; ``False`` ends in a uint8 tensor.
+        crop: start with ``RandomResizedCrop``; ``False`` is the per-crop augmentation that
+            CropMix's ``view_transform`` applies to crops it already cut (uint8 in and out).
+        blur_prob: blur probability (0 for 32-px images, as lightly's CIFAR-10 benchmark).
+        crop_scale: RandomResizedCrop area range.
+        mean, std: normalisation statistics.
+
+    Shape:
+        PIL image or ``(3, H, W)`` uint8 -> ``(3, size, size)`` (float32 when normalized).
+    """
+    size = _check_size(size)
+    ops: list[Any] = []
+    if crop:
+        ops.append(v2.RandomResizedCrop(size, scale=crop_scale, antialias=True))
+    else:
+        ops.append(_ToPIL())
+    ops += [
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+    ]
+    if blur_prob > 0:
+        ops.append(RandomGaussianBlurPIL(p=blur_prob, sigma=(0.1, 2.0)))
+    ops.append(ToNormalizedTensor(mean, std) if normalize else _ToUint8())
+    return v2.Compose(ops)
+
+
+class TwoViews:
+    """Apply two transforms to the same image: ``img -> (query(img), key(img))``.
+
+    The order is the contract of ``docs/architecture.md`` (batches ``((query, key), labels)``).
+    """
+
+    def __init__(self, query: Callable[[Any], Any], key: Callable[[Any], Any]) -> None:
+        if not callable(query) or not callable(key):
+            raise TypeError(f"query and key must be callable, got {query!r}, {key!r}")
+        self.query, self.key = query, key
+
+    def __call__(self, img: Any) -> tuple[Any, Any]:
+        return self.query(img), self.key(img)
+
+    def __repr__(self) -> str:
+        return f"TwoViews(\n  query={self.query!r},\n  key={self.key!r})"
+
+
+def moco_query(
+    query: str | Callable[[Any], Any] = "cropmix",
+    size: int = 224,
+    small_image: bool | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Callable[[Any], Any]:
+    """The MoCo query view (Han et al., 2022, Table 3 / Appendix A).
+
+    * ``"plain"``: the MoCo v2 key augmentation.
+    * ``"cropmix"``: generic CropMix (crop_scale (0.2, 1), n in {2,3,4}, Mixup), then the
+      MoCo v2 colour augmentation of the mixed image.
+    * ``"scalemix"``: ScaleMix (two crops from the shared range (0.2, 1), CutMix), then
+      the colour augmentation.
+    * ``"contrastive"``: the paper's contrastive preset: crops from (0.2, 0.6) and
+      (0.6, 1.0), each with the full colour augmentation, CutMix; normalised once after
+      mixing.
+    * a callable: used as is (it must return the final, normalised tensor).
+    """
+    from ssl_cropmix.transforms import CropMix, ScaleMix, contrastive_cropmix  # late: optional part
+
+    size = _check_size(size)
+    small = size <= SMALL_IMAGE_MAX if small_image is None else bool(small_image)
+    blur = 0.0 if small else 0.5
+    if callable(query) and not isinstance(query, str):
+        return query
+    if query not in QUERIES:
+        raise ValueError(f"query must be one of {QUERIES} or a transform, got {query!r}")
+    if query == "plain":
+        return moco_v2_augmentation(size, blur_prob=blur, mean=mean, std=std)
+    color = moco_v2_augmentation(size, normalize=False, crop=False, blur_prob=blur)
+    norm = ToNormalizedTensor(mean, std)
+    if query == "contrastive":
+        return v2.Compose([contrastive_cropmix(size, view_transform=color, output_dtype=None), norm])
+    if query == "cropmix":
+        mix = CropMix(size, crop_scale=(0.2, 1.0), num_crops=(2, 3, 4), mixing="mixup", output_dtype=None)
+    else:
+        mix = ScaleMix(size, crop_scale=(0.2, 1.0), output_dtype=None)
+    return v2.Compose([mix, color, norm])
+
+
+def moco_views(
+    query: str | Callable[[Any], Any] = "cropmix",
+    size: int = 224,
+    small_image: bool | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> TwoViews:
+    """MoCo pretraining views ``TwoViews(query, key)``: key = :func:`moco_v2_augmentation`,
+    query = :func:`moco_query`. ``small_image`` (default: ``size <= 64``) drops the blur.
+
+    Shape:
+        PIL image -> ``((3, size, size), (3, size, size))`` float32, normalised.
+    """
+    size = _check_size(size)
+    small = size <= SMALL_IMAGE_MAX if small_image is None else bool(small_image)
+    key = moco_v2_augmentation(size, blur_prob=0.0 if small else 0.5, mean=mean, std=std)
+    return TwoViews(moco_query(query, size, small, mean, std), key)
+
+
+def mae_view(
+    kind: Literal["rrc", "cropmix_mixup", "cropmix_cutmix"] = "rrc",
+    size: int = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """The MAE pretraining view (He et al., 2022; Han et al., 2022, Sec. 4.3).
+
+    * ``"rrc"``: RandomResizedCrop (0.2, 1) bicubic + flip + normalize (MAE's recipe).
+    * ``"cropmix_mixup"``: CropMix (0.2, 1), n in {2, 3, 4}, Mixup, no intermediate
+      augmentation, bicubic, + flip (the paper's 10 %-data recipe).
+    * ``"cropmix_cutmix"``: CropMix (0.2, 1), n = 2, CutMix (the full-data recipe).
+
+    Shape:
+        PIL image -> ``(3, size, size)`` float32, normalised.
+    """
+    size = _check_size(size)
+    norm = ToNormalizedTensor(mean, std)
+    if kind == "rrc":
+        first: Any = v2.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=InterpolationMode.BICUBIC)
+    elif kind in ("cropmix_mixup", "cropmix_cutmix"):
+        from ssl_cropmix.transforms import CropMix
+
+        mixup = kind == "cropmix_mixup"
+        first = CropMix(
+            size,
+            crop_scale=(0.2, 1.0),
+            num_crops=(2, 3, 4) if mixup else 2,
+            mixing="mixup" if mixup else "cutmix",
+            interpolation=InterpolationMode.BICUBIC,
+            output_dtype=None,
+        )
+    else:
+        raise ValueError(f"kind must be one of {MAE_VIEWS}, got {kind!r}")
+    return v2.Compose([first, v2.RandomHorizontalFlip(), norm])
+
+
+def probe_views(
+    size: int = 224,
+    small_image: bool | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> tuple[v2.Compose, v2.Compose]:
+    """Linear-probe / fine-tune views ``(train, val)``.
+
+    * large images: train = RandomResizedCrop (0.08, 1) + flip; val = resize to
+      ``size / 0.875`` (256 for 224) + centre crop ``size`` (standard ImageNet evaluation).
+    * small images (``small_image``, default ``size <= 64``): train = resize to ``size`` +
+      RandomCrop ``size`` with 4/32 padding + flip; val = resize to ``size`` only (no
+      centre crop that would cut a 32-px image down further).
+
+    Shape:
+        PIL image -> ``(3, size, size)`` float32, normalised.
+    """
+    size = _check_size(size)
+    small = size <= SMALL_IMAGE_MAX if small_image is None else bool(small_image)
+    norm = ToNormalizedTensor(mean, std)
+    if small:
+        pad = max(1, round(size * 4 / 32))
+        train = v2.Compose(
+            [v2.Resize((size, size), antialias=True), v2.RandomCrop(size, padding=pad, padding_mode="reflect"),
+             v2.RandomHorizontalFlip(), norm]
+        )
+        val = v2.Compose([v2.Resize((size, size), antialias=True), norm])
+    else:
+        train = v2.Compose([v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip(), norm])
+        val = v2.Compose([v2.Resize(round(size / 0.875), antialias=True), v2.CenterCrop(size), norm])
+    return train, val
