@@ -63,7 +63,8 @@ class CropMixDataModule(pl.LightningDataModule):
             ``"unlabeled"`` or ``"train+unlabeled"`` (the labelled loaders always use
             ``"train"``).
         val_split: split for validation / evaluation (CIFAR and STL-10: ``"val"`` and
-            ``"test"`` both mean the test set).
+            ``"test"`` both mean the test set). ``None``: no validation loader (the online
+            probe / kNN monitor then have nothing to read).
         views: ``"moco"`` (query/key pairs), ``"mae"`` (one view) or ``"supervised"``
             (probe-train augmentation, for fine-tuning with ``fit``).
         query: MoCo query: ``"plain"``, ``"cropmix"``, ``"scalemix"``, ``"contrastive"``
@@ -96,7 +97,7 @@ class CropMixDataModule(pl.LightningDataModule):
         data_dir: str | None = None,
         dataset: Literal["folder", "cifar10", "cifar100", "stl10"] = "folder",
         train_split: str = "train",
-        val_split: str = "val",
+        val_split: str | None = "val",
         views: Literal["moco", "mae", "supervised"] = "moco",
         query: str = "cropmix",
         mae_view: Literal["rrc", "cropmix_mixup", "cropmix_cutmix"] = "rrc",
@@ -225,7 +226,7 @@ class CropMixDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         """Download torchvision datasets when ``download=True`` (rank 0 only)."""
         if self.dataset != "folder" and self.download:
-            for split in {self.train_split, self._labeled_train_split(), self.val_split}:
+            for split in {self.train_split, self._labeled_train_split(), self.val_split} - {None}:
                 self._torchvision(split, download=True)
 
     def _torchvision(self, split: str, download: bool = False) -> Any:
@@ -306,7 +307,7 @@ class CropMixDataModule(pl.LightningDataModule):
         """Scan / open the splits needed by ``stage`` (all when ``None``)."""
         if stage in (None, "fit"):
             self.source(self.train_split)
-        if stage in (None, "fit", "validate", "test"):
+        if stage in (None, "fit", "validate", "test") and self.val_split is not None:
             self.source(self.val_split)
 
     def train_dataset(self) -> ViewDataset:
@@ -315,6 +316,8 @@ class CropMixDataModule(pl.LightningDataModule):
         return ViewDataset(src, self.train_transform(), idx)
 
     def val_dataset(self) -> ViewDataset:
+        if self.val_split is None:
+            raise ValueError("val_split is None: this data module has no validation data")
         return ViewDataset(self.source(self.val_split), self.eval_transforms()[1])
 
     def _loader(
@@ -343,8 +346,11 @@ class CropMixDataModule(pl.LightningDataModule):
             )
         return self._loader(ds, self.batch_size, True, self.drop_last, self.persistent_workers)
 
-    def val_dataloader(self) -> DataLoader:
-        """``(images, labels)`` of ``val_split`` with the evaluation transform (no shuffle)."""
+    def val_dataloader(self) -> DataLoader | list:
+        """``(images, labels)`` of ``val_split`` with the evaluation transform (no shuffle);
+        ``[]`` (no validation) when ``val_split`` is ``None``."""
+        if self.val_split is None:
+            return []
         return self._loader(self.val_dataset(), self.val_batch_size, False, False, self.persistent_workers)
 
     def test_dataloader(self) -> DataLoader:
