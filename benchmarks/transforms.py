@@ -10,8 +10,10 @@ Every path starts from the same decoded PIL image and ends in a float32 tensor i
 
 At 224 px the inputs are the ImageNet-sized colour photos bundled with scikit-image, at
 32 px CIFAR-10 test images (``--data-root``, default ``../shared/data``). Methods are
-interleaved: each repeat times every method once over all images, in a shuffled order,
-and the table reports the median over repeats. Single-threaded, like a data-loader worker.
+interleaved: each repeat times every method once over all images, in a shuffled order;
+the table reports the median and the minimum over repeats, and the ratio to the plain path
+(median of the per-repeat ratios, and min over min, the least noise-sensitive on a shared
+machine). Single-threaded, like a data-loader worker.
 
 Usage:
     python benchmarks/transforms.py --repeats 7 --n-images 256
@@ -86,16 +88,21 @@ def bench(images: list[Image.Image], size: int, repeats: int) -> list[tuple[str,
             for img in images:
                 fn(img)
             times[name].append((time.perf_counter() - t0) / len(images) * 1e6)
-    base = statistics.median(times["plain RRC (PIL)"])
-    return [(k, statistics.median(v), statistics.median(v) / base) for k, v in times.items()]
+    base = times["plain RRC (PIL)"]
+    rows = []
+    for k, v in times.items():
+        # ratio per repeat (same pass, same machine load), then median / min over repeats
+        ratios = [t / b for t, b in zip(v, base)]
+        rows.append((k, statistics.median(v), min(v), statistics.median(ratios), min(v) / min(base)))
+    return rows
 
 
-def print_table(title: str, rows: list[tuple[str, float, float]]) -> None:
+def print_table(title: str, rows: list[tuple[str, float, float, float, float]]) -> None:
     print(f"\n### {title}\n")
-    print("| path | µs / image | ratio vs plain RRC (PIL) |")
-    print("|---|---:|---:|")
-    for name, us, ratio in rows:
-        print(f"| {name} | {us:.0f} | {ratio:.2f}x |")
+    print("| path | µs / image (median) | µs / image (min) | ratio (median) | ratio (min/min) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, med, mn, ratio, ratio_min in rows:
+        print(f"| {name} | {med:.0f} | {mn:.0f} | {ratio:.2f}x | {ratio_min:.2f}x |")
 
 
 def load_demo(n: int) -> list[Image.Image]:
