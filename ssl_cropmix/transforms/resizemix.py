@@ -21,7 +21,7 @@ from torchvision.transforms.v2._augment import _BaseMixUpCutMix
 from torchvision.transforms.v2._utils import is_pure_tensor, query_size
 
 from ssl_cropmix.transforms import functional as CF
-from ssl_cropmix.transforms.cropmix import _check_range
+from ssl_cropmix.transforms.cropmix import _check_interpolation, _check_range
 
 
 class ResizeMix(_BaseMixUpCutMix):
@@ -38,8 +38,8 @@ class ResizeMix(_BaseMixUpCutMix):
         num_classes: number of classes (for index labels).
         tau_range: range of the resize factor ``tau``, ``0 < min <= max <= 1``.
         labels_getter: as in ``v2.MixUp``.
-        interpolation: interpolation of the pasted image.
-        generator: optional ``torch.Generator``.
+        generator: optional ``torch.Generator`` (``None``: torch's global RNG).
+        interpolation: interpolation of the pasted image (bilinear, bicubic, nearest).
 
     Shape:
         ``images (B, C, H, W), labels (B,) or (B, num_classes)`` ->
@@ -51,14 +51,14 @@ class ResizeMix(_BaseMixUpCutMix):
         num_classes: int | None = None,
         tau_range: tuple[float, float] = (0.1, 0.8),
         labels_getter: str | Callable[[Any], Any] = "default",
-        interpolation: InterpolationMode = InterpolationMode.BILINEAR,
         generator: torch.Generator | None = None,
+        interpolation: InterpolationMode | str = InterpolationMode.BILINEAR,
     ) -> None:
         if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
         super().__init__(alpha=1.0, num_classes=num_classes, labels_getter=labels_getter)
         self.tau_range = _check_range("tau_range", tau_range, low_open=0.0, high=1.0, strict=False)
-        self.interpolation = interpolation
+        self.interpolation = _check_interpolation(interpolation)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
         self.generator = generator

@@ -224,6 +224,21 @@ def test_deterministic_under_seed_and_different_across_seeds():
     assert not torch.equal(a, CropMix(24)(x))
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mixing", ["mixup", "cutmix", "resizemix"])
+def test_device_and_dtype_preserved(device, mixing):
+    x = noise_image().to(device)
+    out = CropMix(24, mixing=mixing)(x)
+    assert out.device == x.device and out.dtype == torch.float32 and out.shape == (3, 24, 24)
+    out = CropMix(24, mixing=mixing)(x.float() / 255)
+    assert out.device == x.device and out.dtype == torch.float32
+    out = CropMix(24, mixing=mixing, output_dtype=None)(x)
+    assert out.device == x.device and out.dtype == torch.uint8
+
+
 # ------------------------------------------------------------------ presets
 def test_contrastive_preset_pastes_large_scale_crop_into_small_scale_crop():
     t = contrastive_cropmix(32, view_transform=v2.RandomGrayscale(p=1.0))

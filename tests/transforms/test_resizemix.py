@@ -65,6 +65,7 @@ def test_deterministic_under_seed():
         (dict(num_classes=4, tau_range=(0.5, 1.2)), ["tau_range", "1.2"]),
         (dict(num_classes=4, tau_range=(0.8, 0.1)), ["tau_range", "(0.8, 0.1)"]),
         (dict(num_classes=0), ["num_classes", "0"]),
+        (dict(num_classes=4, interpolation="box"), ["interpolation", "box"]),
     ],
 )
 def test_bad_settings(kwargs, words):
