@@ -21,7 +21,6 @@ import PIL.Image
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode, Transform
-from torchvision.transforms.v2 import functional as F
 from torchvision.transforms.v2._utils import query_chw
 
 from ssl_cropmix.transforms import functional as CF
