@@ -2,8 +2,9 @@
 
 Every path starts from the same decoded PIL image and ends in a float32 tensor in [0, 1]:
 
-- ``plain RRC``: ``v2.RandomResizedCrop`` on the PIL image, ``PILToTensor``, ``ToDtype``
-  (the baseline; every ratio in the table is relative to it, measured in the same run);
+- ``plain RRC``: ``v2.RandomResizedCrop`` (default scale (0.08, 1)) on the PIL image,
+  ``PILToTensor``, ``ToDtype`` (the baseline; every ratio in the table is relative to it,
+  measured in the same run);
 - ``CropMix ...``: this package (uint8 crops by slicing, uint8 resize, one float conversion);
 - ``naive CropMix``: the paper's code style: ``n`` RandomResizedCrops on the PIL image,
   each converted to float, mixed in float.
