@@ -14,7 +14,7 @@ from pytorch_lightning import seed_everything
 
 from ssl_cropmix.data.datamodule import BadImageCounter, CropMixDataModule
 from ssl_cropmix.data.datasets import BadImageError, BadImageWarning
-from tests.data.conftest import make_tree  # noqa: F401  (helpers shared with test_datasets)
+from data_fixtures import make_tree, write_bad_kinds
 
 
 def _dm(root, **kw):
@@ -121,8 +121,6 @@ def test_worker_seeding_reproducible_and_distinct(tmp_path):
 
 
 def test_bad_images_in_workers_are_counted_and_raise_mode(tmp_path):
-    from tests.data.conftest import write_bad_kinds
-
     make_tree(tmp_path / "train", classes=("clean",), per_class=(5,))
     write_bad_kinds(tmp_path / "train" / "odd")
     dm = _dm(tmp_path, batch_size=3, num_workers=2, persistent_workers=False, query="plain")
@@ -138,8 +136,6 @@ def test_bad_images_in_workers_are_counted_and_raise_mode(tmp_path):
 
 def test_bad_image_counter_logs_each_epoch(tmp_path):
     import pytorch_lightning as pl
-
-    from tests.data.conftest import write_bad_kinds
 
     make_tree(tmp_path / "train", classes=("clean",), per_class=(5,))
     write_bad_kinds(tmp_path / "train" / "odd")

@@ -11,7 +11,7 @@ from torchvision.transforms.v2 import functional as F
 from ssl_cropmix.data.datamodule import CropMixDataModule
 from ssl_cropmix.data.datasets import ImageFolderDataset
 from ssl_cropmix.data.grid import HEADER, TILE_GAP, main, show_views, view_rows
-from tests.data.conftest import make_tree
+from data_fixtures import make_tree
 
 
 def test_rows_columns_and_reproducible(tmp_path):
