@@ -165,20 +165,21 @@ def moco_v2_augmentation(
         PIL image or ``(3, H, W)`` uint8 -> ``(3, size, size)`` (float32 when normalized).
     """
     size = _check_size(size)
-    ops: list[Any] = []
-    if crop:
-        ops.append(v2.RandomResizedCrop(size, scale=crop_scale, antialias=True))
-    else:
-        ops.append(_ToPIL())
-    ops += [
+    first = v2.RandomResizedCrop(size, scale=crop_scale, antialias=True) if crop else _ToPIL()
+    last = ToNormalizedTensor(mean, std) if normalize else _ToUint8()
+    return v2.Compose([first, *_colour_ops(blur_prob), last])
+
+
+def _colour_ops(blur_prob: float) -> list[v2.Transform]:
+    """MoCo v2's flip, colour jitter, grayscale and blur (PIL in, PIL out)."""
+    ops: list[v2.Transform] = [
         v2.RandomHorizontalFlip(),
         v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
         v2.RandomGrayscale(p=0.2),
     ]
     if blur_prob > 0:
         ops.append(RandomGaussianBlurPIL(p=blur_prob, sigma=(0.1, 2.0)))
-    ops.append(ToNormalizedTensor(mean, std) if normalize else _ToUint8())
-    return v2.Compose(ops)
+    return ops
 
 
 class TwoViews:
@@ -229,15 +230,15 @@ def moco_query(
         raise ValueError(f"query must be one of {QUERIES} or a transform, got {query!r}")
     if query == "plain":
         return moco_v2_augmentation(size, blur_prob=blur, mean=mean, std=std)
-    color = moco_v2_augmentation(size, normalize=False, crop=False, blur_prob=blur)
     norm = ToNormalizedTensor(mean, std)
     if query == "contrastive":
+        color = moco_v2_augmentation(size, normalize=False, crop=False, blur_prob=blur)
         return v2.Compose([contrastive_cropmix(size, view_transform=color, output_dtype=None), norm])
     if query == "cropmix":
         mix = CropMix(size, crop_scale=(0.2, 1.0), num_crops=(2, 3, 4), mixing="mixup", output_dtype=None)
     else:
         mix = ScaleMix(size, crop_scale=(0.2, 1.0), output_dtype=None)
-    return v2.Compose([mix, color, norm])
+    return v2.Compose([mix, _ToPIL(), *_colour_ops(blur), norm])  # uint8 -> PIL colour ops -> float
 
 
 def moco_views(
