@@ -12,7 +12,21 @@ from typing import Any
 __version__ = "0.1.0"
 
 # public name -> module that defines it
-_EXPORTS: dict[str, str] = {}
+_EXPORTS: dict[str, str] = {
+    # transforms
+    "CropMix": "ssl_cropmix.transforms",
+    "CropMixParams": "ssl_cropmix.transforms",
+    "ScaleMix": "ssl_cropmix.transforms",
+    "ResizeMix": "ssl_cropmix.transforms",
+    "contrastive_cropmix": "ssl_cropmix.transforms",
+    # data
+    "CropMixDataModule": "ssl_cropmix.data.datamodule",
+    "BadImageCounter": "ssl_cropmix.data.datamodule",
+    "moco_views": "ssl_cropmix.data.views",
+    "mae_view": "ssl_cropmix.data.views",
+    "probe_views": "ssl_cropmix.data.views",
+    "show_views": "ssl_cropmix.data.grid",
+}
 
 
 def __getattr__(name: str) -> Any:

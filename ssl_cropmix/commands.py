@@ -29,4 +29,11 @@ def _not_ready(cmd: str):
     return _h
 
 
-_HANDLERS = {c: _not_ready(c) for c in ("show-views", "probe", "finetune", "export")}
+def _show_views(argv: list[str]) -> int:
+    from ssl_cropmix.data import grid
+
+    return int(grid.main(argv, prog="ssl-cropmix show-views") or 0)
+
+
+_HANDLERS = {c: _not_ready(c) for c in ("probe", "finetune", "export")}
+_HANDLERS["show-views"] = _show_views

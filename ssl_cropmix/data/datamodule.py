@@ -36,7 +36,7 @@ from ssl_cropmix.data.datasets import (
     subset_from_list,
 )
 
-DATASETS = ("folder", "cifar10", "cifar100", "stl10")
+DATASETS = ("folder", "demo", "cifar10", "cifar100", "stl10")
 VIEWS = ("moco", "mae", "supervised")
 _TV_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10}
 _TV_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
@@ -58,7 +58,10 @@ class CropMixDataModule(pl.LightningDataModule):
             ``cifar10-jpeg.tar.gz`` / a folder containing it (extracted once, see
             :func:`~ssl_cropmix.data.cifar.resolve_cifar10`; its val split is ``"test"``).
             torchvision datasets: their ``root`` (default ``~/.cache/ssl_cropmix/torchvision``).
-        dataset: ``"folder"``, ``"cifar10"``, ``"cifar100"`` or ``"stl10"``.
+        dataset: ``"folder"``, ``"demo"`` (a built-in set cut from the photos bundled with
+            scikit-image, 8 classes, written once to ``data_dir`` or the cache; see
+            :func:`~ssl_cropmix.data.demo.write_demo_folder`; needs no download),
+            ``"cifar10"``, ``"cifar100"`` or ``"stl10"``.
         train_split: split for training. CIFAR: ``"train"``; STL-10: ``"train"``,
             ``"unlabeled"`` or ``"train+unlabeled"`` (the labelled loaders always use
             ``"train"``).
@@ -95,7 +98,7 @@ class CropMixDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_dir: str | None = None,
-        dataset: Literal["folder", "cifar10", "cifar100", "stl10"] = "folder",
+        dataset: Literal["folder", "demo", "cifar10", "cifar100", "stl10"] = "folder",
         train_split: str = "train",
         val_split: str | None = "val",
         views: Literal["moco", "mae", "supervised"] = "moco",
@@ -136,7 +139,7 @@ class CropMixDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"give label_fraction or subset_file, not both (got {label_fraction!r} and {subset_file!r})"
             )
-        if subset_file is not None and dataset != "folder":
+        if subset_file is not None and dataset not in ("folder", "demo"):
             raise ValueError(f"subset_file needs dataset='folder', got dataset={dataset!r}")
         if dataset == "folder" and data_dir is None:
             raise ValueError("data_dir is required for dataset='folder', got None")
@@ -171,7 +174,11 @@ class CropMixDataModule(pl.LightningDataModule):
     def num_classes(self) -> int:
         """Number of classes (folder: class directories of the training split)."""
         if self._num_classes is None:
-            if self.dataset in _TV_CLASSES:
+            if self.dataset == "demo":
+                from ssl_cropmix.data.demo import DEMO_NAMES
+
+                self._num_classes = len(DEMO_NAMES)
+            elif self.dataset in _TV_CLASSES:
                 self._num_classes = _TV_CLASSES[self.dataset]
             else:
                 root = self._split_root(self._labeled_train_split())
@@ -198,6 +205,12 @@ class CropMixDataModule(pl.LightningDataModule):
         return Path(self.data_dir).expanduser()
 
     def _folder_base(self) -> Path:
+        if self.dataset == "demo":
+            from ssl_cropmix.data.cifar import cache_dir
+            from ssl_cropmix.data.demo import write_demo_folder
+
+            target = Path(self.data_dir).expanduser() if self.data_dir else cache_dir() / "demo"
+            return write_demo_folder(target)
         p = self._root()
         from ssl_cropmix.data.cifar import ARCHIVE_NAME, resolve_cifar10
 
@@ -225,7 +238,7 @@ class CropMixDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download torchvision datasets when ``download=True`` (rank 0 only)."""
-        if self.dataset != "folder" and self.download:
+        if self.dataset in _TV_CLASSES and self.download:
             for split in {self.train_split, self._labeled_train_split(), self.val_split} - {None}:
                 self._torchvision(split, download=True)
 
@@ -267,7 +280,7 @@ class CropMixDataModule(pl.LightningDataModule):
     def source(self, split: str) -> _Source:
         """The (cached) un-transformed dataset of ``split``: ``load(i) -> (PIL RGB, label)``."""
         if split not in self._sources:
-            if self.dataset == "folder":
+            if self.dataset in ("folder", "demo"):
                 self._sources[split] = ImageFolderDataset(self._split_root(split), on_bad_image=self.on_bad_image)
             else:
                 self._sources[split] = TorchvisionSource(self._torchvision(split))

@@ -46,17 +46,28 @@ def _skimage_data_dir() -> Path:
     return Path(spec.origin).parent / "data"
 
 
-def write_demo_folder(root: str | os.PathLike, names: tuple[str, ...] = DEMO_NAMES) -> Path:
-    """Write the demo photos as an ImageFolder tree ``root/train/<name>/<name>.jpg``.
+def write_demo_folder(root: str | os.PathLike, names: tuple[str, ...] = DEMO_NAMES, grid: int = 4) -> Path:
+    """Write a small ImageFolder demo set cut from the bundled photos; return ``root``.
 
-    Each photo is its own class; ``val`` mirrors ``train``. Returns ``root``.
+    Each photo is one class; it is cut into a ``grid x grid`` mosaic of tiles, and the tiles
+    are split like a checkerboard: ``root/train/<name>/`` gets the "white" tiles and
+    ``root/val/<name>/`` the "black" ones, so train and val never share pixels. With the
+    defaults this is 8 classes x 8 tiles per split (64 + 64 JPEG files, ~100-350 px).
+    Existing files are kept, so calling it twice is cheap.
     """
     root = Path(root)
-    for split in ("train", "val"):
-        for n, img in zip(names, demo_images(names)):
-            d = root / split / n
-            d.mkdir(parents=True, exist_ok=True)
-            p = d / f"{n}.jpg"
-            if not p.exists():
-                img.save(p, quality=95)
+    done = root / f".complete-{grid}-{len(names)}"
+    if done.exists():
+        return root
+    for n, img in zip(names, demo_images(names)):
+        w, h = img.size
+        tw, th = w // grid, h // grid
+        for i in range(grid):
+            for j in range(grid):
+                split = "train" if (i + j) % 2 == 0 else "val"
+                d = root / split / n
+                d.mkdir(parents=True, exist_ok=True)
+                tile = img.crop((j * tw, i * th, (j + 1) * tw, (i + 1) * th))
+                tile.save(d / f"{n}_{i}{j}.jpg", quality=95)
+    done.touch()
     return root
