@@ -179,9 +179,10 @@ def show_views(
 
 def build_parser(prog: str = "python -m ssl_cropmix.data.grid") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Write a PNG grid of key / crops / mixed / query views.")
-    p.add_argument("--data-dir", required=True, help="folder with <split>/<class>/ images, the CIFAR-10 "
-                   "JPEG archive (or its folder), or a torchvision root with --dataset")
-    p.add_argument("--dataset", default="folder", choices=["folder", "cifar10", "cifar100", "stl10"])
+    p.add_argument("--data-dir", default=None, help="folder with <split>/<class>/ images, the CIFAR-10 "
+                   "JPEG archive (or its folder), or a torchvision root with --dataset "
+                   "(required for --dataset folder)")
+    p.add_argument("--dataset", default="folder", choices=["folder", "demo", "cifar10", "cifar100", "stl10"])
     p.add_argument("--split", default="train", help="split to read (default: train)")
     p.add_argument("--views", default="moco", choices=["moco", "mae", "supervised"])
     p.add_argument("--query", default="cropmix", choices=list(V.QUERIES))
