@@ -1,0 +1,193 @@
+"""MoCoCropMix: loss vs reference, queue contents after a step, momentum update, gradient
+flow, lr scaling, faults, resume, and 2-process DDP (gloo)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from moco_helpers import pair_loader, tiny_moco
+
+from ssl_cropmix.losses.infonce import infonce_queue_loss
+from ssl_cropmix.methods.moco import MoCoCropMix
+
+
+def _batch(b=4, size=16):
+    g = torch.Generator().manual_seed(5)
+    return (torch.rand(b, 3, size, size, generator=g), torch.rand(b, 3, size, size, generator=g)), torch.zeros(b)
+
+
+def _trainer(tmp_path, **kw):
+    args = dict(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, deterministic=True, num_sanity_val_steps=0,
+    )
+    args.update(kw)
+    return pl.Trainer(**args)
+
+
+def test_step_loss_queue_and_momentum_update_match_references():
+    model = tiny_moco(momentum=0.9)
+    with torch.no_grad():  # make the momentum encoder differ from the query encoder
+        for p in model.backbone_momentum.parameters():
+            p.add_(0.1)
+    (xq, xk), y = _batch()
+    old_q = [p.detach().clone() for p in model.backbone.parameters()]
+    old_k = [p.detach().clone() for p in model.backbone_momentum.parameters()]
+    queue_before = model.queue.queue.clone()
+    out = model.training_step(((xq, xk), y), 0)
+    # momentum update: k <- m k + (1 - m) q, exactly
+    for pk, ok, oq in zip(model.backbone_momentum.parameters(), old_k, old_q):
+        assert torch.allclose(pk, 0.9 * ok + 0.1 * oq, atol=1e-7)
+    # reference loss from the same encoders and the queue before the step
+    with torch.no_grad():
+        q = model.projection_head(model.backbone(xq))
+        k = model.projection_head_momentum(model.backbone_momentum(xk))
+    ref = infonce_queue_loss(q, k, queue_before, 0.2)
+    assert torch.allclose(out["loss"], ref, atol=1e-6)
+    # queue: exactly the new (normalised later in the loss) keys at [0, 4), the rest untouched
+    assert torch.allclose(model.queue.queue[:4], k, atol=1e-6)
+    assert torch.equal(model.queue.queue[4:], queue_before[4:])
+    assert int(model.queue.ptr) == 4
+    model.training_step(_batch(), 1)
+    assert int(model.queue.ptr) == 8
+
+
+def test_gradients_reach_only_the_query_encoder():
+    model = tiny_moco()
+    out = model.training_step(_batch(), 0)
+    out["loss"].backward()
+    for name, p in model.named_parameters():
+        if name.startswith(("backbone_momentum", "projection_head_momentum")):
+            assert p.grad is None and not p.requires_grad, name
+        else:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert not model.queue.queue.requires_grad
+
+
+def test_symmetric_enqueues_both_directions():
+    model = tiny_moco(symmetric=True)
+    model.training_step(_batch(), 0)
+    assert int(model.queue.ptr) == 8
+
+
+def test_cosine_momentum_schedule_reaches_one(tmp_path):
+    model = tiny_moco(momentum=0.99, momentum_schedule="cosine")
+    seen = []
+
+    class Rec(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(pl_module.current_momentum())
+
+    _trainer(tmp_path, max_steps=5, max_epochs=5, callbacks=[Rec()]).fit(model, pair_loader(8, 4))
+    assert seen[0] == pytest.approx(0.99) and seen[-1] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(seen, seen[1:]))
+
+
+def test_lr_scaled_by_global_batch(tmp_path):
+    model = tiny_moco(lr=None, base_lr=0.03)
+    trainer = _trainer(tmp_path, max_steps=1, accumulate_grad_batches=2)
+    trainer.fit(model, pair_loader(16, 4))
+    assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(0.03 * 8 / 256)
+    assert trainer.optimizers[0].param_groups[0]["momentum"] == 0.9
+    assert trainer.optimizers[0].param_groups[0]["weight_decay"] == 1e-4
+
+
+def test_optimizer_callable_is_used(tmp_path):
+    model = tiny_moco(optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3), cosine_lr=False)
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.fit(model, pair_loader(8, 4))
+    assert isinstance(trainer.optimizers[0], torch.optim.AdamW)
+
+
+def test_single_sample_batch_rejected_at_train_start(tmp_path):
+    with pytest.raises(ValueError, match="batch_size=1"):
+        _trainer(tmp_path, max_steps=1).fit(tiny_moco(), pair_loader(4, 1))
+
+
+def test_batch_larger_than_queue_rejected(tmp_path):
+    with pytest.raises(ValueError, match="queue_size=4"):
+        _trainer(tmp_path, max_steps=1).fit(tiny_moco(queue_size=4), pair_loader(8, 8))
+
+
+def test_queue_not_divisible_by_batch_wraps(tmp_path):
+    model = tiny_moco(queue_size=10)
+    _trainer(tmp_path, max_steps=3).fit(model, pair_loader(12, 4))
+    assert int(model.queue.ptr) == 12 % 10
+
+
+def test_nan_loss_names_the_step(tmp_path):
+    model = tiny_moco()
+
+    class Poison(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 2:
+                batch[0][0].fill_(float("nan"))
+
+    with pytest.raises(FloatingPointError, match="global step 2"):
+        _trainer(tmp_path, max_steps=5, max_epochs=5, callbacks=[Poison()]).fit(model, pair_loader(8, 4))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="momentum_schedule"):
+        tiny_moco(momentum_schedule="linear")
+    with pytest.raises(ValueError, match="bn_mode"):
+        tiny_moco(bn_mode="ghost")
+    with pytest.raises(ValueError, match="queue_size"):
+        tiny_moco(queue_size=0)
+    with pytest.raises(ValueError, match="temperature"):
+        tiny_moco(temperature=0)
+
+
+def test_hparams_saved_and_backbone_protocol():
+    model = MoCoCropMix(backbone="resnet18", small_image=True, proj_hidden_dim=32, out_dim=8, queue_size=64)
+    assert model.hparams.backbone == "resnet18" and model.hparams.queue_size == 64
+    assert "optimizer" not in model.hparams
+    model.eval()
+    assert model.backbone(torch.rand(2, 3, 32, 32)).shape == (2, 512)
+    assert "backbone" not in tiny_moco().hparams
+
+
+class _Losses(pl.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].item())
+
+
+def test_resume_continues_identically(tmp_path):
+    pl.seed_everything(0)
+    rec = _Losses()
+    full = tiny_moco()
+    _trainer(tmp_path / "a", max_epochs=4, callbacks=[rec]).fit(full, pair_loader(8, 4))
+    assert len(rec.losses) == 8
+
+    pl.seed_everything(0)
+    first = _Losses()
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, save_top_k=0)
+    part = tiny_moco()
+
+    class StopAfterTwoEpochs(pl.Callback):  # same max_epochs (lr/momentum schedules), interrupted
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = trainer.current_epoch == 1
+
+    _trainer(
+        tmp_path / "b", max_epochs=4, callbacks=[first, StopAfterTwoEpochs(), ckpt], enable_checkpointing=True
+    ).fit(
+        part, pair_loader(8, 4)
+    )
+    pl.seed_everything(1)  # a different seed: everything must come from the checkpoint
+    second = _Losses()
+    resumed = tiny_moco()
+    _trainer(tmp_path / "c", max_epochs=4, callbacks=[second]).fit(
+        resumed, pair_loader(8, 4), ckpt_path=str(tmp_path / "ck" / "last.ckpt")
+    )
+    assert first.losses == pytest.approx(rec.losses[:4], abs=1e-6)
+    assert second.losses == pytest.approx(rec.losses[4:], abs=1e-6)
+    assert torch.allclose(resumed.queue.queue, full.queue.queue, atol=1e-6)
+    assert int(resumed.queue.ptr) == int(full.queue.ptr)
+    for a, b in zip(resumed.backbone_momentum.parameters(), full.backbone_momentum.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
