@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if not p.name.startswith("_"))
 
@@ -29,11 +29,12 @@ def test_every_config_instantiates(config: Path, tmp_path, monkeypatch):
     assert isinstance(cli.trainer, Trainer)
 
 
-def test_main_help_lists_task_commands(capsys):
+def test_main_help_lists_task_commands(capsys, monkeypatch):
     from ssl_cropmix.cli import main
 
+    monkeypatch.setattr("sys.argv", ["ssl-cropmix", "--help"])
     with pytest.raises(SystemExit) as e:
-        main(["--help"])
+        main()
     assert e.value.code == 0
     out = capsys.readouterr().out
     for cmd in ("fit", "validate", "test", "show-views", "probe", "finetune", "export"):

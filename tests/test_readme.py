@@ -2,7 +2,7 @@
 
 import re
 
-from conftest import REPO
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 def _bash_blocks(text: str) -> list[str]:
