@@ -191,3 +191,37 @@ def test_resume_continues_identically(tmp_path):
     assert int(resumed.queue.ptr) == int(full.queue.ptr)
     for a, b in zip(resumed.backbone_momentum.parameters(), full.backbone_momentum.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+class _SaveRankState(pl.Callback):
+    def __init__(self, out_dir):
+        self.out_dir = str(out_dir)
+        self.keys = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.keys.append(outputs["keys"].cpu())
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save(
+            {"keys": self.keys, "queue": pl_module.queue.queue.cpu(), "ptr": int(pl_module.queue.ptr),
+             "shuffle": pl_module._shuffle_distributed},
+            f"{self.out_dir}/rank{trainer.global_rank}.pt",
+        )
+
+
+def test_ddp_two_processes_queue_holds_keys_of_both(tmp_path):
+    model = tiny_moco(queue_size=32)
+    trainer = _trainer(
+        tmp_path, accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=2,
+        callbacks=[_SaveRankState(tmp_path)], deterministic=False,
+    )
+    trainer.fit(model, pair_loader(8, 2, shuffle=False))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["shuffle"] and r1["shuffle"]  # shuffle-BN active across the two processes
+    assert len(r0["keys"]) == len(r1["keys"]) == 2
+    assert not torch.allclose(r0["keys"][0], r1["keys"][0])  # different data on each rank
+    for r in (r0, r1):
+        assert r["ptr"] == 8  # 2 steps x 2 processes x 2 samples
+        for step in range(2):
+            expected = torch.cat([r0["keys"][step], r1["keys"][step]])  # rank order
+            assert torch.allclose(r["queue"][4 * step : 4 * step + 4], expected, atol=1e-6)
