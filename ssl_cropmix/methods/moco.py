@@ -215,6 +215,11 @@ class MoCoCropMix(pl.LightningModule):
         self.log("train/momentum", m, batch_size=x_q.shape[0])
         return {"loss": loss, "features": feats.detach(), "keys": k}
 
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """No validation loss: the val loop exists so evaluation callbacks (online probe,
+        kNN) can run on the validation loader."""
+        return None
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store torch's RNG streams (Lightning does not), so a resumed run draws the same

@@ -225,3 +225,39 @@ def test_ddp_two_processes_queue_holds_keys_of_both(tmp_path):
         for step in range(2):
             expected = torch.cat([r0["keys"][step], r1["keys"][step]])  # rank order
             assert torch.allclose(r["queue"][4 * step : 4 * step + 4], expected, atol=1e-6)
+
+
+def _write_folder(root, classes=("a", "b", "c"), n=4, size=40):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (size, size + i, 3), dtype=np.uint8)).save(d / f"{i}.jpg")
+    return root
+
+
+def test_fit_with_datamodule_resnet18_small_image_and_online_probe(tmp_path):
+    from ssl_cropmix.callbacks.online_probe import OnlineLinearProbe
+    from ssl_cropmix.data.datamodule import CropMixDataModule
+
+    dm = CropMixDataModule(
+        data_dir=str(_write_folder(tmp_path / "data")), query="cropmix", image_size=32, batch_size=4, num_workers=0
+    )
+    model = MoCoCropMix(backbone="resnet18", small_image=True, proj_hidden_dim=64, out_dim=16, queue_size=64)
+    backbone_before = copy.deepcopy(model.backbone_momentum.state_dict())
+    probe = OnlineLinearProbe()
+    trainer = _trainer(
+        tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, callbacks=[probe], deterministic=False
+    )
+    trainer.fit(model, dm)
+    assert int(model.queue.ptr) == 8
+    assert probe.num_classes == 3 and probe.head.in_features == 512
+    assert "online_probe/val_top1" in trainer.callback_metrics
+    assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(0.03 * 4 / 256)
+    changed = any(not torch.equal(v, backbone_before[k]) for k, v in model.backbone_momentum.state_dict().items())
+    assert changed  # the key encoder moved (momentum update + BN statistics)
