@@ -48,3 +48,64 @@ def extract_features(pl_module: Any, x: torch.Tensor) -> torch.Tensor:
     if feats.ndim > 2:
         feats = feats.flatten(1)
     return feats
+
+
+# ---------------------------------------------------------------------------------------
+# Shared by the offline evaluation callbacks (linear probe, kNN, fine-tuning).
+# ---------------------------------------------------------------------------------------
+
+
+def resolve_provider(provider: Any, trainer: Any = None) -> Any:
+    """The labelled-data provider: ``provider`` if given, else ``trainer.datamodule``.
+
+    Raises:
+        TypeError: when no object implementing the provider protocol
+            (``num_classes``, ``labeled_train_dataloader``, ``labeled_val_dataloader``,
+            see ``docs/architecture.md``) is found.
+    """
+    if provider is None and trainer is not None:
+        provider = getattr(trainer, "datamodule", None)
+    needed = ("num_classes", "labeled_train_dataloader", "labeled_val_dataloader")
+    if provider is None or not all(hasattr(provider, n) for n in needed):
+        raise TypeError(
+            "evaluation needs labelled data: pass provider=/train_dataloader=+val_dataloader=, "
+            f"or fit with a DataModule implementing {needed}; got {type(provider).__name__}"
+        )
+    return provider
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Device of the first parameter or buffer (CPU for an empty module)."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def topk_accuracies(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float]:
+    """Top-k accuracies in percent; ``k`` larger than the class count counts as the class count.
+
+    Shape:
+        logits ``(N, C)``, labels ``(N,)`` -> one float per ``k``.
+    """
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    c = logits.shape[1]
+    return [
+        100.0
+        * float(multiclass_accuracy(logits, labels, num_classes=c, top_k=min(k, c), average="micro"))
+        for k in ks
+    ]
+
+
+def append_json_result(path: Any, record: dict[str, Any]) -> None:
+    """Append ``record`` to the JSON list stored at ``path`` (created with its folder)."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    records = json.loads(p.read_text()) if p.exists() else []
+    records.append(record)
+    p.write_text(json.dumps(records, indent=2))
