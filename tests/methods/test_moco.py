@@ -261,3 +261,18 @@ def test_fit_with_datamodule_resnet18_small_image_and_online_probe(tmp_path):
     assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(0.03 * 4 / 256)
     changed = any(not torch.equal(v, backbone_before[k]) for k, v in model.backbone_momentum.state_dict().items())
     assert changed  # the key encoder moved (momentum update + BN statistics)
+
+
+@pytest.mark.parametrize("mode,world,expect_sync,expect_shuffle", [
+    ("sync", 2, True, False), ("shuffle", 2, False, True), ("shuffle", 1, False, False), ("sync", 1, False, False),
+])
+def test_bn_mode_choice(mode, world, expect_sync, expect_shuffle):
+    from types import SimpleNamespace
+
+    model = tiny_moco(bn_mode=mode)
+    model._trainer = SimpleNamespace(world_size=world, datamodule=None)
+    model.setup("fit")
+    n_sync = sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert (n_sync == n_bn == 4) if expect_sync else n_sync == 0  # BN2d + BN1d in both encoders
+    assert model._shuffle_distributed is expect_shuffle
