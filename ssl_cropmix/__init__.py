@@ -26,6 +26,13 @@ _EXPORTS: dict[str, str] = {
     "mae_view": "ssl_cropmix.data.views",
     "probe_views": "ssl_cropmix.data.views",
     "show_views": "ssl_cropmix.data.grid",
+    # models, losses, methods
+    "build_backbone": "ssl_cropmix.models",
+    "MomentumQueue": "ssl_cropmix.models",
+    "infonce_queue_loss": "ssl_cropmix.losses",
+    "MoCoCropMix": "ssl_cropmix.methods.moco",
+    # callbacks
+    "OnlineLinearProbe": "ssl_cropmix.callbacks.online_probe",
 }
 
 

@@ -39,3 +39,29 @@ def test_main_help_lists_task_commands(capsys, monkeypatch):
     out = capsys.readouterr().out
     for cmd in ("fit", "validate", "test", "show-views", "probe", "finetune", "export"):
         assert cmd in out
+
+
+def test_fit_smoke_recipe_writes_one_run_directory(tmp_path, monkeypatch):
+    """A real (tiny) `ssl-cropmix fit` through the CLI: the model/data hparams merge for the
+    loggers, and config, TensorBoard events, metrics.csv and a checkpoint share one folder."""
+    from ssl_cropmix.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
+    config = REPO / "configs" / "smoke" / "moco_demo_cpu.yaml"
+    monkeypatch.setattr(
+        "sys.argv",
+        ["ssl-cropmix", "fit", "--config", str(config), "--experiment", "smoke",
+         "--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+         "--trainer.enable_progress_bar=false"],
+    )
+    assert main() == 0
+    runs = list((tmp_path / "runs" / "smoke").iterdir())
+    assert len(runs) == 1
+    run = runs[0]
+    assert (run / "config.yaml").is_file()
+    assert (run / "metrics.csv").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    assert list((run / "checkpoints").glob("*.ckpt"))
+    header = (run / "metrics.csv").read_text().splitlines()[0]
+    assert "train/loss" in header

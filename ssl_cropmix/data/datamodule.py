@@ -168,6 +168,12 @@ class CropMixDataModule(pl.LightningDataModule):
         self._sources: dict[str, _Source] = {}
         self._num_classes: int | None = None
         self.save_hyperparameters(ignore=["query"] if callable(query) else None)
+        # Record the resolved value, not ``None``: Lightning merges model and data hparams for
+        # logging and refuses a shared key with different values (MoCoCropMix(small_image=True)
+        # next to small_image=None here). Under LightningCLI the hparams come from the config,
+        # so both the live and the initial copy are updated.
+        self.hparams["small_image"] = self.small_image
+        self._hparams_initial["small_image"] = self.small_image
 
     # ------------------------------------------------------------------ class count
     @property
