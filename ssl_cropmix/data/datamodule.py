@@ -167,13 +167,15 @@ class CropMixDataModule(pl.LightningDataModule):
         self.std = V._check_stats("std", std)
         self._sources: dict[str, _Source] = {}
         self._num_classes: int | None = None
-        self.save_hyperparameters(ignore=["query"] if callable(query) else None)
-        # Record the resolved value, not ``None``: Lightning merges model and data hparams for
-        # logging and refuses a shared key with different values (MoCoCropMix(small_image=True)
-        # next to small_image=None here). Under LightningCLI the hparams come from the config,
-        # so both the live and the initial copy are updated.
-        self.hparams["small_image"] = self.small_image
-        self._hparams_initial["small_image"] = self.small_image
+        # ``small_image=None`` (derived from image_size) is left out of the hparams: Lightning
+        # merges model and data hparams for logging and refuses a shared key with different
+        # values (MoCoCropMix's own ``small_image`` is about its stem, not the views). An
+        # explicit value is kept; reloading re-derives the default from ``image_size``.
+        ignore = (["query"] if callable(query) else []) + (["small_image"] if small_image is None else [])
+        self.save_hyperparameters(ignore=ignore or None)
+        if small_image is None:  # LightningCLI passes config values even when unset
+            self.hparams.pop("small_image", None)
+            self._hparams_initial.pop("small_image", None)
 
     # ------------------------------------------------------------------ class count
     @property
