@@ -4,8 +4,8 @@ Pretrains ``MoCoCropMix`` once per query type with identical seeds, data, backbo
 budget, then evaluates each backbone (and a randomly initialised one, as the floor) with
 
 * weighted kNN (k=200, T=0.1, cosine; ``KNNMonitor.evaluate``) on the train bank vs. test;
-* a linear probe on cached, un-augmented features (``LinearProbe(cached_features=True)``,
-  the fast protocol; the protocol string is in the JSON).
+* a linear probe on cached, un-augmented features (``LinearProbe(cached_features=True,
+  head_norm=True)``, the fast protocol; the protocol string is in the JSON).
 
 It prints one markdown table and writes ``results.json`` / ``results.md`` to ``--out``.
 
@@ -99,7 +99,9 @@ def evaluate(model, dm, cfg: dict, seed: int) -> dict:
     knn = KNNMonitor(train_dataloader=bank, val_dataloader=val, num_classes=dm.num_classes)
     knn_top1 = float(knn.evaluate(model))
     t_knn = time.perf_counter() - t0
-    probe = LinearProbe(preset="moco", cached_features=True, epochs=cfg["probe_epochs"],
+    # BatchNorm1d(affine=False) before the linear layer (as in MAE's probe): MoCo features
+    # are not normalised, and SGD at lr 0.1 underfits them in a CPU-sized number of epochs.
+    probe = LinearProbe(preset="moco", cached_features=True, epochs=cfg["probe_epochs"], head_norm=True,
                         train_dataloader=bank, val_dataloader=val, num_classes=dm.num_classes,
                         results_path=None, seed=seed)
     t0 = time.perf_counter()
