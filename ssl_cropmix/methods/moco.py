@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from lightly.models.utils import (
     batch_shuffle,
     batch_unshuffle,
@@ -167,6 +168,9 @@ class MoCoCropMix(pl.LightningModule):
         bs = _batch_size_of(self.trainer.train_dataloader)
         if bs is not None:
             self._check_batch(bs)
+        if getattr(self, "effective_batch_size", None) is not None:
+            for logger in self.loggers:  # recorded once, next to the hparams
+                logger.log_hyperparams({"effective_batch_size": self.effective_batch_size, "lr": self.scaled_lr})
 
     def _check_batch(self, per_device: int) -> None:
         """Reject batch sizes MoCo cannot train with (raised at setup / train start)."""
@@ -260,8 +264,15 @@ class MoCoCropMix(pl.LightningModule):
             opt = self.optimizer_callable(params)
         else:
             lr = self.hparams.lr
+            effective = self.global_batch_size()
             if lr is None:
-                lr = self.hparams.base_lr * self.global_batch_size() / 256
+                lr = self.hparams.base_lr * effective / 256
+            self.effective_batch_size, self.scaled_lr = effective, float(lr)
+            rank_zero_info(
+                f"MoCoCropMix: effective batch {effective} (per-device batch x {self.trainer.world_size} "
+                f"processes x {self.trainer.accumulate_grad_batches} accumulation) -> lr {lr:.6g}"
+                + ("" if self.hparams.lr is not None else f" (= {self.hparams.base_lr} x {effective}/256)")
+            )
             opt = torch.optim.SGD(
                 params, lr=lr, momentum=self.hparams.sgd_momentum, weight_decay=self.hparams.weight_decay
             )
