@@ -35,3 +35,24 @@ def test_user_module_backbone_with_small_image_data_logs_hparams(tmp_path, monke
     assert "small_image" not in dm.hparams  # auto value is derived, not logged
     explicit = CropMixDataModule(dataset="demo", image_size=32, small_image=False)
     assert explicit.hparams["small_image"] is False
+
+
+def test_moco_queue_holds_unit_norm_keys_and_loss_stays_bounded():
+    """Regression: keys must be L2-normalised before they enter the queue; otherwise the
+    negative logits (q . queue / T) are unbounded and the loss explodes. With unit vectors the
+    InfoNCE loss is at most 2/T + log(1 + K)."""
+    import math
+
+    torch.manual_seed(0)
+    model = MoCoCropMix(backbone=TinyNet(), queue_size=64, base_lr=0.03, temperature=0.2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x = torch.randn(16, 3, 16, 16) * 50  # large activations: unnormalised keys would be huge
+    bound = 2 / 0.2 + math.log(1 + 64)
+    for step in range(6):
+        out = model.training_step(((x, x.flip(-1)), torch.zeros(16, dtype=torch.long)), step)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        assert out["loss"].item() <= bound + 1e-4
+    norms = model.queue.queue.norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))

@@ -126,14 +126,17 @@ class MoCoCropMix(pl.LightningModule):
 
     @torch.no_grad()
     def key_embedding(self, x: torch.Tensor) -> torch.Tensor:
-        """Momentum-encoder embedding ``(B, out_dim)``, with shuffle-BN across processes."""
+        """L2-normalised momentum-encoder embedding ``(B, out_dim)``, with shuffle-BN across
+        processes."""
         distributed = self._shuffle_distributed
         if distributed:
             x, shuffle = batch_shuffle(x, distributed=True)
         k = self.projection_head_momentum(self.backbone_momentum(x).flatten(1))
         if distributed:
             k = batch_unshuffle(k, shuffle, distributed=True)
-        return k.detach()
+        # L2-normalised here, as in the reference MoCo: these keys go into the queue, and the
+        # loss only normalises what it is given (unnormalised negatives make it unbounded).
+        return nn.functional.normalize(k, dim=1).detach()
 
     def current_momentum(self) -> float:
         """Key-encoder momentum at the current step (constant or cosine to 1.0)."""

@@ -47,8 +47,11 @@ def test_step_loss_queue_and_momentum_update_match_references():
         k = model.projection_head_momentum(model.backbone_momentum(xk))
     ref = infonce_queue_loss(q, k, queue_before, 0.2)
     assert torch.allclose(out["loss"], ref, atol=1e-6)
-    # queue: exactly the new (normalised later in the loss) keys at [0, 4), the rest untouched
-    assert torch.allclose(model.queue.queue[:4], k, atol=1e-6)
+    # queue: exactly the new keys, L2-normalised as in the reference MoCo, at [0, 4); the rest
+    # untouched
+    k_unit = k / k.norm(dim=1, keepdim=True)
+    assert torch.allclose(model.queue.queue[:4], k_unit, atol=1e-6)
+    assert torch.allclose(model.queue.queue[:4].norm(dim=1), torch.ones(4), atol=1e-6)
     assert torch.equal(model.queue.queue[4:], queue_before[4:])
     assert int(model.queue.ptr) == 4
     model.training_step(_batch(), 1)
