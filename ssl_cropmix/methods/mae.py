@@ -1,0 +1,311 @@
+"""MAECropMix: masked autoencoding (He et al., 2022) on CropMix inputs (Han et al. 2022,
+Sec. 6 and App. B.3), as a LightningModule built from lightly's masked-ViT parts.
+
+The encoder sees only the visible patches of the (CropMix / plain RRC) image; a light
+decoder inserts mask tokens, adds fixed sine-cosine position embeddings and predicts the
+pixels of the masked patches; the loss is the MSE on masked patches (``norm_pix_loss``).
+Batch format: ``(images, labels)``; labels are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightly.models.modules import MaskedVisionTransformerDecoderTIMM, MaskedVisionTransformerTIMM
+from lightly.models.utils import get_at_index, patchify, repeat_token, set_at_index
+from pytorch_lightning.utilities import rank_zero_info
+from timm.optim import param_groups_weight_decay
+from torch import nn
+
+from ssl_cropmix.losses.reconstruction import masked_reconstruction_loss
+from ssl_cropmix.models.vit import build_vit
+
+#: parameter names (last component) never weight-decayed, besides norms and biases
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "mask_token", "dist_token")
+
+
+def _batch_size_of(loader: Any) -> int | None:
+    bs = getattr(loader, "batch_size", None)
+    if bs is None and getattr(loader, "batch_sampler", None) is not None:
+        bs = getattr(loader.batch_sampler, "batch_size", None)
+    return int(bs) if bs is not None else None
+
+
+def random_patch_mask(
+    batch_size: int,
+    num_patches: int,
+    mask_ratio: float,
+    num_prefix_tokens: int = 1,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample random patch masking, MAE's ``random_masking`` as sequence indices.
+
+    Exactly ``num_patches - int(num_patches * (1 - mask_ratio))`` patches are masked in every
+    sample (196 -> 147 at 0.75); prefix tokens (class/register) are always kept.
+    Hand-written instead of lightly's ``random_token_mask`` because that one takes no
+    ``generator`` and handles a single prefix token only.
+
+    Returns:
+        ``(idx_keep, idx_mask)``: indices into the token sequence (prefix tokens first).
+
+    Shape:
+        idx_keep: ``(B, num_prefix_tokens + num_keep)``; idx_mask: ``(B, num_patches - num_keep)``.
+    """
+    num_keep = int(num_patches * (1 - mask_ratio))
+    noise = torch.rand(batch_size, num_patches, device=device, generator=generator)
+    order = torch.argsort(noise, dim=1) + num_prefix_tokens
+    prefix = torch.arange(num_prefix_tokens, device=order.device).expand(batch_size, -1)
+    idx_keep = torch.cat([prefix, order[:, :num_keep]], dim=1)
+    return idx_keep, order[:, num_keep:]
+
+
+class MAECropMix(pl.LightningModule):
+    """Masked autoencoder with a timm ViT encoder, for CropMix (or plain RRC) inputs.
+
+    Args:
+        model_name: timm ViT name (``vit_base_patch16_224``: the paper's ViT-B/16).
+        img_size: input resolution override for the ViT (e.g. 32 for CIFAR).
+        patch_size: patch size override (e.g. 4 at 32 px).
+        vit_kwargs: extra ``timm.create_model`` arguments (e.g. ``{"depth": 6}``).
+        decoder_dim: decoder width (512, MAE).
+        decoder_depth: decoder blocks (8).
+        decoder_num_heads: decoder attention heads (16).
+        mask_ratio: fraction of patches masked, in (0, 1) (0.75).
+        norm_pix_loss: per-patch normalised pixel targets (MAE reference default).
+        base_lr: lr for an effective batch of 256; ``lr = base_lr * effective / 256`` with
+            effective = per-device batch x world size x ``accumulate_grad_batches``.
+        lr: absolute learning rate; overrides the ``base_lr`` scaling when given.
+        betas: AdamW betas ((0.9, 0.95)).
+        weight_decay: AdamW weight decay (0.05), not applied to norms, biases, position
+            embeddings and class/mask tokens.
+        warmup_epochs: linear warmup length (per step) before the cosine decay.
+
+    Shape:
+        batch: ``(images (B,3,H,W), labels (B,))``; ``self.backbone(images) -> (B, D)``.
+    """
+
+    def __init__(
+        self,
+        model_name: str = "vit_base_patch16_224",
+        img_size: int | None = None,
+        patch_size: int | None = None,
+        vit_kwargs: dict[str, Any] | None = None,
+        decoder_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = True,
+        base_lr: float = 1.5e-4,
+        lr: float | None = None,
+        betas: tuple[float, float] = (0.9, 0.95),
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 40,
+    ) -> None:
+        super().__init__()
+        if not isinstance(mask_ratio, (int, float)) or not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio!r}")
+        for name, value in (("decoder_dim", decoder_dim), ("decoder_depth", decoder_depth),
+                            ("decoder_num_heads", decoder_num_heads)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if decoder_dim % decoder_num_heads != 0:
+            raise ValueError(
+                f"decoder_dim {decoder_dim} must be divisible by decoder_num_heads {decoder_num_heads}"
+            )
+        if decoder_dim % 4 != 0:
+            raise ValueError(f"decoder_dim must be divisible by 4 (2-D sine-cosine position embedding), got {decoder_dim}")
+        if not base_lr > 0 or (lr is not None and not lr > 0):
+            raise ValueError(f"base_lr and lr must be > 0, got base_lr={base_lr!r}, lr={lr!r}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if not warmup_epochs >= 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs!r}")
+        self.save_hyperparameters()
+        vit = build_vit(model_name, img_size=img_size, patch_size=patch_size, vit_kwargs=vit_kwargs)
+        self.backbone = MaskedVisionTransformerTIMM(vit=vit)
+        # The encoder only ever sees kept tokens (idx_keep); its mask token is unused and
+        # frozen so DDP does not complain about parameters without gradients.
+        self.backbone.mask_token.requires_grad_(False)
+        self.patch_size = int(vit.patch_embed.patch_size[0])
+        self.num_patches = int(vit.patch_embed.num_patches)
+        self.num_prefix_tokens = int(vit.num_prefix_tokens)
+        self.sequence_length = self.backbone.sequence_length
+        self.decoder_embed = nn.Linear(vit.embed_dim, decoder_dim)
+        self.decoder = MaskedVisionTransformerDecoderTIMM(
+            num_patches=self.num_patches,
+            embed_dim=decoder_dim,
+            depth=decoder_depth,
+            num_heads=decoder_num_heads,
+            num_prefix_tokens=self.num_prefix_tokens,
+        )
+        self.decoder_pred = nn.Linear(decoder_dim, self.patch_size**2 * 3)
+        self.effective_batch_size: int | None = None
+        self.scaled_lr: float | None = None
+
+    # ------------------------------------------------------------------ forward passes
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class-token features of the full (unmasked) image. Shape: ``(B,3,H,W) -> (B, D)``."""
+        return self.backbone(x)
+
+    def sample_mask(
+        self, batch_size: int, device: torch.device | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(idx_keep, idx_mask)`` for a batch (see :func:`random_patch_mask`)."""
+        return random_patch_mask(
+            batch_size, self.num_patches, float(self.hparams.mask_ratio), self.num_prefix_tokens,
+            device=device, generator=generator,
+        )
+
+    def predict_masked(
+        self, images: torch.Tensor, idx_keep: torch.Tensor, idx_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Predicted pixels of the masked patches.
+
+        Shape:
+            images ``(B,3,H,W)``, idx_keep ``(B,K)``, idx_mask ``(B,M)`` -> ``(B, M, p*p*3)``.
+        """
+        x = self.backbone.encode(images, idx_keep=idx_keep)
+        x = self.decoder_embed(x)
+        b = x.shape[0]
+        x_full = repeat_token(x.new_zeros(1, 1, x.shape[-1]), (b, self.sequence_length))
+        x_full = set_at_index(x_full, idx_keep, x)
+        x_dec = self.decoder(x_full, idx_mask=idx_mask)
+        return self.decoder_pred(get_at_index(x_dec, idx_mask))
+
+    def masked_target(self, images: torch.Tensor, idx_mask: torch.Tensor) -> torch.Tensor:
+        """Raw pixels of the masked patches. Shape: ``(B,3,H,W) -> (B, M, p*p*3)``."""
+        return get_at_index(patchify(images, self.patch_size), idx_mask - self.num_prefix_tokens)
+
+    def reconstruction_loss(
+        self,
+        images: torch.Tensor,
+        idx_keep: torch.Tensor | None = None,
+        idx_mask: torch.Tensor | None = None,
+        target_images: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """MAE loss for a batch; a mask is drawn (torch RNG) unless given.
+
+        ``target_images`` (default: ``images``) are the pixels to reconstruct; tests use it
+        to show that visible-patch pixels do not enter the loss.
+        """
+        if idx_keep is None or idx_mask is None:
+            idx_keep, idx_mask = self.sample_mask(images.shape[0], device=images.device)
+        pred = self.predict_masked(images, idx_keep, idx_mask)
+        target = self.masked_target(images if target_images is None else target_images, idx_mask)
+        return masked_reconstruction_loss(pred.float(), target.float(), norm_pix=bool(self.hparams.norm_pix_loss))
+
+    @torch.no_grad()
+    def reconstruct(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(masked, reconstruction)`` images for visualisation.
+
+        ``masked`` has masked patches set to 0; ``reconstruction`` keeps visible patches and
+        fills masked ones with the prediction (de-normalised with the true patch mean/std
+        when ``norm_pix_loss``, as in MAE's demo).
+
+        Shape:
+            ``(B,3,H,W) -> ((B,3,H,W), (B,3,H,W))``.
+        """
+        from lightly.models.utils import unpatchify
+
+        b = images.shape[0]
+        idx_keep, idx_mask = self.sample_mask(b, device=images.device, generator=generator)
+        pred = self.predict_masked(images, idx_keep, idx_mask).float()
+        patches = patchify(images.float(), self.patch_size)
+        target = get_at_index(patches, idx_mask - self.num_prefix_tokens)
+        if self.hparams.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            std = (target.var(dim=-1, keepdim=True) + 1e-6) ** 0.5
+            pred = pred * std + mean
+        patch_idx = idx_mask - self.num_prefix_tokens
+        masked = set_at_index(patches.clone(), patch_idx, torch.zeros_like(target))
+        recon = set_at_index(patches.clone(), patch_idx, pred)
+        return unpatchify(masked, self.patch_size), unpatchify(recon, self.patch_size)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        images, _ = batch  # labels never used
+        loss = self.reconstruction_loss(images)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"MAECropMix: non-finite loss {loss.item()} at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}); lower the learning rate or "
+                "check the inputs"
+            )
+        self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
+        return {"loss": loss}
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """No validation loss: the val loop exists so callbacks (kNN, reconstruction grids)
+        can run on the validation loader."""
+        return None
+
+    def on_train_start(self) -> None:
+        if self.effective_batch_size is not None:
+            for logger in self.loggers:  # recorded once, next to the hparams
+                logger.log_hyperparams({"effective_batch_size": self.effective_batch_size, "lr": self.scaled_lr})
+
+    # ------------------------------------------------------------------ optimisation
+    def effective_batch(self) -> int:
+        """Per-device batch x world size x gradient accumulation (for lr scaling)."""
+        bs = _batch_size_of(getattr(self.trainer, "train_dataloader", None))
+        if bs is None:
+            bs = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
+        if bs is None:
+            source = self.trainer.fit_loop._data_source
+            if source.is_defined():
+                bs = _batch_size_of(source.dataloader())
+        if bs is None:
+            raise ValueError("could not determine the batch size for lr scaling; pass lr= explicitly")
+        return int(bs) * max(1, self.trainer.world_size) * int(self.trainer.accumulate_grad_batches)
+
+    def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: no decay for norms, biases (1-D), position embeddings and tokens."""
+        no_decay = [n for n, p in self.named_parameters() if n.rsplit(".", 1)[-1] in NO_DECAY_NAMES]
+        groups = param_groups_weight_decay(self, weight_decay, no_weight_decay_list=no_decay)
+        for g in groups:  # frozen parameters (fixed decoder pos-embed, unused mask token)
+            g["params"] = [p for p in g["params"] if p.requires_grad]
+        return [g for g in groups if g["params"]]
+
+    def lr_lambda(self, total_steps: int, warmup_steps: int):
+        """Per-step multiplier: linear warmup to 1, then cosine to 0 (MAE ``lr_sched``)."""
+
+        def f(step: int) -> float:
+            if step < warmup_steps:
+                return (step + 1) / warmup_steps
+            span = max(1, total_steps - warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
+
+        return f
+
+    def configure_optimizers(self) -> Any:
+        lr = self.hparams.lr
+        effective = self.effective_batch()
+        if lr is None:
+            lr = self.hparams.base_lr * effective / 256
+        self.effective_batch_size, self.scaled_lr = effective, float(lr)
+        rank_zero_info(
+            f"MAECropMix: effective batch {effective} (per-device batch x {self.trainer.world_size} "
+            f"processes x {self.trainer.accumulate_grad_batches} accumulation) -> lr {lr:.6g}"
+            + ("" if self.hparams.lr is not None else f" (= {self.hparams.base_lr} x {effective}/256)")
+        )
+        opt = torch.optim.AdamW(
+            self.parameter_groups(self.hparams.weight_decay), lr=lr, betas=tuple(self.hparams.betas)
+        )
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total <= 0:
+            return opt
+        total = int(total)
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and max_epochs > 0:
+            warmup = int(round(total * self.hparams.warmup_epochs / max_epochs))
+        else:
+            warmup = 0
+        warmup = min(warmup, total)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_lambda(total, warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
