@@ -231,13 +231,19 @@ def moco_query(
     if query == "plain":
         return moco_v2_augmentation(size, blur_prob=blur, mean=mean, std=std)
     norm = ToNormalizedTensor(mean, std)
+    # Small images: crop + resize in one PIL call per crop (per-call overhead dominates at
+    # 32 px; see CropMix's ``backend``). Large images keep the tensor path.
+    backend = "pil" if small else "tensor"
     if query == "contrastive":
         color = moco_v2_augmentation(size, normalize=False, crop=False, blur_prob=blur)
-        return v2.Compose([contrastive_cropmix(size, view_transform=color, output_dtype=None), norm])
+        mix = contrastive_cropmix(size, view_transform=color, output_dtype=None, backend=backend)
+        return v2.Compose([mix, norm])
     if query == "cropmix":
-        mix = CropMix(size, crop_scale=(0.2, 1.0), num_crops=(2, 3, 4), mixing="mixup", output_dtype=None)
+        mix = CropMix(
+            size, crop_scale=(0.2, 1.0), num_crops=(2, 3, 4), mixing="mixup", output_dtype=None, backend=backend
+        )
     else:
-        mix = ScaleMix(size, crop_scale=(0.2, 1.0), output_dtype=None)
+        mix = ScaleMix(size, crop_scale=(0.2, 1.0), output_dtype=None, backend=backend)
     return v2.Compose([mix, _ToPIL(), *_colour_ops(blur), norm])  # uint8 -> PIL colour ops -> float
 
 

@@ -1,0 +1,113 @@
+"""CropMix ``backend="pil"``: crops against PIL's own crop + resize, mixing against a
+hand-written fold, and the routing of inputs the PIL path does not take."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_cropmix.transforms import CropMix, CropMixParams, ScaleMix
+from ssl_cropmix.transforms import functional as CF
+
+
+def noise_pil(h: int = 40, w: int = 48, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    c = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+    a = np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
+    return Image.fromarray(a[..., 0] if c == 1 else a, mode)
+
+
+def pil_ref_crops(img: Image.Image, p: CropMixParams, size: int, resample=Image.Resampling.BILINEAR) -> list[torch.Tensor]:
+    """Independent reference: PIL crop() then resize() of each box, in fold order, as float."""
+    out = []
+    for b in (p.boxes[i] for i in p.order):
+        crop = img.crop((b.left, b.top, b.left + b.width, b.top + b.height)).resize((size, size), resample)
+        a = np.asarray(crop, dtype=np.float64)
+        out.append(torch.from_numpy(a if a.ndim == 3 else a[..., None]).permute(2, 0, 1))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("seed", range(6))
+def test_mixup_equals_fold_of_pil_reference_crops(mode, seed):
+    img = noise_pil(mode=mode, seed=seed)
+    tf = CropMix(16, num_crops=(2, 3, 4), output_dtype=None, backend="pil")
+    p = tf.sample_params((img.height, img.width), generator=torch.Generator().manual_seed(seed))
+    out = tf.apply_pil(img, p)
+    crops = pil_ref_crops(img, p, 16)
+    m = crops[0]
+    for step, v in zip(p.steps, crops[1:]):  # the paper's fold, written out
+        m = step.lam * m + (1 - step.lam) * v
+    assert out.dtype == torch.uint8 and out.shape == (1 if mode == "L" else 3, 16, 16)
+    assert (out.double() - m).abs().max() <= 0.5 + 1e-3  # rounding of the float result only
+
+
+def test_float_output_is_the_unrounded_fold():
+    img = noise_pil(seed=3)
+    tf = CropMix(12, num_crops=3, backend="pil")
+    p = tf.sample_params((img.height, img.width), generator=torch.Generator().manual_seed(1))
+    out = tf.apply_pil(img, p)
+    crops = pil_ref_crops(img, p, 12)
+    m = crops[0]
+    for step, v in zip(p.steps, crops[1:]):
+        m = step.lam * m + (1 - step.lam) * v
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), m / 255, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cutmix_pixels_are_exactly_pil_reference_pixels(seed):
+    img = noise_pil(seed=seed)
+    tf = ScaleMix(16, output_dtype=None, backend="pil", interpolation="bicubic")
+    p = tf.sample_params((img.height, img.width), generator=torch.Generator().manual_seed(seed))
+    out = tf.apply_pil(img, p)
+    a, b = pil_ref_crops(img, p, 16, Image.Resampling.BICUBIC)
+    step = p.steps[0]
+    base, donor = (a, b) if step.donor == "crop" else (b, a)
+    top, left, h, w = step.box
+    ref = base.clone()
+    ref[:, top : top + h, left : left + w] = donor[:, top : top + h, left : left + w]
+    assert torch.equal(out, ref.to(torch.uint8))
+
+
+def test_forward_routes_rgb_to_pil_path_and_other_inputs_to_tensor_path():
+    tf = CropMix(16, output_dtype=None, backend="pil")
+    img = noise_pil(seed=5)
+    torch.manual_seed(0)
+    out = tf(img)
+    torch.manual_seed(0)
+    p = tf.sample_params((img.height, img.width))
+    assert torch.equal(out, tf.apply_pil(img, p))
+    rgba = noise_pil(mode="RGBA", seed=5)  # not a PIL-path mode: tensor path, same params
+    torch.manual_seed(0)
+    out = tf(rgba)
+    torch.manual_seed(0)
+    p = tf.sample_params((rgba.height, rgba.width), num_channels=4)
+    assert torch.equal(out, tf.apply(CF.pil_to_uint8(rgba), p))
+    x = CF.pil_to_uint8(img)
+    torch.manual_seed(0)
+    out = tf(x)  # tensors always take the tensor path
+    torch.manual_seed(0)
+    assert torch.equal(out, tf.apply(x, tf.sample_params((img.height, img.width))))
+
+
+def test_view_transform_gets_uint8_tensor_crops():
+    seen = []
+
+    def record(x):
+        seen.append((type(x), x.dtype, tuple(x.shape)))
+        return x
+
+    tf = CropMix(8, num_crops=2, mixing="cutmix", view_transform=record, output_dtype=None, backend="pil")
+    tf(noise_pil())
+    assert seen == [(torch.Tensor, torch.uint8, (3, 8, 8))] * 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [({"backend": "cv2"}, "backend must be one of .* 'cv2'"), ({"backend": "pil", "antialias": False}, "antialias=False")],
+)
+def test_bad_backend_settings_raise(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        CropMix(8, **kwargs)
