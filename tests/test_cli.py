@@ -3,6 +3,7 @@ have help, and the run directory holds config + logs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,15 @@ def test_fit_smoke_recipe_writes_one_run_directory(tmp_path, monkeypatch):
     assert list((run / "checkpoints").glob("*.ckpt"))
     header = (run / "metrics.csv").read_text().splitlines()[0]
     assert "train/loss" in header
+
+    # the task commands work on that checkpoint (rebuilt from its recorded class path)
+    ckpt = next((run / "checkpoints").glob("*.ckpt"))
+    data = ["--dataset", "demo", "--image-size", "32", "--batch-size", "16", "--num-workers", "0"]
+    assert main(["probe", "--ckpt", str(ckpt), "--epochs", "2", "--cached-features",
+                 "--out", str(tmp_path / "probe.json"), *data]) == 0
+    probe = json.loads((tmp_path / "probe.json").read_text())
+    probe = probe[-1] if isinstance(probe, list) else probe
+    assert "cached features" in probe["protocol"] and 0 <= probe["top1"] <= 100
+    assert main(["finetune", "--ckpt", str(ckpt), "--epochs", "1",
+                 "--out", str(tmp_path / "ft.json"), *data]) == 0
+    assert (tmp_path / "ft.json").is_file()
