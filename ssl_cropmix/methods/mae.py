@@ -56,7 +56,8 @@ def random_patch_mask(
         idx_keep: ``(B, num_prefix_tokens + num_keep)``; idx_mask: ``(B, num_patches - num_keep)``.
     """
     num_keep = int(num_patches * (1 - mask_ratio))
-    noise = torch.rand(batch_size, num_patches, device=device, generator=generator)
+    gen_device = generator.device if generator is not None else device
+    noise = torch.rand(batch_size, num_patches, device=gen_device, generator=generator).to(device)
     order = torch.argsort(noise, dim=1) + num_prefix_tokens
     prefix = torch.arange(num_prefix_tokens, device=order.device).expand(batch_size, -1)
     idx_keep = torch.cat([prefix, order[:, :num_keep]], dim=1)
