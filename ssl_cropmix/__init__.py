@@ -31,8 +31,18 @@ _EXPORTS: dict[str, str] = {
     "MomentumQueue": "ssl_cropmix.models",
     "infonce_queue_loss": "ssl_cropmix.losses",
     "MoCoCropMix": "ssl_cropmix.methods.moco",
+    "MAECropMix": "ssl_cropmix.methods.mae",
+    "CropMixClassifier": "ssl_cropmix.methods.classifier",
     # callbacks
     "OnlineLinearProbe": "ssl_cropmix.callbacks.online_probe",
+    "LinearProbe": "ssl_cropmix.callbacks.linear_probe",
+    "KNNMonitor": "ssl_cropmix.callbacks.knn",
+    "SemiSupervisedFineTune": "ssl_cropmix.callbacks.finetune",
+    "finetune_from_checkpoint": "ssl_cropmix.callbacks.finetune",
+    "ReconstructionGrid": "ssl_cropmix.callbacks.reconstruction",
+    # checkpoints and export
+    "load_backbone": "ssl_cropmix.checkpoints",
+    "export_backbone": "ssl_cropmix.export",
 }
 
 
