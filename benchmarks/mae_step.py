@@ -15,8 +15,8 @@ and min over min). Target: ratio <= 1.05.
 
 Usage:
     python benchmarks/mae_step.py                   # CPU: ViT-Tiny, 2 blocks, 32 px, patch 4, batch 32
-    python benchmarks/mae_step.py --device cuda --model vit_base_patch16_224 --image-size 224 \\
-        --patch-size 16 --depth 12 --batch-size 128 --amp    # one GPU, the paper's ViT-B/16
+    python benchmarks/mae_step.py --device cuda --model vit_base_patch16_224 \\
+        --decoder-dim 512 --decoder-depth 8 --decoder-heads 16 --batch-size 128 --amp  # ViT-B/16, 224 px
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--model", default="vit_tiny_patch16_224")
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--patch-size", type=int, default=4)
-    p.add_argument("--depth", type=int, default=2, help="encoder blocks (12 for ViT-B)")
+    p.add_argument("--image-size", type=int, default=None, help="default: 32 for the tiny default model, else the model's")
+    p.add_argument("--patch-size", type=int, default=None, help="default: 4 for the tiny default model, else the model's")
+    p.add_argument("--depth", type=int, default=None, help="encoder blocks; default: 2 for the tiny default model")
     p.add_argument("--decoder-dim", type=int, default=128)
     p.add_argument("--decoder-depth", type=int, default=2)
     p.add_argument("--decoder-heads", type=int, default=4)
@@ -80,8 +80,11 @@ def main() -> None:
     p.add_argument("--amp", action="store_true", help="bf16 autocast")
     a = p.parse_args()
     dev = torch.device(a.device)
+    if a.model == "vit_tiny_patch16_224":  # tiny CPU default
+        a.image_size, a.patch_size = a.image_size or 32, a.patch_size or 4
+        a.depth = a.depth or 2
     torch.manual_seed(0)
-    vit_kwargs = {"depth": a.depth}
+    vit_kwargs = {"depth": a.depth} if a.depth else {}
     ref = ReferenceMAE(
         build_vit(a.model, img_size=a.image_size, patch_size=a.patch_size, vit_kwargs=vit_kwargs),
         a.decoder_dim, a.decoder_depth, a.decoder_heads, 0.75,
@@ -91,7 +94,8 @@ def main() -> None:
     ours.log = lambda *args, **kw: None  # outside a Trainer
     opt_ref = torch.optim.AdamW([q for q in ref.parameters() if q.requires_grad], lr=1e-4, betas=(0.9, 0.95))
     opt_ours = torch.optim.AdamW(ours.parameter_groups(0.05), lr=1e-4, betas=(0.9, 0.95))
-    x = torch.rand(a.batch_size, 3, a.image_size, a.image_size, device=dev)
+    size = ours.backbone.vit.patch_embed.img_size[0]
+    x = torch.rand(a.batch_size, 3, size, size, device=dev)
     labels = torch.zeros(a.batch_size, dtype=torch.long, device=dev)
 
     def sync() -> None:
