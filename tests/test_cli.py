@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
@@ -78,3 +79,13 @@ def test_fit_smoke_recipe_writes_one_run_directory(tmp_path, monkeypatch):
     assert main(["finetune", "--ckpt", str(ckpt), "--epochs", "1",
                  "--out", str(tmp_path / "ft.json"), *data]) == 0
     assert (tmp_path / "ft.json").is_file()
+    out = tmp_path / "backbone.safetensors"
+    assert main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 0
+    from safetensors.torch import load_file
+
+    from ssl_cropmix.checkpoints import load_checkpoint
+
+    exported = load_file(str(out))
+    state = load_checkpoint(ckpt)["state_dict"]
+    for k, v in exported.items():  # the query trunk's weights, bit for bit
+        assert torch.equal(v, state["backbone." + k])
