@@ -154,7 +154,10 @@ def test_no_weight_decay_for_norms_biases_pos_embed_and_tokens():
     assert not frozen & trainable
 
 
-def test_lr_scaled_by_effective_batch_with_warmup_and_cosine(tmp_path):
+def test_lr_scaled_by_effective_batch_with_warmup_and_cosine(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
     m = tiny_mae(base_lr=1.0e-3, warmup_epochs=1)
     data = TensorDataset(torch.rand(16, 3, 32, 32), torch.zeros(16, dtype=torch.long))
     trainer = pl.Trainer(
@@ -172,6 +175,8 @@ def test_lr_scaled_by_effective_batch_with_warmup_and_cosine(tmp_path):
     assert m.effective_batch_size == 4 * 1 * 2
     peak = 1.0e-3 * 8 / 256
     assert m.scaled_lr == pytest.approx(peak)
+    msgs = [r.getMessage() for r in caplog.records if "MAECropMix: effective batch" in r.getMessage()]
+    assert len(msgs) == 1 and "effective batch 8 " in msgs[0] and "x 2 accumulation" in msgs[0]
     # 4 optimizer steps in all (2 per epoch), 2 of warmup; each lr seen on two micro-batches
     total, warm = 4, 2
     expected = [peak * ((s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / (total - warm))))
