@@ -20,12 +20,28 @@ def _instantiate(config: Path, *extra: str):
     return cli_main(["--config", str(config), *extra, "--trainer.logger=false"], run=False)
 
 
+FRAGMENT_BASE = REPO / "configs" / "smoke" / "moco_demo_cpu.yaml"
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(p.relative_to(REPO / "configs")) for p in CONFIGS])
 def test_every_config_instantiates(config: Path, tmp_path, monkeypatch):
+    """Full recipes instantiate alone; evaluation fragments (``configs/eval``, callbacks
+    appended with ``callbacks+:``) instantiate on top of a pretraining recipe and really add
+    their callbacks to the base recipe's."""
     monkeypatch.chdir(tmp_path)
-    cli = _instantiate(config)
+    monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
     from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 
+    fragment = config.parent.name == "eval"
+    if fragment:
+        base = _instantiate(FRAGMENT_BASE)
+        cli = _instantiate(FRAGMENT_BASE, "--config", str(config))
+        base_cbs = {type(c).__name__ for c in base.trainer.callbacks}
+        added = [type(c).__name__ for c in cli.trainer.callbacks if type(c).__name__ not in base_cbs]
+        assert added, f"{config.name} added no callback to the base recipe"
+        assert base_cbs <= {type(c).__name__ for c in cli.trainer.callbacks}, "base callbacks were replaced"
+    else:
+        cli = _instantiate(config)
     assert isinstance(cli.model, LightningModule)
     assert isinstance(cli.datamodule, LightningDataModule)
     assert isinstance(cli.trainer, Trainer)
