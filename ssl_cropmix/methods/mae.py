@@ -16,22 +16,15 @@ import pytorch_lightning as pl
 import torch
 from lightly.models.modules import MaskedVisionTransformerDecoderTIMM, MaskedVisionTransformerTIMM
 from lightly.models.utils import get_at_index, patchify, repeat_token, set_at_index
-from pytorch_lightning.utilities import rank_zero_info
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from ssl_cropmix.losses.reconstruction import masked_reconstruction_loss
+from ssl_cropmix.methods.scaling import effective_batch_size, scaled_lr
 from ssl_cropmix.models.vit import build_vit
 
 #: parameter names (last component) never weight-decayed, besides norms and biases
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "mask_token", "dist_token")
-
-
-def _batch_size_of(loader: Any) -> int | None:
-    bs = getattr(loader, "batch_size", None)
-    if bs is None and getattr(loader, "batch_sampler", None) is not None:
-        bs = getattr(loader.batch_sampler, "batch_size", None)
-    return int(bs) if bs is not None else None
 
 
 def random_patch_mask(
@@ -254,16 +247,7 @@ class MAECropMix(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def effective_batch(self) -> int:
         """Per-device batch x world size x gradient accumulation (for lr scaling)."""
-        bs = _batch_size_of(getattr(self.trainer, "train_dataloader", None))
-        if bs is None:
-            bs = getattr(getattr(self.trainer, "datamodule", None), "batch_size", None)
-        if bs is None:
-            source = self.trainer.fit_loop._data_source
-            if source.is_defined():
-                bs = _batch_size_of(source.dataloader())
-        if bs is None:
-            raise ValueError("could not determine the batch size for lr scaling; pass lr= explicitly")
-        return int(bs) * max(1, self.trainer.world_size) * int(self.trainer.accumulate_grad_batches)
+        return effective_batch_size(self.trainer)
 
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW groups: no decay for norms, biases (1-D), position embeddings and tokens."""
@@ -285,16 +269,8 @@ class MAECropMix(pl.LightningModule):
         return f
 
     def configure_optimizers(self) -> Any:
-        lr = self.hparams.lr
-        effective = self.effective_batch()
-        if lr is None:
-            lr = self.hparams.base_lr * effective / 256
-        self.effective_batch_size, self.scaled_lr = effective, float(lr)
-        rank_zero_info(
-            f"MAECropMix: effective batch {effective} (per-device batch x {self.trainer.world_size} "
-            f"processes x {self.trainer.accumulate_grad_batches} accumulation) -> lr {lr:.6g}"
-            + ("" if self.hparams.lr is not None else f" (= {self.hparams.base_lr} x {effective}/256)")
-        )
+        effective, lr = scaled_lr("MAECropMix", self.trainer, self.hparams.base_lr, self.hparams.lr)
+        self.effective_batch_size, self.scaled_lr = effective, lr
         opt = torch.optim.AdamW(
             self.parameter_groups(self.hparams.weight_decay), lr=lr, betas=tuple(self.hparams.betas)
         )

@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
 from lightly.models.utils import (
     batch_shuffle,
     batch_unshuffle,
@@ -29,15 +28,9 @@ from ssl_cropmix.losses.infonce import infonce_queue_loss
 from ssl_cropmix.models.backbones import build_backbone
 from ssl_cropmix.models.heads import asym_moco_projection_head
 from ssl_cropmix.models.queue import MomentumQueue
+from ssl_cropmix.methods.scaling import batch_size_of, effective_batch_size, scaled_lr
 
 OptimizerCallable = Callable[[Iterable[Any]], torch.optim.Optimizer]
-
-
-def _batch_size_of(loader: Any) -> int | None:
-    bs = getattr(loader, "batch_size", None)
-    if bs is None and getattr(loader, "batch_sampler", None) is not None:
-        bs = getattr(loader.batch_sampler, "batch_size", None)
-    return int(bs) if bs is not None else None
 
 
 class MoCoCropMix(pl.LightningModule):
@@ -168,7 +161,7 @@ class MoCoCropMix(pl.LightningModule):
             self._check_batch(bs)
 
     def on_train_start(self) -> None:
-        bs = _batch_size_of(self.trainer.train_dataloader)
+        bs = batch_size_of(self.trainer.train_dataloader)
         if bs is not None:
             self._check_batch(bs)
         if getattr(self, "effective_batch_size", None) is not None:
@@ -248,34 +241,15 @@ class MoCoCropMix(pl.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def global_batch_size(self) -> int:
         """Per-device batch x devices x gradient accumulation (for lr scaling)."""
-        bs = _batch_size_of(getattr(self.trainer, "train_dataloader", None))
-        if bs is None:
-            dm = getattr(self.trainer, "datamodule", None)
-            bs = getattr(dm, "batch_size", None)
-        if bs is None:
-            # CombinedLoader not yet built: ask the fit loop's source
-            source = self.trainer.fit_loop._data_source
-            if source.is_defined():
-                bs = _batch_size_of(source.dataloader())
-        if bs is None:
-            raise ValueError("could not determine the batch size for lr scaling; pass lr= explicitly")
-        return int(bs) * max(1, self.trainer.world_size) * int(self.trainer.accumulate_grad_batches)
+        return effective_batch_size(self.trainer)
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         if self.optimizer_callable is not None:
             opt = self.optimizer_callable(params)
         else:
-            lr = self.hparams.lr
-            effective = self.global_batch_size()
-            if lr is None:
-                lr = self.hparams.base_lr * effective / 256
-            self.effective_batch_size, self.scaled_lr = effective, float(lr)
-            rank_zero_info(
-                f"MoCoCropMix: effective batch {effective} (per-device batch x {self.trainer.world_size} "
-                f"processes x {self.trainer.accumulate_grad_batches} accumulation) -> lr {lr:.6g}"
-                + ("" if self.hparams.lr is not None else f" (= {self.hparams.base_lr} x {effective}/256)")
-            )
+            effective, lr = scaled_lr("MoCoCropMix", self.trainer, self.hparams.base_lr, self.hparams.lr)
+            self.effective_batch_size, self.scaled_lr = effective, lr
             opt = torch.optim.SGD(
                 params, lr=lr, momentum=self.hparams.sgd_momentum, weight_decay=self.hparams.weight_decay
             )
