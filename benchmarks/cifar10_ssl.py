@@ -11,7 +11,7 @@ It prints one markdown table and writes ``results.json`` / ``results.md`` to ``-
 
 Budgets (``--budget``):
 
-* ``cpu`` (default): a small ConvNet (defined below, ~15 MFLOPs at 32 px), 10% of the
+* ``cpu`` (default): a small ConvNet (``cifar10_e2e.TinyConvNet``), 10% of the
   training set (500 images per class), 6 epochs, batch 128, queue 4096, 2 000 test images.
   Minutes on 2 CPU cores; numbers show the direction, not the level.
 * ``gpu``: ResNet-18 with the small-image stem, all 50 000 training images, 200 epochs,
@@ -46,32 +46,12 @@ BUDGETS = {
 QUERIES = {"plain": "plain", "scalemix": "scalemix", "cropmix": "contrastive", "cropmix_generic": "cropmix"}
 
 
-class SmallConvNet(nn.Module):
-    """A 4-stage ConvNet for CPU budgets: (B,3,32,32) -> (B,256). ~15 MFLOPs per image."""
-
-    def __init__(self, width: int = 32) -> None:
-        super().__init__()
-        chans = [3, width, 2 * width, 4 * width, 8 * width]
-        layers: list[nn.Module] = []
-        for i in range(4):
-            layers += [
-                nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False),
-                nn.BatchNorm2d(chans[i + 1]),
-                nn.ReLU(inplace=True),
-            ]
-            if i < 3:
-                layers.append(nn.MaxPool2d(2))
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
 def make_backbone(name: str) -> tuple[nn.Module | str, bool]:
     """(backbone argument for MoCoCropMix, small_image flag)."""
     if name == "convnet":
-        return SmallConvNet(), False
+        from cifar10_e2e import TinyConvNet  # the same small CPU backbone as the e2e run
+
+        return TinyConvNet(), False
     return name, True
 
 
