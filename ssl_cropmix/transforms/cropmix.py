@@ -161,7 +161,7 @@ def _check_interpolation(interpolation: Any) -> InterpolationMode:
 class CropMix(Transform):
     """CropMix: mix ``n`` crops taken from ``n`` disjoint scale ranges of one image.
 
-    Paper: Han et al., "On the Importance of ... CropMix", 2022, Sec. 3.2 (Algorithm 1);
+    Paper: Han et al., "CropMix: Sampling a Rich Input Distribution via Multi-Scale Cropping", 2022, Sec. 3.2 (Algorithm 1);
     Appendix A for the contrastive setting; Table 5 for interpolation and ``n`` ablations.
 
     Args:
