@@ -7,9 +7,9 @@ Applying functions are deterministic given their arguments.
 Boxes are ``(top, left, height, width)`` in pixels, as in ``torchvision.transforms.v2``.
 
 References:
-    Han et al., "On the Importance of Multi-scale Mixing for Self-Supervised Learning"
-    / CropMix, 2022 (Sec. 3.2, Appendix A); Yun et al., CutMix, 2019; Qin et al.,
-    ResizeMix, 2020; Kevin et al., Asym-Siam (ScaleMix), 2022.
+    Han et al., "CropMix: Sampling a Rich Input Distribution via Multi-Scale Cropping",
+    2022 (Sec. 3.2, Appendix A); Yun et al., CutMix, 2019; Qin et al., ResizeMix, 2020;
+    Wang et al., Asym-Siam (ScaleMix), 2022.
 """
 
 from __future__ import annotations
