@@ -18,13 +18,12 @@ from typing import Any, Iterator, Literal
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ssl_cropmix.callbacks.lars import LARS
 from ssl_cropmix.callbacks.utils import (
-    append_json_result,
+    report_result,
     extract_features,
     get_backbone,
     module_device,
@@ -313,16 +312,7 @@ class LinearProbe(pl.Callback):
         train, val, c = self._loaders(trainer)
         g = torch.Generator().manual_seed(self.seed)
         res = run_linear_probe(pl_module, train, val, c, self.recipe, self.cached_features, g, self.preset)
-        if trainer is not None:
-            res.pretrain_epoch = trainer.current_epoch
-            for lg in trainer.loggers:
-                lg.log_metrics({f"{self.prefix}/top1": res.top1, f"{self.prefix}/top5": res.top5}, step=trainer.global_step)
-        path = self.results_path
-        if path is None and trainer is not None:
-            path = Path(trainer.log_dir or trainer.default_root_dir) / f"{self.prefix}.json"
-        if path is not None:
-            append_json_result(path, res.as_dict())
-        rank_zero_info(f"{res.protocol}: top-1 {res.top1:.2f}%, top-5 {res.top5:.2f}% ({res.total_seconds:.1f}s)")
+        report_result(res, trainer, self.prefix, self.results_path)
         self.results.append(res)
         return res
 

@@ -109,3 +109,24 @@ def append_json_result(path: Any, record: dict[str, Any]) -> None:
     records = json.loads(p.read_text()) if p.exists() else []
     records.append(record)
     p.write_text(json.dumps(records, indent=2))
+
+
+def report_result(res: Any, trainer: Any, prefix: str, results_path: Any = None) -> None:
+    """Publish an evaluation result (``LinearProbe`` / ``SemiSupervisedFineTune``): log
+    ``{prefix}/top1`` and ``{prefix}/top5`` to every logger, append ``res.as_dict()`` to the
+    JSON list at ``results_path`` (default ``<log_dir>/<prefix>.json`` when a trainer is
+    given) and print one line naming the protocol. Sets ``res.pretrain_epoch``."""
+    from pathlib import Path
+
+    from pytorch_lightning.utilities import rank_zero_info
+
+    if trainer is not None:
+        res.pretrain_epoch = trainer.current_epoch
+        for lg in trainer.loggers:
+            lg.log_metrics({f"{prefix}/top1": res.top1, f"{prefix}/top5": res.top5}, step=trainer.global_step)
+    path = results_path
+    if path is None and trainer is not None:
+        path = Path(trainer.log_dir or trainer.default_root_dir) / f"{prefix}.json"
+    if path is not None:
+        append_json_result(path, res.as_dict())
+    rank_zero_info(f"{res.protocol}: top-1 {res.top1:.2f}%, top-5 {res.top5:.2f}% ({res.total_seconds:.1f}s)")
