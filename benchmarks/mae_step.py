@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from timing import interleaved_times
 from lightly.models import utils
 from lightly.models.modules import MaskedVisionTransformerDecoderTIMM, MaskedVisionTransformerTIMM
 from torch import nn
@@ -120,20 +120,8 @@ def main() -> None:
         opt_ours.step()
 
     runs = {"reference (lightly blocks)": run_ref, "MAECropMix": run_ours}
-    for fn in runs.values():
-        for _ in range(a.warmup):
-            fn()
-    sync()
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for r in range(a.repeats):
-        order = list(runs) if r % 2 == 0 else list(reversed(runs))
-        for name in order:
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(a.steps):
-                runs[name]()
-            sync()
-            times[name].append((time.perf_counter() - t0) / a.steps * 1000)
+    times = {k: [t * 1000 for t in v] for k, v in interleaved_times(
+        runs, a.steps, a.repeats, a.warmup, sync).items()}
     print(f"device={dev} model={a.model} img={a.image_size} patch={a.patch_size} depth={a.depth} "
           f"decoder={a.decoder_dim}x{a.decoder_depth} batch={a.batch_size} amp={a.amp} "
           f"steps={a.steps} repeats={a.repeats}")

@@ -24,10 +24,10 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 import warnings
 
 import torch
+from timing import interleaved_times
 from lightly.loss import NTXentLoss
 from lightly.models.modules import MoCoProjectionHead
 from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requires_grad, update_momentum
@@ -121,20 +121,7 @@ def main() -> None:
         opt_ours.step()
 
     methods = {"reference (lightly blocks)": run_ref, "MoCoCropMix": run_ours}
-    for fn in methods.values():
-        for _ in range(a.warmup):
-            fn()
-    sync()
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    for r in range(a.repeats):
-        order = list(methods) if r % 2 == 0 else list(reversed(methods))
-        for name in order:
-            sync()
-            t0 = time.perf_counter()
-            for _ in range(a.steps):
-                methods[name]()
-            sync()
-            times[name].append((time.perf_counter() - t0) / a.steps)
+    times = interleaved_times(methods, a.steps, a.repeats, a.warmup, sync)
     base = "reference (lightly blocks)"
     ratios = [o / b for o, b in zip(times["MoCoCropMix"], times[base])]
     print(f"device={dev} backbone={a.backbone} small_image={small} batch={a.batch_size} "
