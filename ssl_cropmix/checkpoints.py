@@ -104,3 +104,34 @@ def load_backbone(
                 return backbone.eval()
     backbone.load_state_dict(strip_prefix(state, prefix), strict=strict)
     return backbone.eval()
+
+
+def load_module(ckpt_path: str | Path, backbone: str | None = None) -> nn.Module:
+    """An ``nn.Module`` with a ``backbone`` attribute holding the checkpoint's weights.
+
+    Lightning checkpoints written through the CLI record the module's class
+    (``hyper_parameters["_class_path"]``): the module is rebuilt from its hyper-parameters and
+    its whole state dict loaded (works for MoCo, MAE, the classifier and users' modules).
+    Otherwise :func:`load_backbone` builds the backbone by name.
+    Loading always uses ``torch.load(weights_only=True)``.
+    """
+    import importlib
+    import inspect
+
+    ckpt = load_checkpoint(ckpt_path)
+    hp = dict(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
+    class_path = hp.get("_class_path")
+    if backbone is None and class_path is None and "model_name" in hp:
+        class_path = "ssl_cropmix.methods.mae.MAECropMix"  # MAE checkpoints made from Python
+    if backbone is None and class_path:
+        mod, _, name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(mod), name)
+        params = inspect.signature(cls.__init__).parameters
+        module = cls(**{k: v for k, v in hp.items() if k in params and not k.startswith("_")})
+        module.load_state_dict(ckpt["state_dict"])  # strict: a partial load must not pass silently
+        if not isinstance(getattr(module, "backbone", None), nn.Module):
+            raise TypeError(f"{class_path} has no `backbone` module to evaluate")
+        return module.eval()
+    holder = nn.Module()
+    holder.backbone = load_backbone(ckpt_path, backbone)
+    return holder.eval()

@@ -12,13 +12,10 @@ also usable from Python:
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import json
-from pathlib import Path
 from typing import Any
 
-from torch import nn
+from ssl_cropmix.checkpoints import load_module
 
 
 def run(cmd: str, argv: list[str]) -> int:
@@ -52,36 +49,6 @@ def _datamodule(a: argparse.Namespace):
     )
 
 
-def module_from_checkpoint(ckpt_path: str | Path, backbone: str | None = None) -> nn.Module:
-    """An ``nn.Module`` with a ``backbone`` attribute holding the checkpoint's weights.
-
-    Lightning checkpoints written through the CLI record the module's class
-    (``hyper_parameters["_class_path"]``): the module is rebuilt from its hyper-parameters and
-    its whole state dict loaded (works for MoCo, MAE, the classifier and users' modules).
-    Otherwise :func:`ssl_cropmix.checkpoints.load_backbone` builds the backbone by name.
-    Loading always uses ``torch.load(weights_only=True)``.
-    """
-    from ssl_cropmix.checkpoints import load_backbone, load_checkpoint
-
-    ckpt = load_checkpoint(ckpt_path)
-    hp = dict(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
-    class_path = hp.get("_class_path")
-    if backbone is None and class_path is None and "model_name" in hp:
-        class_path = "ssl_cropmix.methods.mae.MAECropMix"  # MAE checkpoints made from Python
-    if backbone is None and class_path:
-        mod, _, name = class_path.rpartition(".")
-        cls = getattr(importlib.import_module(mod), name)
-        params = inspect.signature(cls.__init__).parameters
-        module = cls(**{k: v for k, v in hp.items() if k in params and not k.startswith("_")})
-        module.load_state_dict(ckpt["state_dict"], strict=False)
-        if not isinstance(getattr(module, "backbone", None), nn.Module):
-            raise TypeError(f"{class_path} has no `backbone` module to evaluate")
-        return module.eval()
-    holder = nn.Module()
-    holder.backbone = load_backbone(ckpt_path, backbone)
-    return holder.eval()
-
-
 # ---------------------------------------------------------------------------- commands
 def _show_views(argv: list[str]) -> int:
     from ssl_cropmix.data import grid
@@ -104,7 +71,7 @@ def _probe(argv: list[str]) -> int:
     a = p.parse_args(argv)
     from ssl_cropmix.callbacks.linear_probe import LinearProbe
 
-    module = module_from_checkpoint(a.ckpt, a.backbone).to(a.device)
+    module = load_module(a.ckpt, a.backbone).to(a.device)
     dm = _datamodule(a)
     dm.setup("fit")
     res = LinearProbe(preset=a.preset, epochs=a.epochs, cached_features=a.cached_features, provider=dm,
@@ -125,17 +92,18 @@ def _finetune(argv: list[str]) -> int:
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     _data_arguments(p)
     a = p.parse_args(argv)
-    from ssl_cropmix.callbacks.finetune import finetune_from_checkpoint
+    from ssl_cropmix.callbacks.finetune import SemiSupervisedFineTune
 
     over: dict[str, Any] = {"results_path": a.out}
     if a.epochs is not None:
         over["epochs"] = a.epochs
     if a.subset_file is not None:
         over["subset_file"] = a.subset_file
-    module = module_from_checkpoint(a.ckpt, a.backbone)
-    res = finetune_from_checkpoint(a.ckpt, _datamodule(a), preset=a.preset, backbone=module.backbone,
-                                   device=a.device, **over)
-    print(json.dumps(res.as_dict() if hasattr(res, "as_dict") else res, indent=2, default=str))
+    module = load_module(a.ckpt, a.backbone).to(a.device)  # the checkpoint is read once
+    dm = _datamodule(a)
+    dm.setup("fit")
+    res = SemiSupervisedFineTune(a.preset, provider=dm, **over).run(None, module)
+    print(json.dumps(res.as_dict(), indent=2, default=str))
     return 0
 
 

@@ -64,3 +64,24 @@ def test_refuses_arbitrary_pickles(tmp_path):
 def test_official_moco_prefix():
     state = {"module.encoder_q.conv.weight": torch.ones(1), "module.queue": torch.zeros(1)}
     assert list(strip_prefix(state)) == ["conv.weight"]
+
+
+def test_load_module_rebuilds_mae_from_hyperparameters_with_identical_features(tmp_path):
+    """``load_module`` rebuilds a module that ``load_backbone`` cannot name (MAE) from its
+    hyper-parameters and loads every weight strictly: features equal the original's."""
+    from ssl_cropmix.checkpoints import load_module
+    from ssl_cropmix.methods.mae import MAECropMix
+
+    m = MAECropMix("vit_tiny_patch16_224", img_size=32, patch_size=4, vit_kwargs={"depth": 1},
+                   decoder_dim=32, decoder_depth=1, decoder_num_heads=2)
+    path = tmp_path / "mae.ckpt"
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}, path)
+    r = load_module(path)
+    x = torch.randn(2, 3, 32, 32)
+    assert isinstance(r, MAECropMix)
+    assert torch.equal(r.backbone(x), m.eval().backbone(x))
+    bad = {"state_dict": {k: v for k, v in m.state_dict().items() if "decoder" not in k},
+           "hyper_parameters": dict(m.hparams)}
+    torch.save(bad, tmp_path / "partial.ckpt")
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_module(tmp_path / "partial.ckpt")
