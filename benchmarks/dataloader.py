@@ -12,10 +12,14 @@ Compares, in one process, interleaved and repeated, on the same files, loader an
 Datasets: CIFAR-10 JPEGs (32 px views) from ``--data-root`` and ImageNet-sized photos
 (224 px views): the scikit-image demo photos resized to ``--photo-side`` px on the long side
 (ImageNet's typical 500x375) and replicated to ``--photos`` JPEG files in a temp folder.
-Images/s counts source images (each yields a query and a key), decoding included.
+Images/s counts source images (each yields a query and a key), decoding included. Batches
+are drawn at random with replacement. Each ratio is the median of per-round ratios (a
+round times every pipeline once, back to back), with its quartiles: on a shared machine
+single measurements drift by +-20 %, paired ones far less.
 
 Targets (issue 3): plain >= lightly; cropmix >= 0.9x plain; contrastive >= 0.65x plain.
 
+    python benchmarks/dataloader.py --data-root ../shared/data --num-workers 0
     python benchmarks/dataloader.py --data-root ../shared/data --num-workers 2
     python benchmarks/dataloader.py --quick      # short smoke run
 """
@@ -30,7 +34,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -63,20 +67,51 @@ def photo_folder(root: Path, count: int, side: int) -> Path:
     return root / "photos"
 
 
-def measure(source, transform, batch_size: int, batches: int, workers: int, seed: int) -> float:
+def make_loader(source, transform, batch_size: int, num_batches: int, workers: int, seed: int) -> DataLoader:
+    """A loader of ``num_batches`` random batches (with replacement, so it never runs dry)."""
     ds = ViewDataset(source, transform)
-    torch.manual_seed(seed)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True)
-    it = iter(loader)
-    next(it)  # warm-up: worker start, first prefetches
+    g = torch.Generator().manual_seed(seed)
+    sampler = RandomSampler(ds, replacement=True, num_samples=batch_size * num_batches, generator=g)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True)
+
+
+def time_batches(it, batches: int) -> float:
+    """Images per second over the next ``batches`` batches of iterator ``it``."""
     t = time.perf_counter()
     n = 0
     for _ in range(batches):
         _, y = next(it)
         n += len(y)
-    dt = time.perf_counter() - t
-    del it
-    return n / dt
+    return n / (time.perf_counter() - t)
+
+
+def run_rounds(source, size: int, pipelines: list[str], a: argparse.Namespace) -> dict[str, list[float]]:
+    """Images/s of every pipeline in ``a.repeats`` interleaved rounds of ``a.batches`` batches.
+
+    ``--num-workers 0``: one persistent iterator per pipeline, and every round times each
+    pipeline on its next batches in a rotating order, so that drifting machine load hits
+    all pipelines alike and the per-round ratios pair measurements taken seconds apart.
+    With workers, each measurement starts its own loader (warm-up batch excluded), since
+    live iterators of all pipelines would compete for the cores.
+    """
+    out: dict[str, list[float]] = {k: [] for k in pipelines}
+    per_loader = 1 + a.batches * (a.repeats if a.num_workers == 0 else 1) + 2 * a.num_workers
+    iters = {}
+    if a.num_workers == 0:
+        for i, k in enumerate(pipelines):
+            iters[k] = iter(make_loader(source, make_transform(k, size), a.batch_size, per_loader, 0, i))
+            next(iters[k])  # warm-up
+    for r in range(a.repeats):
+        order = pipelines[r % len(pipelines):] + pipelines[: r % len(pipelines)]
+        for k in order:
+            if a.num_workers == 0:
+                out[k].append(time_batches(iters[k], a.batches))
+                continue
+            it = iter(make_loader(source, make_transform(k, size), a.batch_size, per_loader, a.num_workers, r))
+            next(it)  # warm-up: worker start, first prefetches
+            out[k].append(time_batches(it, a.batches))
+            del it
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,14 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pipelines", default=",".join(PIPELINES))
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--batches", type=int, default=10, help="timed batches per measurement")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repetitions (median reported)")
+    p.add_argument("--batches", type=int, default=3, help="timed batches per pipeline and round")
+    p.add_argument("--repeats", type=int, default=11, help="interleaved rounds (medians reported)")
     p.add_argument("--photos", type=int, default=400, help="photo files to write")
     p.add_argument("--photo-side", type=int, default=500, help="long side of the photos (px)")
     p.add_argument("--quick", action="store_true", help="tiny run to check the script works")
     a = p.parse_args(argv)
     if a.quick:
-        a.batches, a.repeats, a.batch_size = 2, 1, 16
+        a.batches, a.repeats, a.batch_size, a.photos = 1, 2, 16, 40
     torch.set_num_threads(1)
     pipelines = a.pipelines.split(",")
     rows = []
@@ -104,27 +139,25 @@ def main(argv: list[str] | None = None) -> int:
 
                 source, size = ImageFolderDataset(resolve_cifar10(a.data_root) / "train"), 32
             elif name == "photos":
-                need = a.batch_size * (a.batches + 1 + 2 * a.num_workers)
-                root = photo_folder(Path(tmp), max(a.photos, need), a.photo_side)
+                root = photo_folder(Path(tmp), a.photos, a.photo_side)
                 source, size = ImageFolderDataset(root), 224
             else:
                 raise SystemExit(f"--datasets: unknown {name!r} (cifar10, photos)")
-            results: dict[str, list[float]] = {k: [] for k in pipelines}
-            for r in range(a.repeats):
-                for k in pipelines:  # interleaved, so drifting machine load hits all alike
-                    results[k].append(
-                        measure(source, make_transform(k, size), a.batch_size, a.batches, a.num_workers, r)
-                    )
-            med = {k: statistics.median(v) for k, v in results.items()}
-            base = med.get("plain")
+            results = run_rounds(source, size, pipelines, a)
             for k in pipelines:
-                rows.append((name, size, k, med[k], med[k] / base if base else float("nan")))
+                ips = statistics.median(results[k])
+                if "plain" in results:
+                    ratios = [x / p for x, p in zip(results[k], results["plain"])]
+                    q = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
+                    rows.append((name, size, k, ips, statistics.median(ratios), q[0], q[2]))
+                else:
+                    rows.append((name, size, k, ips, float("nan"), float("nan"), float("nan")))
     print(f"\nMoCo pair throughput, num_workers={a.num_workers}, batch {a.batch_size}, "
-          f"{a.batches} batches x {a.repeats} repeats (median), torch threads/worker=1\n")
-    print("| data | px | pipeline | images/s | vs plain |")
-    print("|---|---|---|---|---|")
-    for name, size, k, ips, ratio in rows:
-        print(f"| {name} | {size} | {k} | {ips:.0f} | {ratio:.2f}x |")
+          f"{a.repeats} interleaved rounds x {a.batches} batches, torch threads/worker=1\n")
+    print("| data | px | pipeline | images/s (median) | vs plain (median of per-round ratios) | quartiles |")
+    print("|---|---|---|---|---|---|")
+    for name, size, k, ips, ratio, q1, q3 in rows:
+        print(f"| {name} | {size} | {k} | {ips:.0f} | {ratio:.2f}x | {q1:.2f}-{q3:.2f} |")
     return 0
 
 

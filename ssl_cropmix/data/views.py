@@ -31,6 +31,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from ssl_cropmix.transforms.functional import uint8_to_pil
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 QUERIES = ("plain", "cropmix", "scalemix", "contrastive")
@@ -129,7 +131,7 @@ class _ToPIL(v2.Transform):
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, torch.Tensor) and inpt.dtype == torch.uint8:
-            return F.to_pil_image(inpt.as_subclass(torch.Tensor))
+            return uint8_to_pil(inpt)
         return inpt
 
 
@@ -235,16 +237,28 @@ def moco_query(
     # 32 px; see CropMix's ``backend``). Large images keep the tensor path.
     backend = "pil" if small else "tensor"
     if query == "contrastive":
-        color = moco_v2_augmentation(size, normalize=False, crop=False, blur_prob=blur)
-        mix = contrastive_cropmix(size, view_transform=color, output_dtype=None, backend=backend)
+        # Per-crop MoCo v2 colour augmentation, PIL in and out. With the PIL backend the crops,
+        # their augmentation and the CutMix paste all stay PIL (keep_pil); the tensor backend
+        # hands uint8 crops to _ToPIL and reads the augmented PIL views back.
+        color = v2.Compose([_ToPIL(), *_colour_ops(blur)])
+        mix = contrastive_cropmix(
+            size, view_transform=color, output_dtype=None, backend=backend, keep_pil=backend == "pil"
+        )
         return v2.Compose([mix, norm])
+    # keep_pil: the mixed image stays PIL for the colour ops (no tensor round trip)
     if query == "cropmix":
         mix = CropMix(
-            size, crop_scale=(0.2, 1.0), num_crops=(2, 3, 4), mixing="mixup", output_dtype=None, backend=backend
+            size,
+            crop_scale=(0.2, 1.0),
+            num_crops=(2, 3, 4),
+            mixing="mixup",
+            output_dtype=None,
+            backend=backend,
+            keep_pil=True,
         )
     else:
-        mix = ScaleMix(size, crop_scale=(0.2, 1.0), output_dtype=None, backend=backend)
-    return v2.Compose([mix, _ToPIL(), *_colour_ops(blur), norm])  # uint8 -> PIL colour ops -> float
+        mix = ScaleMix(size, crop_scale=(0.2, 1.0), output_dtype=None, backend=backend, keep_pil=True)
+    return v2.Compose([mix, *_colour_ops(blur), norm])  # PIL colour ops -> float
 
 
 def moco_views(

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import PIL.Image
 import torch
 from torchvision import tv_tensors
@@ -47,6 +48,17 @@ _REJECTED_TV_TENSORS = (
     tv_tensors.Video,
     tv_tensors.KeyPoints,
 )
+
+
+def _stack_pil(images: Sequence[PIL.Image.Image], height: int, width: int, channels: int) -> torch.Tensor:
+    """Same-size PIL images -> one ``(n, C, H, W)`` uint8 tensor (one copy of the pixels)."""
+    buf = bytearray(b"".join([v.tobytes() for v in images]))
+    return torch.frombuffer(buf, dtype=torch.uint8).view(len(images), height, width, channels).permute(0, 3, 1, 2)
+
+
+def _as_tensor(x: Any) -> Any:
+    """A view_transform result as a tensor: PIL images become uint8 ``(C, H, W)``."""
+    return CF.pil_to_uint8(x).contiguous() if isinstance(x, PIL.Image.Image) else x
 
 
 @dataclass(frozen=True)
@@ -197,15 +209,20 @@ class CropMix(Transform):
             worker process, so pass one only for single-process reproducibility.
         backend: ``"tensor"`` (default: crops resized as uint8 tensors, pixel-identical to
             torchvision's antialiased ``resized_crop``) or ``"pil"``: for RGB / L PIL input,
-            each crop is cut and resized by PIL's C ``crop`` + ``resize`` (PIL's antialiased filters: pixels differ from the tensor path by a few
-            levels), the ``n`` crops become one uint8 tensor and Mixup (without
-            ``intermediate``) is one weighted sum. Several times cheaper for 32-px images,
+            each crop is cut and resized by PIL's C ``crop`` + ``resize`` (PIL's antialiased
+            filters: pixels differ from the tensor path by a few levels); Mixup (without ``intermediate``) is one weighted sum of the crops and CutMix a
+            PIL paste (see :meth:`apply_pil`). Several times cheaper for 32-px images,
             where per-call overhead dominates; other inputs use the tensor path.
             ``view_transform`` still gets uint8 tensor crops. Requires ``antialias=True``.
+        keep_pil: return a PIL image (the input's mode) for PIL input, as torchvision's own
+            PIL transforms do, so that PIL colour ops (e.g. ``v2.ColorJitter``) can follow
+            without a tensor round trip. Requires ``output_dtype=None``; tensors in still give
+            tensors out. With ``backend="pil"`` an RGB / L image never leaves PIL / NumPy.
 
     Shape:
         ``(C, H, W)`` tensor, ``tv_tensors.Image`` or PIL image ``->`` ``(C, *size)`` tensor
-        (``tv_tensors.Image`` in gives ``tv_tensors.Image`` out).
+        (``tv_tensors.Image`` in gives ``tv_tensors.Image`` out; PIL in gives PIL out with
+        ``keep_pil``).
 
     Example:
         >>> from torchvision.transforms import v2
@@ -231,6 +248,7 @@ class CropMix(Transform):
         antialias: bool = True,
         generator: torch.Generator | None = None,
         backend: str = "tensor",
+        keep_pil: bool = False,
     ) -> None:
         super().__init__()
         self.size = _check_size(size)
@@ -260,6 +278,7 @@ class CropMix(Transform):
             raise TypeError(f"view_transform must be callable or None, got {view_transform!r}")
         self.view_transform = view_transform
         self.shared_range = bool(shared_range)
+        self._ranges_cache: dict[tuple[Any, ...], tuple[tuple[float, float], ...]] = {}
         self.tau_range = _check_range("tau_range", tau_range, low_open=0.0, high=1.0, strict=False)
         if paste not in PASTE_MODES:
             raise ValueError(f"paste must be one of {PASTE_MODES}, got {paste!r}")
@@ -279,14 +298,24 @@ class CropMix(Transform):
         if backend == "pil" and not self.antialias:
             raise ValueError(f"backend='pil' always antialiases; got backend={backend!r} with antialias={antialias!r}")
         self.backend = backend
+        if not isinstance(keep_pil, bool):
+            raise TypeError(f"keep_pil must be a bool, got {keep_pil!r}")
+        if keep_pil and output_dtype is not None:
+            raise ValueError(
+                f"keep_pil=True returns uint8 PIL images and needs output_dtype=None, got output_dtype={output_dtype!r}"
+            )
+        self.keep_pil = keep_pil
 
     # ------------------------------------------------------------------ sampling
     def scale_ranges(self, n: int) -> tuple[tuple[float, float], ...]:
         """The ``n`` area-fraction ranges: ``crop_scale`` split evenly, or repeated when
         ``shared_range`` (ScaleMix)."""
-        if self.shared_range:
-            return (self.crop_scale,) * n
-        return CF.split_scale_range(self.crop_scale, n)
+        key = (self.crop_scale, self.shared_range, n)
+        ranges = self._ranges_cache.get(key)
+        if ranges is None:  # computed once per setting: sample_params runs per image
+            ranges = (self.crop_scale,) * n if self.shared_range else CF.split_scale_range(self.crop_scale, n)
+            self._ranges_cache[key] = ranges
+        return ranges
 
     def sample_params(
         self,
@@ -301,17 +330,28 @@ class CropMix(Transform):
             generator: overrides ``self.generator`` when given.
             num_channels: channels of the image (for ``intermediate="channel_permute"``).
         """
+        # Runs once per image in a loader worker: kept lean (one block of uniforms, few
+        # Python calls); the draws are those of RandomStream.randint / uniform.
         g = CF.RandomStream(generator if generator is not None else self.generator)
         height, width = int(image_size[0]), int(image_size[1])
-        n = self.num_crops[g.randint(0, len(self.num_crops))]
+        k = len(self.num_crops)
+        n = self.num_crops[min(int(g.next() * k), k - 1)]
         ranges = self.scale_ranges(n)
+        log_ratio = self._log_ratio
         boxes = []
         for r in ranges:
-            top, left, h, w, target, fallback = CF.sample_crop_box(height, width, r, self._log_ratio, g)
+            top, left, h, w, target, fallback = CF.sample_crop_box(height, width, r, log_ratio, g)
             boxes.append(CropBox(top, left, h, w, r, target, fallback))
         order = tuple(g.permutation(n)) if self.shuffle else tuple(range(n))
-        steps = tuple(self._sample_step(n, num_channels, g) for _ in range(n - 1))
-        return CropMixParams((height, width), n, ranges, tuple(boxes), order, steps)
+        if self.mixing == "mixup" and self.intermediate != "channel_permute":
+            a = self.alpha / n
+            steps = []
+            for _ in range(n - 1):
+                lam = CF.sample_beta(a, a, g)
+                steps.append(MixStep("mixup", lam, "mix" if lam < 0.5 else "crop"))
+        else:
+            steps = [self._sample_step(n, num_channels, g) for _ in range(n - 1)]
+        return CropMixParams((height, width), n, ranges, tuple(boxes), order, tuple(steps))
 
     def _sample_donor(self, g: CF.RandomStream) -> str:
         if self.paste == "into_mix":
@@ -363,7 +403,7 @@ class CropMix(Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, PIL.Image.Image):
             if self.backend == "pil" and inpt.mode in _PIL_BACKEND_MODES:
-                return self.apply_pil(inpt, params["params"])
+                return self.apply_pil(inpt, params["params"], as_pil=self.keep_pil)
             # Convert only the union of the crop boxes when it is small: a PIL crop costs
             # about as much per pixel as the conversion itself.
             p = params["params"]
@@ -372,8 +412,10 @@ class CropMix(Transform):
             bottom = max(b.top + b.height for b in p.boxes)
             right = max(b.left + b.width for b in p.boxes)
             if (bottom - top) * (right - left) * 2 <= inpt.height * inpt.width:
-                return self.apply(CF.pil_to_uint8(inpt.crop((left, top, right, bottom))), p, origin=(top, left))
-            return self.apply(CF.pil_to_uint8(inpt), p)
+                out = self.apply(CF.pil_to_uint8(inpt.crop((left, top, right, bottom))), p, origin=(top, left))
+            else:
+                out = self.apply(CF.pil_to_uint8(inpt), p)
+            return CF.uint8_to_pil(out, inpt.mode if inpt.mode in ("RGB", "RGBA", "L") else None) if self.keep_pil else out
         if isinstance(inpt, tv_tensors.Image):
             out = self.apply(inpt.as_subclass(torch.Tensor), params["params"])
             return tv_tensors.wrap(out, like=inpt)
@@ -411,58 +453,112 @@ class CropMix(Transform):
                 )
             crops.append(CF.resized_crop(image, box, self.size, self.interpolation, self.antialias))
         if self.view_transform is not None:
-            crops = [self.view_transform(c) for c in crops]
-        m = crops[0]
-        for step, v in zip(params.steps, crops[1:]):
-            m = self._mix(m, v, step)
-        return self._finish(m, image.dtype)
+            crops = [_as_tensor(self.view_transform(c)) for c in crops]
+        return self._fold(crops, params.steps, image.dtype)
 
-    def apply_pil(self, image: PIL.Image.Image, params: CropMixParams) -> torch.Tensor:
+    def apply_pil(
+        self, image: PIL.Image.Image, params: CropMixParams, as_pil: bool = False
+    ) -> torch.Tensor | PIL.Image.Image:
         """The ``backend="pil"`` path: apply ``params`` to an RGB / L PIL image.
 
-        Each crop is cut and resized by ``PIL.Image.crop(box).resize(size, resample)``;
-        the ``n`` crops are read into one ``(n, H, W, C)`` uint8 tensor by a single
-        ``frombuffer``. Mixup without ``intermediate`` is then one weighted sum: the fold
-        ``m_k = lam_k m_{k-1} + (1 - lam_k) v_k`` gives crop ``v_i`` the weight
-        ``(1 - lam_i) prod_{k > i} lam_k`` (``lam_0 := 0``), equal to the tensor fold up to
-        float rounding. Other mixings reuse the tensor fold on the crops.
+        Each crop is cut and resized by ``PIL.Image.crop(box).resize(size, resample)``.
+        ``view_transform`` gets uint8 tensor crops (as in :meth:`apply`), or the PIL crops
+        when ``keep_pil`` is set. When the views are PIL images of one mode and there is
+        no ``intermediate``, they never become tensors:
+
+        * Mixup is one weighted sum over the ``n`` views' bytes
+          (:func:`~ssl_cropmix.transforms.functional.mixup_fold_weights`), equal to the
+          tensor fold up to float rounding, computed in NumPy (a 32-px image is too small
+          to amortise torch's per-op overhead);
+        * CutMix pastes the box with ``PIL.Image.paste`` (exact pixels).
+
+        Otherwise the tensor fold runs on the uint8 views.
+
+        Args:
+            image: RGB or L PIL image.
+            params: from :meth:`sample_params`.
+            as_pil: return a PIL image (needs ``output_dtype=None``).
 
         Shape:
-            PIL ``(W, H)`` -> ``(C, *size)`` (uint8 or ``output_dtype``, as :meth:`apply`)
+            PIL ``(W, H)`` -> ``(C, *size)`` (uint8 or ``output_dtype``, as :meth:`apply`),
+            or PIL ``(size[1], size[0])`` with ``as_pil``.
         """
         c = _PIL_BACKEND_MODES.get(image.mode)
         if c is None:
             raise ValueError(f"apply_pil expects an image of mode {tuple(_PIL_BACKEND_MODES)}, got {image.mode!r}")
+        if as_pil and self.output_dtype is not None:
+            raise ValueError(f"as_pil=True needs output_dtype=None, got output_dtype={self.output_dtype!r}")
         oh, ow = self.size
         resample = _PIL_RESAMPLE[self.interpolation]
-        crops = []
-        for i in params.order:
-            b = params.boxes[i]
-            # crop() first: resize(box=...) would let the filter read pixels outside the box
-            crops.append(image.crop((b.left, b.top, b.left + b.width, b.top + b.height)).resize((ow, oh), resample))
-        n = len(crops)
-        buf = bytearray(b"".join(v.tobytes() for v in crops))
-        x = torch.frombuffer(buf, dtype=torch.uint8).view(n, oh, ow, c)
-        if self.view_transform is not None:  # same contract as the tensor path: uint8 crops
-            views = [self.view_transform(v) for v in x.permute(0, 3, 1, 2)]
+        # crop() first: resize(box=...) would let the filter read pixels outside the box
+        views: list[Any] = [
+            image.crop((b.left, b.top, b.left + b.width, b.top + b.height)).resize((ow, oh), resample)
+            for b in (params.boxes[i] for i in params.order)
+        ]
+        if self.view_transform is not None:
+            if self.keep_pil:
+                views = [self.view_transform(v) for v in views]
+            else:  # the tensor path's contract: uint8 tensor crops
+                views = [self.view_transform(v) for v in _stack_pil(views, oh, ow, c)]
+        pil_fold = (
+            self.intermediate is None
+            and self.mixing in ("mixup", "cutmix")
+            and all(isinstance(v, PIL.Image.Image) and v.mode == image.mode and v.size == (ow, oh) for v in views)
+        )
+        if pil_fold and self.mixing == "mixup":
+            n = len(views)
+            x = np.frombuffer(b"".join([v.tobytes() for v in views]), dtype=np.uint8).reshape(n, -1)
+            w = np.array(CF.mixup_fold_weights([s.lam for s in params.steps]), dtype=np.float32)
+            if self.output_dtype is not None:  # the unrounded fold, in [0, 1]
+                y = (w * np.float32(1.0 / 255.0)) @ x
+                return torch.from_numpy(y).view(oh, ow, c).permute(2, 0, 1).to(self.output_dtype).contiguous()
+            # The weights are >= 0 and sum to 1, so w @ x lies in [0, 255] up to float
+            # rounding: rounding alone (no clip) gives valid uint8.
+            y = np.rint(w @ x).astype(np.uint8)
+            if as_pil:
+                return PIL.Image.frombytes(image.mode, (ow, oh), y)
+            return torch.from_numpy(y).view(oh, ow, c).permute(2, 0, 1).contiguous()
+        if pil_fold:  # CutMix
             m = views[0]
             for step, v in zip(params.steps, views[1:]):
-                m = self._mix(m, v, step)
-            return self._finish(m, torch.uint8)
+                base, donor = (m, v) if step.donor == "crop" else (v, m)
+                top, left, bh, bw = step.box  # type: ignore[misc]
+                if bh > 0 and bw > 0:
+                    base = base.copy() if base.readonly else base  # views may share memory
+                    base.paste(donor.crop((left, top, left + bw, top + bh)), (left, top))
+                m = base
+            return m if as_pil else self._finish(CF.pil_to_uint8(m).contiguous(), torch.uint8)
+        if all(isinstance(v, PIL.Image.Image) for v in views) and len({(v.mode, v.size) for v in views}) == 1:
+            views = list(_stack_pil(views, *views[0].size[::-1], len(views[0].getbands())))
+        else:
+            views = [_as_tensor(v) for v in views]
+        out = self._fold(views, params.steps, torch.uint8)
+        return CF.uint8_to_pil(out, image.mode if out.shape[0] == c else None) if as_pil else out
+
+    def _fold(self, views: Sequence[torch.Tensor], steps: Sequence[MixStep], in_dtype: torch.dtype) -> torch.Tensor:
+        """Fold the views in order, ``m <- mix(m, v)``, and convert as :meth:`_finish`.
+
+        Mixup without ``intermediate`` is computed as the unrolled weighted sum
+        (:func:`~ssl_cropmix.transforms.functional.mixup_fold_weights`): one pass per view
+        instead of a float temporary per step, the same result up to float rounding.
+        """
         if self.mixing == "mixup" and self.intermediate is None:
-            weights = [1.0] * n
-            for k, step in enumerate(params.steps, start=1):
-                for i in range(k):
-                    weights[i] *= step.lam
-                weights[k] = 1.0 - step.lam
-            w = torch.tensor(weights, dtype=torch.float32).mul_(1.0 / 255.0)
-            out = (w @ x.view(n, -1).to(torch.float32)).view(oh, ow, c).permute(2, 0, 1)
-            return self._finish(out, torch.uint8)
-        x = x.permute(0, 3, 1, 2)
-        m = x[0]
-        for step, v in zip(params.steps, x[1:]):
+            w = CF.mixup_fold_weights([s.lam for s in steps])
+            if in_dtype == torch.uint8 and self.output_dtype is None and all(v.dtype == torch.uint8 for v in views):
+                acc = torch.mul(views[0], w[0])  # float, in [0, 255]
+                for wi, v in zip(w[1:], views[1:]):
+                    acc.add_(v, alpha=wi)
+                # the weights are >= 0 and sum to 1: rounding alone gives valid uint8
+                return acc.round_().to(torch.uint8)
+            dtype = next((v.dtype for v in views if v.is_floating_point()), torch.float32)
+            acc = torch.mul(views[0].to(dtype), w[0] / 255.0 if views[0].dtype == torch.uint8 else w[0])
+            for wi, v in zip(w[1:], views[1:]):
+                acc.add_(v.to(dtype), alpha=wi / 255.0 if v.dtype == torch.uint8 else wi)
+            return self._finish(acc, in_dtype)
+        m = views[0]
+        for step, v in zip(steps, views[1:]):
             m = self._mix(m, v, step)
-        return self._finish(m, torch.uint8)
+        return self._finish(m, in_dtype)
 
     def _intermediate(self, x: torch.Tensor, step: MixStep) -> torch.Tensor:
         if self.intermediate is None:

@@ -116,11 +116,17 @@ def test_contrastive_crops_each_get_colour_augmentation(photo, monkeypatch):
 
     class Recorder(torch.nn.Module):
         def forward(self, x):
-            calls.append(tuple(x.shape))
+            calls.append((type(x), list(v2.functional.get_size(x))))
             return colour(x)
 
     monkeypatch.setattr(mix, "view_transform", Recorder())
     out = q(photo)
-    assert calls == [(3, 32, 32), (3, 32, 32)] and out.dtype == torch.float32
+    # 32 px: the PIL backend hands each PIL crop to the per-crop augmentation
+    assert calls == [(Image.Image, [32, 32])] * 2 and out.dtype == torch.float32 and out.shape == (3, 32, 32)
+    calls.clear()
+    q224 = moco_query("contrastive", 224)  # tensor backend: uint8 tensor crops
+    monkeypatch.setattr(q224.transforms[0], "view_transform", Recorder())
+    assert q224(photo.resize((300, 240))).shape == (3, 224, 224)
+    assert calls == [(torch.Tensor, [224, 224])] * 2
     with pytest.raises(ValueError, match="query must be one of .* got 'mixup'"):
         moco_views("mixup")

@@ -194,7 +194,10 @@ def test_input_types_dtypes_and_shapes(demo_photos):
     assert keep.dtype == torch.uint8 and torch.equal(keep, CF.to_uint8(out_u8))
     f64 = CropMix(40, generator=g())(x.double() / 255)
     assert f64.dtype == torch.float64 and f64.shape == (3, 40, 40)
-    torch.testing.assert_close(f64.float(), out_u8, atol=3e-3, rtol=0)  # float path ~ uint8 path
+    # float path ~ uint8 path: torchvision's uint8 resize rounds after each of its two
+    # separable passes, so a pixel may differ from the float resize by up to one level
+    torch.testing.assert_close(f64.float(), out_u8, atol=1 / 255 + 1e-6, rtol=0)
+    assert (f64.float() - out_u8).abs().mean() < 0.5 / 255  # ... and by far less on average
     img = CropMix((20, 30), mixing="cutmix")(tv_tensors.Image(x))
     assert isinstance(img, tv_tensors.Image) and img.shape == (3, 20, 30) and img.device == x.device
     half = CropMix(16, output_dtype=torch.float16)(pil)

@@ -82,7 +82,7 @@ def test_crop_box_fallback_and_in_range_rates_match_torchvision(size, scale):
     assert all(b[:4] == fb_tv for b in ours if b[5])
 
 
-@pytest.mark.parametrize("a,b", [(0.1, 0.1), (0.2, 0.2), (2.0, 5.0)])
+@pytest.mark.parametrize("a,b", [(0.1, 0.1), (0.2, 0.2), (0.4 / 3, 0.9), (1.0, 1.0), (0.5, 3.0), (2.0, 5.0)])
 def test_beta_sampler_matches_beta_distribution(a, b):
     g = torch.Generator().manual_seed(0)
     N = 20000
