@@ -503,7 +503,10 @@ class CropMix(Transform):
         pil_fold = (
             self.intermediate is None
             and self.mixing in ("mixup", "cutmix")
-            and all(isinstance(v, PIL.Image.Image) and v.mode == image.mode and v.size == (ow, oh) for v in views)
+            and (
+                self.view_transform is None  # the crops themselves: PIL, image.mode, (ow, oh)
+                or all(isinstance(v, PIL.Image.Image) and v.mode == image.mode and v.size == (ow, oh) for v in views)
+            )
         )
         if pil_fold and self.mixing == "mixup":
             n = len(views)
