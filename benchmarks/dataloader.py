@@ -91,8 +91,9 @@ def run_rounds(source, size: int, pipelines: list[str], a: argparse.Namespace) -
     ``--num-workers 0``: one persistent iterator per pipeline, and every round times each
     pipeline on its next batches in a rotating order, so that drifting machine load hits
     all pipelines alike and the per-round ratios pair measurements taken seconds apart.
-    With workers, each measurement starts its own loader (warm-up batch excluded), since
-    live iterators of all pipelines would compete for the cores.
+    With workers, each measurement starts its own loader and drains the batches prefetched
+    during start-up before timing (steady state), since live iterators of all pipelines
+    would compete for the cores.
     """
     out: dict[str, list[float]] = {k: [] for k in pipelines}
     per_loader = 1 + a.batches * (a.repeats if a.num_workers == 0 else 1) + 2 * a.num_workers
@@ -108,7 +109,8 @@ def run_rounds(source, size: int, pipelines: list[str], a: argparse.Namespace) -
                 out[k].append(time_batches(iters[k], a.batches))
                 continue
             it = iter(make_loader(source, make_transform(k, size), a.batch_size, per_loader, a.num_workers, r))
-            next(it)  # warm-up: worker start, first prefetches
+            for _ in range(1 + 2 * a.num_workers):  # warm-up: worker start and the prefetched batches
+                next(it)
             out[k].append(time_batches(it, a.batches))
             del it
     return out

@@ -16,7 +16,9 @@ converted to float and normalised once, by :class:`ToNormalizedTensor`.
 Performance: the MoCo v2 colour ops run in the PIL domain (C kernels; torchvision's tensor
 ``adjust_hue`` and a 23-px tensor Gaussian blur cost about twice as much at 224 px, see
 ``benchmarks/dataloader.py``), so the plain key/query pair is as fast as lightly's
-``MoCoV2Transform`` while drawing every random number from torch's RNG.
+``MoCoV2Transform`` while drawing every random number from torch's RNG. The CropMix
+queries hand the colour ops a PIL image directly (``CropMix(keep_pil=True)``; PIL backend
+for small images, where per-call overhead dominates, tensor backend at 224 px).
 """
 
 from __future__ import annotations

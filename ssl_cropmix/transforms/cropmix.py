@@ -4,10 +4,12 @@ One call draws ``n`` RandomResizedCrops of the same image, crop ``i`` from the `
 ``n`` equal slices of ``crop_scale`` (so one input yields a multi-scale set of views),
 shuffles them and folds them into one image: ``m = mix(v1, v2); m = mix(m, v3); ...``.
 
-Performance (see ``benchmarks/transforms.py``): the image is converted to a uint8 tensor
-once, every crop is a slice (no copy) resized on uint8 with torchvision's native antialiased
-kernels, CutMix / ResizeMix paste uint8 pixels, Mixup converts to float inside its fused
-multiply-add, and the result is converted to float once at the end.
+Performance (see ``benchmarks/transforms.py`` and ``benchmarks/dataloader.py``): the image
+is converted to a uint8 tensor once, every crop is a slice (no copy) resized on uint8 with
+torchvision's native antialiased kernels, CutMix / ResizeMix paste uint8 pixels, Mixup is
+one weighted sum read from uint8, and the result is converted once at the end. For small
+PIL images ``backend="pil"`` keeps everything in PIL / NumPy, and ``keep_pil=True`` returns
+PIL so that PIL colour ops can follow without a round trip.
 """
 
 from __future__ import annotations
