@@ -512,7 +512,7 @@ class CropMix(Transform):
         )
         if pil_fold and self.mixing == "mixup":
             n = len(views)
-            x = np.frombuffer(b"".join([v.tobytes() for v in views]), dtype=np.uint8).reshape(n, -1)
+            x = np.ndarray((n, oh * ow * c), np.uint8, b"".join([v.tobytes() for v in views]))
             w = np.array(CF.mixup_fold_weights([s.lam for s in params.steps]), dtype=np.float32)
             if self.output_dtype is not None:  # the unrounded fold, in [0, 1]
                 y = (w * np.float32(1.0 / 255.0)) @ x
