@@ -212,8 +212,9 @@ class CropMix(Transform):
         backend: ``"tensor"`` (default: crops resized as uint8 tensors, pixel-identical to
             torchvision's antialiased ``resized_crop``) or ``"pil"``: for RGB / L PIL input,
             each crop is cut and resized by PIL's C ``crop`` + ``resize`` (PIL's antialiased
-            filters: pixels differ from the tensor path by a few levels); Mixup (without ``intermediate``) is one weighted sum of the crops and CutMix a
-            PIL paste (see :meth:`apply_pil`). Several times cheaper for 32-px images,
+            filters: pixels differ from the tensor path by a few levels); Mixup (without
+            ``intermediate``) is one weighted sum of the crops and CutMix a PIL paste (see
+            :meth:`apply_pil`). Several times cheaper for 32-px images,
             where per-call overhead dominates; other inputs use the tensor path.
             ``view_transform`` still gets uint8 tensor crops. Requires ``antialias=True``.
         keep_pil: return a PIL image (the input's mode) for PIL input, as torchvision's own
@@ -417,7 +418,9 @@ class CropMix(Transform):
                 out = self.apply(CF.pil_to_uint8(inpt.crop((left, top, right, bottom))), p, origin=(top, left))
             else:
                 out = self.apply(CF.pil_to_uint8(inpt), p)
-            return CF.uint8_to_pil(out, inpt.mode if inpt.mode in ("RGB", "RGBA", "L") else None) if self.keep_pil else out
+            if not self.keep_pil:
+                return out
+            return CF.uint8_to_pil(out, inpt.mode if inpt.mode in ("RGB", "RGBA", "L") else None)
         if isinstance(inpt, tv_tensors.Image):
             out = self.apply(inpt.as_subclass(torch.Tensor), params["params"])
             return tv_tensors.wrap(out, like=inpt)
