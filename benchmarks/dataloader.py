@@ -99,8 +99,9 @@ def run_rounds(source, size: int, pipelines: list[str], a: argparse.Namespace) -
     per_loader = 1 + a.batches * (a.repeats if a.num_workers == 0 else 1) + 2 * a.num_workers
     iters = {}
     if a.num_workers == 0:
-        for i, k in enumerate(pipelines):
-            iters[k] = iter(make_loader(source, make_transform(k, size), a.batch_size, per_loader, 0, i))
+        for k in pipelines:
+            # same sampler seed for every pipeline: each reads the same images in the same order
+            iters[k] = iter(make_loader(source, make_transform(k, size), a.batch_size, per_loader, 0, 0))
             next(iters[k])  # warm-up
     for r in range(a.repeats):
         order = pipelines[r % len(pipelines):] + pipelines[: r % len(pipelines)]
