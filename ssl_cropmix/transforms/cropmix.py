@@ -51,12 +51,6 @@ _REJECTED_TV_TENSORS = (
 )
 
 
-def _stack_pil(images: Sequence[PIL.Image.Image], height: int, width: int, channels: int) -> torch.Tensor:
-    """Same-size PIL images -> one ``(n, C, H, W)`` uint8 tensor (one copy of the pixels)."""
-    buf = bytearray(b"".join([v.tobytes() for v in images]))
-    return torch.frombuffer(buf, dtype=torch.uint8).view(len(images), height, width, channels).permute(0, 3, 1, 2)
-
-
 def _as_tensor(x: Any) -> Any:
     """A view_transform result as a tensor: PIL images become uint8 ``(C, H, W)``."""
     return CF.pil_to_uint8(x).contiguous() if isinstance(x, PIL.Image.Image) else x
@@ -281,7 +275,6 @@ class CropMix(Transform):
             raise TypeError(f"view_transform must be callable or None, got {view_transform!r}")
         self.view_transform = view_transform
         self.shared_range = bool(shared_range)
-        self._ranges_cache: dict[tuple[Any, ...], tuple[tuple[float, float], ...]] = {}
         self.tau_range = _check_range("tau_range", tau_range, low_open=0.0, high=1.0, strict=False)
         if paste not in PASTE_MODES:
             raise ValueError(f"paste must be one of {PASTE_MODES}, got {paste!r}")
@@ -313,12 +306,9 @@ class CropMix(Transform):
     def scale_ranges(self, n: int) -> tuple[tuple[float, float], ...]:
         """The ``n`` area-fraction ranges: ``crop_scale`` split evenly, or repeated when
         ``shared_range`` (ScaleMix)."""
-        key = (self.crop_scale, self.shared_range, n)
-        ranges = self._ranges_cache.get(key)
-        if ranges is None:  # computed once per setting: sample_params runs per image
-            ranges = (self.crop_scale,) * n if self.shared_range else CF.split_scale_range(self.crop_scale, n)
-            self._ranges_cache[key] = ranges
-        return ranges
+        if self.shared_range:
+            return (self.crop_scale,) * n
+        return CF.split_scale_range(self.crop_scale, n)
 
     def sample_params(
         self,
@@ -333,28 +323,17 @@ class CropMix(Transform):
             generator: overrides ``self.generator`` when given.
             num_channels: channels of the image (for ``intermediate="channel_permute"``).
         """
-        # Runs once per image in a loader worker: kept lean (one block of uniforms, few
-        # Python calls); the draws are those of RandomStream.randint / uniform.
         g = CF.RandomStream(generator if generator is not None else self.generator)
         height, width = int(image_size[0]), int(image_size[1])
-        k = len(self.num_crops)
-        n = self.num_crops[min(int(g.next() * k), k - 1)]
+        n = self.num_crops[g.randint(0, len(self.num_crops))]
         ranges = self.scale_ranges(n)
-        log_ratio = self._log_ratio
         boxes = []
         for r in ranges:
-            top, left, h, w, target, fallback = CF.sample_crop_box(height, width, r, log_ratio, g)
+            top, left, h, w, target, fallback = CF.sample_crop_box(height, width, r, self._log_ratio, g)
             boxes.append(CropBox(top, left, h, w, r, target, fallback))
         order = tuple(g.permutation(n)) if self.shuffle else tuple(range(n))
-        if self.mixing == "mixup" and self.intermediate != "channel_permute":
-            a = self.alpha / n
-            steps = []
-            for _ in range(n - 1):
-                lam = CF.sample_beta(a, a, g)
-                steps.append(MixStep("mixup", lam, "mix" if lam < 0.5 else "crop"))
-        else:
-            steps = [self._sample_step(n, num_channels, g) for _ in range(n - 1)]
-        return CropMixParams((height, width), n, ranges, tuple(boxes), order, tuple(steps))
+        steps = tuple(self._sample_step(n, num_channels, g) for _ in range(n - 1))
+        return CropMixParams((height, width), n, ranges, tuple(boxes), order, steps)
 
     def _sample_donor(self, g: CF.RandomStream) -> str:
         if self.paste == "into_mix":
@@ -418,9 +397,7 @@ class CropMix(Transform):
                 out = self.apply(CF.pil_to_uint8(inpt.crop((left, top, right, bottom))), p, origin=(top, left))
             else:
                 out = self.apply(CF.pil_to_uint8(inpt), p)
-            if not self.keep_pil:
-                return out
-            return CF.uint8_to_pil(out, inpt.mode if inpt.mode in ("RGB", "RGBA", "L") else None)
+            return CF.uint8_to_pil(out) if self.keep_pil else out
         if isinstance(inpt, tv_tensors.Image):
             out = self.apply(inpt.as_subclass(torch.Tensor), params["params"])
             return tv_tensors.wrap(out, like=inpt)
@@ -504,7 +481,7 @@ class CropMix(Transform):
             if self.keep_pil:
                 views = [self.view_transform(v) for v in views]
             else:  # the tensor path's contract: uint8 tensor crops
-                views = [self.view_transform(v) for v in _stack_pil(views, oh, ow, c)]
+                views = [self.view_transform(_as_tensor(v)) for v in views]
         pil_fold = (
             self.intermediate is None
             and self.mixing in ("mixup", "cutmix")
@@ -536,12 +513,8 @@ class CropMix(Transform):
                     base.paste(donor.crop((left, top, left + bw, top + bh)), (left, top))
                 m = base
             return m if as_pil else self._finish(CF.pil_to_uint8(m).contiguous(), torch.uint8)
-        if all(isinstance(v, PIL.Image.Image) for v in views) and len({(v.mode, v.size) for v in views}) == 1:
-            views = list(_stack_pil(views, *views[0].size[::-1], len(views[0].getbands())))
-        else:
-            views = [_as_tensor(v) for v in views]
-        out = self._fold(views, params.steps, torch.uint8)
-        return CF.uint8_to_pil(out, image.mode if out.shape[0] == c else None) if as_pil else out
+        out = self._fold([_as_tensor(v) for v in views], params.steps, torch.uint8)
+        return CF.uint8_to_pil(out) if as_pil else out
 
     def _fold(self, views: Sequence[torch.Tensor], steps: Sequence[MixStep], in_dtype: torch.dtype) -> torch.Tensor:
         """Fold the views in order, ``m <- mix(m, v)``, and convert as :meth:`_finish`.
@@ -552,17 +525,16 @@ class CropMix(Transform):
         """
         if self.mixing == "mixup" and self.intermediate is None:
             w = CF.mixup_fold_weights([s.lam for s in steps])
-            if in_dtype == torch.uint8 and self.output_dtype is None and all(v.dtype == torch.uint8 for v in views):
-                acc = torch.mul(views[0], w[0])  # float, in [0, 255]
-                for wi, v in zip(w[1:], views[1:]):
-                    acc.add_(v, alpha=wi)
-                # the weights are >= 0 and sum to 1: rounding alone gives valid uint8
-                return acc.round_().to(torch.uint8)
+            # all-uint8 in and out: sum on the [0, 255] scale and round once; otherwise uint8
+            # views are read as x / 255 inside the multiply-adds
+            u8 = in_dtype == torch.uint8 and self.output_dtype is None and all(v.dtype == torch.uint8 for v in views)
             dtype = next((v.dtype for v in views if v.is_floating_point()), torch.float32)
-            acc = torch.mul(views[0].to(dtype), w[0] / 255.0 if views[0].dtype == torch.uint8 else w[0])
-            for wi, v in zip(w[1:], views[1:]):
-                acc.add_(v.to(dtype), alpha=wi / 255.0 if v.dtype == torch.uint8 else wi)
-            return self._finish(acc, in_dtype)
+            scale = [1.0 if u8 or v.is_floating_point() else 1.0 / 255.0 for v in views]
+            acc = torch.mul(views[0], w[0] * scale[0]).to(dtype)  # uint8 * float -> float32
+            for wi, si, v in zip(w[1:], scale[1:], views[1:]):
+                acc.add_(v, alpha=wi * si)
+            # the weights are >= 0 and sum to 1: for uint8, rounding alone gives valid values
+            return acc.round_().to(torch.uint8) if u8 else self._finish(acc, in_dtype)
         m = views[0]
         for step, v in zip(steps, views[1:]):
             m = self._mix(m, v, step)

@@ -14,6 +14,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -80,7 +81,7 @@ def as_stream(rng: Rng) -> RandomStream:
 
 
 # --------------------------------------------------------------------------- scale ranges
-def split_scale_range(crop_scale: tuple[float, float], n: int) -> tuple[tuple[float, float], ...]:
+def split_scale_range(crop_scale: Sequence[float], n: int) -> tuple[tuple[float, float], ...]:
     """Split ``(s_min, s_max)`` evenly into ``n`` adjacent, non-overlapping ranges.
 
     CropMix (paper Sec. 3.2) draws crop ``i`` from the ``i``-th range, smallest first.
@@ -90,9 +91,13 @@ def split_scale_range(crop_scale: tuple[float, float], n: int) -> tuple[tuple[fl
         >>> split_scale_range((0.2, 1.0), 2)
         ((0.2, 0.6), (0.6, 1.0))
     """
-    lo, hi = float(crop_scale[0]), float(crop_scale[1])
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    return _split_scale_range(float(crop_scale[0]), float(crop_scale[1]), n)
+
+
+@functools.lru_cache(maxsize=256)  # pure, and CropMix.sample_params asks once per image
+def _split_scale_range(lo: float, hi: float, n: int) -> tuple[tuple[float, float], ...]:
     edges = [lo + (hi - lo) * k / n for k in range(n)] + [hi]
     return tuple((edges[k], edges[k + 1]) for k in range(n))
 

@@ -110,6 +110,20 @@ def test_mixup_output_is_convex_combination_with_sampled_weights(intermediate):
         torch.testing.assert_close(out.double(), m, rtol=0, atol=2e-6)
 
 
+def test_uint8_mixup_output_is_the_rounded_fold():
+    x = noise_image()
+    t = CropMix(24, num_crops=(2, 3, 4), output_dtype=None)
+    for seed in range(6):
+        p = t.sample_params(x.shape[-2:], torch.Generator().manual_seed(seed))
+        out = t.apply(x, p)
+        crops = [c.double() for c in ref_crops(x, p, 24)]
+        m = crops[0]
+        for step, v in zip(p.steps, crops[1:]):
+            m = step.lam * m + (1 - step.lam) * v
+        assert out.dtype == torch.uint8
+        assert (out.double() - m).abs().max() <= 0.5 + 1e-3  # one rounding, at the end
+
+
 def _source_map(p: CropMixParams, size: int) -> torch.Tensor:
     """Which crop (index in fold order) each output pixel must come from."""
     src = torch.zeros(size, size, dtype=torch.long)
