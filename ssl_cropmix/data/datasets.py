@@ -49,7 +49,7 @@ def _check_policy(on_bad_image: str) -> None:
 
 
 # --------------------------------------------------------------------------- image decoding
-def to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image, in_place: bool = False) -> Image.Image:
     """Convert any PIL image to 8-bit RGB, the way a viewer would display it.
 
     * EXIF orientation is applied (``ImageOps.exif_transpose``), so rotated phone photos
@@ -61,9 +61,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
       composited onto :data:`ALPHA_BACKGROUND` instead of exposing whatever colour the
       fully transparent pixels happen to store.
     * ``L``, ``1``, ``P``, ``CMYK``, ``YCbCr`` ... go through PIL's ``convert("RGB")``.
+
+    ``in_place=True`` (for an image the caller owns, e.g. just decoded) rotates ``img``
+    itself; otherwise ``exif_transpose`` returns a copy, which costs a full image copy on
+    every load even when there is nothing to rotate.
     """
     try:
-        img = ImageOps.exif_transpose(img)
+        if in_place:
+            ImageOps.exif_transpose(img, in_place=True)
+        else:
+            img = ImageOps.exif_transpose(img)
     except Exception:  # a broken EXIF block must not lose an otherwise fine image
         pass
     mode = img.mode
@@ -97,7 +104,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     with open(path, "rb") as f:
         img = Image.open(f)
         img.load()  # decode now, inside the caller's error handling (truncated files raise)
-        return to_rgb(img)
+        return to_rgb(img, in_place=True)  # freshly decoded: ours to rotate
 
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError)
@@ -115,6 +122,19 @@ class _Source:
         # Per-sample skip counts in shared memory: each index is loaded by one worker per
         # epoch, so increments do not race, and the main process sees the workers' counts.
         self._skips = torch.zeros(max(n, 1), dtype=torch.int32).share_memory_()
+
+    def _skip_counts(self) -> np.ndarray:
+        """NumPy view of the shared counts, made once per process: indexing the tensor costs
+        several µs per image, a NumPy element a fraction of one."""
+        view = self.__dict__.get("_skips_np")
+        if view is None:
+            view = self._skips_np = self._skips.numpy()
+        return view
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_skips_np", None)  # would pickle as a copy; workers rebuild it from _skips
+        return state
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -189,22 +209,21 @@ class ImageFolderDataset(_Source, Dataset):
     def load(self, index: int) -> tuple[Image.Image, int] | None:
         """Decode sample ``index``; ``None`` when it is unreadable and the policy is "skip"."""
         path, target = self.samples[index]
-        if self._skips[index] > 0:  # known bad: skip without re-reading or re-warning
-            self._skips[index] += 1
+        skips = self._skip_counts()
+        if skips[index] > 0:  # known bad: skip without re-reading or re-warning
+            skips[index] += 1
             return None
         try:
             return load_rgb(path), target
         except _DECODE_ERRORS as e:
             if self.on_bad_image == "raise":
                 raise BadImageError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from e
-            first = int(self._skips[index]) == 0
-            self._skips[index] += 1
-            if first:
-                warnings.warn(
-                    f"skipping unreadable image {path!r} ({type(e).__name__}: {e})",
-                    BadImageWarning,
-                    stacklevel=2,
-                )
+            skips[index] += 1  # first failure of this file (known bad files returned above)
+            warnings.warn(
+                f"skipping unreadable image {path!r} ({type(e).__name__}: {e})",
+                BadImageWarning,
+                stacklevel=2,
+            )
             return None
 
     def __getitem__(self, index: int) -> tuple[Any, int]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ssl_cropmix.data.datasets import (
     BadImageError,
@@ -17,6 +18,7 @@ from ssl_cropmix.data.datasets import (
     label_fraction_indices,
     load_rgb,
     per_class_count,
+    to_rgb,
     subset_from_list,
 )
 
@@ -41,6 +43,10 @@ def test_modes_become_correct_rgb(bad_tree):
     top, bottom = np.asarray(ex)[:15].reshape(-1, 3).mean(0), np.asarray(ex)[25:].reshape(-1, 3).mean(0)
     assert top[0] > 200 and top[2] < 50 and bottom[2] > 200 and bottom[0] < 50
     assert load_rgb(k["tiny"]).mode == "RGB"
+    # to_rgb on a caller's image rotates a copy and leaves the caller's image as it was
+    with Image.open(k["exif"]) as own:
+        own.load()
+        assert to_rgb(own).size == (20, 40) and own.size == (40, 20)
 
 
 def test_scan_ignores_non_image_files_with_one_warning(bad_tree):
