@@ -404,13 +404,14 @@ def subset_from_list(
 ) -> list[int]:
     """Indices of the files named in a SimCLR-style list (``1percent.txt``/``10percent.txt``).
 
-    An entry is a bare file name (``n01440764_10026.JPEG``; its class is the prefix before
-    ``_``, which must be the folder it lies in) or a path relative to the split root
-    (``n01440764/n01440764_10026.JPEG``) for datasets whose names do not follow that rule.
+    An entry is a bare file name (``n01440764_10026.JPEG``) or a path relative to the split
+    root (``n01440764/n01440764_10026.JPEG``). A bare name found in several class folders
+    is resolved by its class prefix (before ``_``); if that does not single one out, the
+    entry is ambiguous and must be given as a path.
 
     Raises:
         FileNotFoundError: entries that are not in the folder (the first few are listed).
-        ValueError: classes left with zero images by the list.
+        ValueError: ambiguous bare names, or classes left with zero images by the list.
     """
     root = source.root
     by_rel: dict[str, int] = {}
@@ -421,19 +422,29 @@ def subset_from_list(
         by_name.setdefault(os.path.basename(p), []).append(i)
     chosen: list[int] = []
     missing: list[str] = []
+    ambiguous: list[str] = []
     for name in names:
         if "/" in name:
             i = by_rel.get(name)
             hits = [] if i is None else [i]
         else:
             hits = by_name.get(name, [])
-            if len(hits) > 1 and "_" in name:  # disambiguate by the class prefix
+            if len(hits) > 1:  # the same file name in several classes: the prefix decides
                 prefix = name.split("_", 1)[0]
-                hits = [i for i in hits if source.classes[source.targets[i]] == prefix] or hits[:1]
+                hits = [i for i in hits if source.classes[source.targets[i]] == prefix]
+                if len(hits) != 1:
+                    ambiguous.append(name)
+                    continue
         if not hits:
             missing.append(name)
         else:
             chosen.append(hits[0])
+    if ambiguous:
+        shown = ", ".join(ambiguous[:5]) + (" ..." if len(ambiguous) > 5 else "")
+        raise ValueError(
+            f"{len(ambiguous)} names in {list_name} match files in several classes under "
+            f"{str(root)!r} and their prefix does not pick one; give them as class/file paths: {shown}"
+        )
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise FileNotFoundError(

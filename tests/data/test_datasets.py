@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -149,3 +150,16 @@ def test_subset_list(tree, tmp_path):
         subset_from_list(ds, ["cat_1.jpg", "dog_0.jpg", *missing])
     with pytest.raises(ValueError, match="1 class\\(es\\) .* zero images after sub-setting .*: fox"):
         subset_from_list(ds, ["cat_1.jpg", "dog_0.jpg"])
+
+
+def test_subset_list_resolves_a_shared_file_name_by_prefix_or_refuses(tree):
+    shutil.copy(tree / "cat" / "cat_1.jpg", tree / "dog" / "cat_1.jpg")  # same name in cat and dog
+    shutil.copy(tree / "cat" / "cat_2.jpg", tree / "dog" / "x_2.jpg")
+    shutil.copy(tree / "cat" / "cat_2.jpg", tree / "fox" / "x_2.jpg")  # same name, prefix matches neither
+    ds = ImageFolderDataset(tree)
+    idx = subset_from_list(ds, ["cat_1.jpg", "dog_0.jpg", "fox_0.jpg"])
+    assert [ds.classes[ds.targets[i]] for i in idx] == ["cat", "dog", "fox"]  # cat_1 from cat/
+    with pytest.raises(ValueError, match="1 names in subset list match files in several classes .*: x_2.jpg"):
+        subset_from_list(ds, ["x_2.jpg", "dog_0.jpg", "fox_0.jpg"])
+    idx = subset_from_list(ds, ["dog/x_2.jpg", "cat_1.jpg", "fox_0.jpg"])  # a path is never ambiguous
+    assert sorted(ds.samples[i][0].split("/")[-2] for i in idx) == ["cat", "dog", "fox"]
