@@ -179,7 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         if v is not None:
             cfg[k] = v
     cfg["seed"] = a.seed
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -52,7 +52,7 @@ def _linked_defaults(model_cfg: Any, data_cfg: Any) -> dict[str, Any]:
         # a data module may declare the class count statically (classmethod/staticmethod)
         infer = getattr(data_cls, "infer_num_classes", None)
         if callable(infer):
-            n = infer(**{k: v for k, v in dict(data_args).items()})
+            n = infer(**dict(data_args))
             if n is not None:
                 out["num_classes"] = int(n)
     return out

@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from ssl_cropmix.data import views as V
+from ssl_cropmix.transforms import functional as CF
 
 TILE_GAP = 2
 HEADER = 14
@@ -62,7 +63,7 @@ def _pick_images(data: Any, n: int) -> tuple[list[Image.Image], Callable | None,
     return images, transform, mean, std
 
 
-def _split_query(transform: Any) -> tuple[Any, Any, Any]:
+def _split_query(transform: Any) -> tuple[Any, Any, Any, Any]:
     """``(query, key, cropmix_or_None, after_mix)`` parts of a view transform."""
     from ssl_cropmix.transforms import CropMix
 
@@ -115,8 +116,6 @@ def view_rows(
             crops: list[torch.Tensor | None] = [None] * max_crops
             if mix is not None:
                 params = mix.sample_params(tuple(u8.shape[-2:]))
-                from ssl_cropmix.transforms import functional as CF
-
                 for j, b in enumerate(params.boxes):
                     crops[j] = CF.resized_crop(u8, b.box, mix.size, mix.interpolation, mix.antialias)
                 mixed = mix.apply(u8, params)
