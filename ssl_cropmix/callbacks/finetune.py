@@ -73,10 +73,25 @@ class FineTuneResult:
 
 
 def _features(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``trunk.forward_features(x)`` if it exists, else ``trunk(x)``; flattened to ``(B, D)``."""
-    fwd = getattr(trunk, "forward_features", None)
-    f = fwd(x) if callable(fwd) else trunk(x)
+    """``trunk(x)`` flattened to ``(B, D)``.
+
+    Always the trunk's ``forward``: a backbone's ``forward_features`` may be something else
+    (timm's returns the unpooled ``(B, C, h, w)`` map); modules probed through their own
+    ``forward_features`` are wrapped by :func:`copy_feature_module`.
+    """
+    f = trunk(x)
     return f.flatten(1) if f.ndim > 2 else f
+
+
+class _ForwardFeatures(nn.Module):
+    """Makes ``module.forward_features`` the forward (a probed module with no ``backbone``)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module.forward_features(x)
 
 
 class _Classifier(nn.Module):
@@ -94,8 +109,9 @@ class _Classifier(nn.Module):
 def copy_feature_module(pl_module: nn.Module) -> nn.Module:
     """A deep copy of what computes ``pl_module``'s features, detached from any trainer.
 
-    ``backbone`` modules are copied alone; a module with ``forward_features`` is copied whole
-    (its trainer reference is dropped for the copy) and keeps ``forward_features``.
+    ``backbone`` modules are copied alone (called through their ``forward``); a module
+    with ``forward_features`` is copied whole (its trainer reference is dropped for the
+    copy) and wrapped so that calling it calls ``forward_features``.
     """
     backbone = get_backbone(pl_module)
     if backbone is not pl_module:
@@ -104,7 +120,7 @@ def copy_feature_module(pl_module: nn.Module) -> nn.Module:
     try:
         if trainer is not None:
             pl_module._trainer = None  # type: ignore[assignment]
-        return copy.deepcopy(pl_module)
+        return _ForwardFeatures(copy.deepcopy(pl_module))
     finally:
         if trainer is not None:
             pl_module._trainer = trainer  # type: ignore[assignment]
@@ -121,7 +137,8 @@ def finetune(
     """Fine-tune ``trunk`` (modified in place: pass a copy) + a new linear head.
 
     Args:
-        trunk: feature module (``(B,3,H,W) -> (B,D)``, or with ``forward_features``).
+        trunk: feature module, called as ``trunk(x)``: ``(B,3,H,W) -> (B,D)`` (or
+            ``(B,D,1,1)``); :func:`copy_feature_module` makes one from a probed module.
         train_loader: the labelled subset, augmented, ``(images, labels)``.
         val_loader: validation batches.
         num_classes: head width.

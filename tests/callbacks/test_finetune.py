@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from eval_fixtures import FakeProvider, UserModule, snapshot
-from ssl_cropmix.callbacks.finetune import FINETUNE_PRESETS, SemiSupervisedFineTune, finetune_from_checkpoint
+from ssl_cropmix.callbacks.finetune import (
+    FINETUNE_PRESETS,
+    SemiSupervisedFineTune,
+    copy_feature_module,
+    finetune_from_checkpoint,
+)
 
 
 def test_presets_match_paper():
@@ -48,6 +53,37 @@ def test_finetune_learns_and_subset_file_wins(tmp_path):
     cb = SemiSupervisedFineTune("10pct", subset_file="list.txt", epochs=3, milestones=(2,), provider=provider)
     assert cb.run(None, UserModule()).protocol.endswith("(subset file list.txt)")
     assert provider.calls[-1]["label_fraction"] is None and provider.calls[-1]["subset_file"] == "list.txt"
+
+
+class TimmLikeBackbone(torch.nn.Module):
+    """Like a timm model with ``num_classes=0``: ``forward`` pools, ``forward_features`` does not."""
+
+    pooled_calls = 0  # class-level: counts calls on the callback's deep copy too
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward_features(self, x):
+        return self.conv(x)  # (B, 8, H, W)
+
+    def forward(self, x):
+        TimmLikeBackbone.pooled_calls += 1
+        return self.conv(x).mean((2, 3))  # (B, 8)
+
+
+def test_backbone_is_called_through_forward_not_forward_features():
+    module = UserModule()
+    module.backbone = TimmLikeBackbone()
+    TimmLikeBackbone.pooled_calls = 0
+    cb = SemiSupervisedFineTune("10pct", label_fraction=0.5, epochs=1, batch_size=16, provider=FakeProvider())
+    assert cb.run(None, module).train_samples == 128
+    # 1 probe call for the feature width + 8 training batches + the validation batches:
+    # the head was trained on pooled (B, 8) features, never on a flattened (B, 8*H*W) map
+    assert TimmLikeBackbone.pooled_calls >= 9
+    trunk = copy_feature_module(module)
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.equal(trunk(x), module.backbone(x))
 
 
 def test_from_checkpoint(tmp_path):
