@@ -176,10 +176,12 @@ class MoCoCropMix(pl.LightningModule):
                 f"head), got batch_size={per_device}"
             )
         g = self._global_batch(per_device)
-        if g > self.hparams.queue_size:
+        per_step = 2 * g if self.hparams.symmetric else g  # symmetric enqueues both key sets
+        if per_step > self.hparams.queue_size:
             raise ValueError(
-                f"global batch {g} (= {per_device} x {self.trainer.world_size} devices) is larger "
-                f"than queue_size={self.hparams.queue_size}; raise queue_size or lower batch_size"
+                f"{per_step} keys per step (global batch {g} = {per_device} x {self.trainer.world_size} "
+                f"devices{', x2 for symmetric=True' if self.hparams.symmetric else ''}) exceed "
+                f"queue_size={self.hparams.queue_size}; raise queue_size or lower batch_size"
             )
         # queue_size not divisible by the global batch is handled: the queue wraps around.
 

@@ -67,10 +67,10 @@ class MomentumQueue(nn.Module):
         n = keys.shape[0]
         if n > self.size:
             raise ValueError(f"cannot enqueue {n} keys into a queue of size {self.size}")
-        ptr = int(self.ptr)
-        idx = (torch.arange(n, device=self.queue.device) + ptr) % self.size
-        self.queue[idx] = keys.to(self.queue.dtype)
-        self.ptr[0] = (ptr + n) % self.size
+        # stays on the device: reading the pointer as a Python int would sync every step
+        idx = (torch.arange(n, device=self.queue.device) + self.ptr) % self.size
+        self.queue.index_copy_(0, idx, keys.to(self.queue.dtype))
+        self.ptr.add_(n).remainder_(self.size)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, dim={self.dim}, gather_distributed={self.gather_distributed}"

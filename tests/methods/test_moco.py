@@ -113,6 +113,9 @@ def test_single_sample_batch_rejected_at_train_start(tmp_path):
 def test_batch_larger_than_queue_rejected(tmp_path):
     with pytest.raises(ValueError, match="queue_size=4"):
         _trainer(tmp_path, max_steps=1).fit(tiny_moco(queue_size=4), pair_loader(8, 8))
+    # symmetric: 2 x 6 keys per step do not fit a queue of 8 (6 alone would): refused up front
+    with pytest.raises(ValueError, match="12 keys per step .* x2 for symmetric=True.* queue_size=8"):
+        _trainer(tmp_path, max_steps=1).fit(tiny_moco(queue_size=8, symmetric=True), pair_loader(12, 6))
 
 
 def test_queue_not_divisible_by_batch_wraps(tmp_path):
