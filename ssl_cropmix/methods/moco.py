@@ -233,8 +233,14 @@ class MoCoCropMix(pl.LightningModule):
         checkpoint["moco_rng_state"] = rng
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the RNG streams when a single-process ``fit`` resumes. Not when the module
+        is merely loaded (``load_from_checkpoint`` must not reset the caller's RNG), and not
+        with several processes: only rank 0's streams are saved, and giving them to every
+        rank would make all ranks augment alike (they are reseeded by
+        ``seed_everything(..., workers=True)`` instead)."""
         rng = checkpoint.get("moco_rng_state")
-        if rng is None:
+        trainer = self._trainer
+        if rng is None or trainer is None or trainer.state.fn != "fit" or trainer.world_size > 1:
             return
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():

@@ -197,6 +197,14 @@ def test_resume_continues_identically(tmp_path):
     assert int(resumed.queue.ptr) == int(full.queue.ptr)
     for a, b in zip(resumed.backbone_momentum.parameters(), full.backbone_momentum.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+    # merely loading the checkpoint (no fit) leaves the caller's RNG alone
+    ck = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)
+    assert "moco_rng_state" in ck
+    loaded = tiny_moco()
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    loaded.on_load_checkpoint(ck)
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 class _SaveRankState(pl.Callback):
