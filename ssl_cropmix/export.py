@@ -26,6 +26,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ssl_cropmix.checkpoints import _state_dict_of, load_checkpoint, strip_prefix
+
 
 def _hparams_of(obj: Any) -> dict[str, Any]:
     hp = getattr(obj, "hparams", None)
@@ -35,7 +37,10 @@ def _hparams_of(obj: Any) -> dict[str, Any]:
 
 
 def _sub_state_dict(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    try:
+        return strip_prefix(state, prefix)
+    except KeyError:
+        return {}
 
 
 def export_backbone(module_or_ckpt_path: nn.Module | str | Path, out_path: str | Path) -> Path:
@@ -56,14 +61,14 @@ def export_backbone(module_or_ckpt_path: nn.Module | str | Path, out_path: str |
         TypeError: an input that is neither a module nor a path.
     """
     if isinstance(module_or_ckpt_path, nn.Module):
-        state = {k: v for k, v in module_or_ckpt_path.state_dict().items()}
+        state = module_or_ckpt_path.state_dict()
         hparams = _hparams_of(module_or_ckpt_path)
         source = type(module_or_ckpt_path).__name__
     elif isinstance(module_or_ckpt_path, (str, Path)):
-        ckpt = torch.load(str(module_or_ckpt_path), map_location="cpu", weights_only=True)
+        ckpt = load_checkpoint(module_or_ckpt_path)  # weights_only, clear errors
         if not isinstance(ckpt, dict):
             raise ValueError(f"module_or_ckpt_path {str(module_or_ckpt_path)!r} is not a checkpoint dict")
-        state = ckpt.get("state_dict", ckpt)
+        state = _state_dict_of(ckpt)
         hparams = _hparams_of(ckpt)
         source = str(module_or_ckpt_path)
     else:
