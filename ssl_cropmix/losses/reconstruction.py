@@ -1,12 +1,13 @@
 """Masked-patch reconstruction loss of MAE (He et al., 2022, Sec. 3, "Reconstruction target").
 
-Hand-written because lightly has no MAE loss with the reference ``norm_pix_loss`` target
-(``lightly.loss`` only offers a plain MSE over given patches).
+The masked-patch MSE is written here because ``lightly.loss`` has no masked MAE loss; the
+``norm_pix_loss`` target is lightly's ``normalize_mean_var``.
 """
 
 from __future__ import annotations
 
 import torch
+from lightly.models.utils import normalize_mean_var
 
 
 def normalize_patches(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -18,9 +19,7 @@ def normalize_patches(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     Shape:
         ``(..., P)`` -> ``(..., P)`` (P = patch_size**2 * channels).
     """
-    mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)
-    return (target - mean) / (var + eps) ** 0.5
+    return normalize_mean_var(target, dim=-1, eps=eps)
 
 
 def masked_reconstruction_loss(
