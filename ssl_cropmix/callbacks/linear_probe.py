@@ -30,6 +30,7 @@ from ssl_cropmix.callbacks.utils import (
     resolve_provider,
     topk_accuracies,
 )
+from ssl_cropmix.methods.scaling import warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -85,13 +86,6 @@ def collect_features(
             feats.append(extract_features(pl_module, x.to(device, non_blocking=True)).float())
             labels.append(y.to(device))
     return torch.cat(feats), torch.cat(labels)
-
-
-def warmup_cosine(step: int, total: int, warmup: int) -> float:
-    """Learning-rate factor: linear warm-up over ``warmup`` steps, then half-cosine to 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 @dataclass

@@ -20,7 +20,7 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from ssl_cropmix.losses.reconstruction import masked_reconstruction_loss
-from ssl_cropmix.methods.scaling import effective_batch_size, scaled_lr
+from ssl_cropmix.methods.scaling import effective_batch_size, scaled_lr, warmup_cosine
 from ssl_cropmix.models.vit import build_vit
 
 #: parameter names (last component) never weight-decayed, besides norms and biases
@@ -257,17 +257,6 @@ class MAECropMix(pl.LightningModule):
             g["params"] = [p for p in g["params"] if p.requires_grad]
         return [g for g in groups if g["params"]]
 
-    def lr_lambda(self, total_steps: int, warmup_steps: int):
-        """Per-step multiplier: linear warmup to 1, then cosine to 0 (MAE ``lr_sched``)."""
-
-        def f(step: int) -> float:
-            if step < warmup_steps:
-                return (step + 1) / warmup_steps
-            span = max(1, total_steps - warmup_steps)
-            return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
-
-        return f
-
     def configure_optimizers(self) -> Any:
         effective, lr = scaled_lr("MAECropMix", self.trainer, self.hparams.base_lr, self.hparams.lr)
         self.effective_batch_size, self.scaled_lr = effective, lr
@@ -284,5 +273,5 @@ class MAECropMix(pl.LightningModule):
         else:
             warmup = 0
         warmup = min(warmup, total)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_lambda(total, warmup))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, total, warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -28,7 +28,7 @@ from ssl_cropmix.losses.infonce import infonce_queue_loss
 from ssl_cropmix.models.backbones import build_backbone
 from ssl_cropmix.models.heads import asym_moco_projection_head
 from ssl_cropmix.models.queue import MomentumQueue
-from ssl_cropmix.methods.scaling import batch_size_of, effective_batch_size, scaled_lr
+from ssl_cropmix.methods.scaling import batch_size_of, effective_batch_size, scaled_lr, warmup_cosine
 
 OptimizerCallable = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
@@ -267,7 +267,5 @@ class MoCoCropMix(pl.LightningModule):
         if not math.isfinite(total) or total <= 0:
             return opt
         total = int(total)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-        )
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

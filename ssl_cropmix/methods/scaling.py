@@ -7,6 +7,8 @@ recipes both state their lr this way).
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import pytorch_lightning as pl
@@ -50,3 +52,13 @@ def scaled_lr(name: str, trainer: pl.Trainer, base_lr: float, lr: float | None) 
         + ("" if lr is not None else f" (= {base_lr} x {effective}/256)")
     )
     return effective, value
+
+
+def warmup_cosine(step: int, total: int, warmup: int = 0) -> float:
+    """Learning-rate factor at ``step``: linear warm-up over ``warmup`` steps, then a half
+    cosine to 0 at ``total`` (and 0 after it). MAE's ``lr_sched``; MoCo v2 with
+    ``warmup=0``; the linear probe's schedule."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))

@@ -72,6 +72,8 @@ def test_warmup_cosine_values():
     assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
     assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
     assert warmup_cosine(100, 100, 0) == pytest.approx(0.0)
+    assert warmup_cosine(150, 100, 10) == pytest.approx(0.0)  # held at 0 past the end
+    assert warmup_cosine(25, 100) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))  # MoCo: no warm-up
 
 
 def test_lars_step_matches_reference():
