@@ -20,7 +20,7 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from ssl_cropmix.losses.reconstruction import masked_reconstruction_loss
-from ssl_cropmix.methods.scaling import effective_batch_size, scaled_lr, warmup_cosine
+from ssl_cropmix.methods.scaling import scaled_lr, warmup_cosine
 from ssl_cropmix.models.vit import build_vit
 
 #: parameter names (last component) never weight-decayed, besides norms and biases
@@ -245,10 +245,6 @@ class MAECropMix(pl.LightningModule):
                 logger.log_hyperparams({"effective_batch_size": self.effective_batch_size, "lr": self.scaled_lr})
 
     # ------------------------------------------------------------------ optimisation
-    def effective_batch(self) -> int:
-        """Per-device batch x world size x gradient accumulation (for lr scaling)."""
-        return effective_batch_size(self.trainer)
-
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """AdamW groups: no decay for norms, biases (1-D), position embeddings and tokens."""
         no_decay = [n for n, p in self.named_parameters() if n.rsplit(".", 1)[-1] in NO_DECAY_NAMES]

@@ -28,7 +28,7 @@ from ssl_cropmix.losses.infonce import infonce_queue_loss
 from ssl_cropmix.models.backbones import build_backbone
 from ssl_cropmix.models.heads import asym_moco_projection_head
 from ssl_cropmix.models.queue import MomentumQueue
-from ssl_cropmix.methods.scaling import batch_size_of, effective_batch_size, scaled_lr, warmup_cosine
+from ssl_cropmix.methods.scaling import batch_size_of, scaled_lr, warmup_cosine
 
 OptimizerCallable = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
@@ -142,9 +142,6 @@ class MoCoCropMix(pl.LightningModule):
         return cosine_schedule(min(self.global_step, int(total)), int(total), m, 1.0)
 
     # ------------------------------------------------------------------ checks
-    def _global_batch(self, per_device: int) -> int:
-        return per_device * max(1, self.trainer.world_size)
-
     def setup(self, stage: str) -> None:
         world = self.trainer.world_size if self._trainer is not None else 1
         self._shuffle_distributed = self.hparams.bn_mode == "shuffle" and world > 1
@@ -175,7 +172,7 @@ class MoCoCropMix(pl.LightningModule):
                 f"MoCoCropMix needs a per-device batch size >= 2 (batch norm in the projection "
                 f"head), got batch_size={per_device}"
             )
-        g = self._global_batch(per_device)
+        g = per_device * max(1, self.trainer.world_size)
         per_step = 2 * g if self.hparams.symmetric else g  # symmetric enqueues both key sets
         if per_step > self.hparams.queue_size:
             raise ValueError(
@@ -247,10 +244,6 @@ class MoCoCropMix(pl.LightningModule):
             torch.cuda.set_rng_state_all(rng["cuda"])
 
     # ------------------------------------------------------------------ optimisation
-    def global_batch_size(self) -> int:
-        """Per-device batch x devices x gradient accumulation (for lr scaling)."""
-        return effective_batch_size(self.trainer)
-
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         if self.optimizer_callable is not None:
