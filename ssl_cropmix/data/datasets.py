@@ -375,8 +375,11 @@ def label_fraction_indices(
     g = torch.Generator().manual_seed(int(seed))
     keep: list[torch.Tensor] = []
     empty = []
-    for c in range(n_cls):
-        idx = torch.nonzero(t == c).flatten()
+    # one stable sort groups the indices by class (ascending within a class, as a per-class
+    # scan would give) instead of one pass over all targets per class
+    counts = torch.bincount(t, minlength=n_cls).tolist() if len(t) else [0] * n_cls
+    by_class = torch.argsort(t, stable=True).split(counts) if len(t) else [t] * n_cls
+    for c, idx in enumerate(by_class[:n_cls]):
         if len(idx) == 0:
             empty.append(c)
             continue
