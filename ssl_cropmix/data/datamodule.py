@@ -15,7 +15,6 @@ All images are ``(B, 3, image_size, image_size)`` float32, normalised once.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +33,7 @@ from ssl_cropmix.data.datasets import (
     label_fraction_indices,
     read_subset_file,
     subset_from_list,
+    visible_subdirs,
 )
 
 DATASETS = ("folder", "demo", "cifar10", "cifar100", "stl10")
@@ -190,9 +190,7 @@ class CropMixDataModule(pl.LightningDataModule):
                 self._num_classes = _TV_CLASSES[self.dataset]
             else:
                 root = self._split_root(self._labeled_train_split())
-                self._num_classes = sum(
-                    1 for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")
-                )
+                self._num_classes = len(visible_subdirs(root))
         return self._num_classes
 
     @classmethod
@@ -233,7 +231,7 @@ class CropMixDataModule(pl.LightningDataModule):
             raise FileNotFoundError(f"data_dir {str(base)!r} does not exist")
         root = base / split
         if not root.is_dir():
-            found = sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
+            found = visible_subdirs(base)
             which = "val_split" if split == self.val_split else "train_split"
             raise FileNotFoundError(
                 f"split {split!r} not found: {str(root)!r} does not exist (splits found in "

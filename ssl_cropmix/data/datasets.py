@@ -230,6 +230,12 @@ class ImageFolderDataset(_Source, Dataset):
         return _get_with_skip(self, range(len(self)), index, self.transform)
 
 
+def visible_subdirs(root: str | os.PathLike) -> list[str]:
+    """Sorted names of ``root``'s sub-folders, hidden ones (``.name``) excluded: the class
+    folders of a split, or the splits of a data directory."""
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
 def scan_image_folder(
     root: Path, extensions: Sequence[str] = IMG_EXTENSIONS
 ) -> tuple[list[str], list[tuple[str, int]], list[str]]:
@@ -241,7 +247,7 @@ def scan_image_folder(
     """
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    classes = visible_subdirs(root)
     if not classes:
         raise FileNotFoundError(
             f"image folder {str(root)!r} has no class sub-directories: expected "
