@@ -29,6 +29,7 @@ from ssl_cropmix.data.datasets import (
     ImageFolderDataset,
     TorchvisionSource,
     ViewDataset,
+    _check_policy,
     _Source,
     label_fraction_indices,
     read_subset_file,
@@ -40,6 +41,13 @@ DATASETS = ("folder", "demo", "cifar10", "cifar100", "stl10")
 VIEWS = ("moco", "mae", "supervised")
 _TV_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10}
 _TV_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
+
+
+def _check_one_subset(label_fraction: float | None, subset_file: str | None) -> None:
+    if label_fraction is not None and subset_file is not None:
+        raise ValueError(
+            f"give label_fraction or subset_file, not both (got {label_fraction!r} and {subset_file!r})"
+        )
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -129,16 +137,12 @@ class CropMixDataModule(pl.LightningDataModule):
             raise ValueError(f"query must be one of {V.QUERIES} or a transform, got {query!r}")
         if mae_view not in V.MAE_VIEWS:
             raise ValueError(f"mae_view must be one of {V.MAE_VIEWS}, got {mae_view!r}")
-        if on_bad_image not in ("skip", "raise"):
-            raise ValueError(f"on_bad_image must be 'skip' or 'raise', got {on_bad_image!r}")
+        _check_policy(on_bad_image)
         if label_fraction is not None and not (
             isinstance(label_fraction, (int, float)) and 0 < label_fraction <= 1
         ):
             raise ValueError(f"label_fraction must be in (0, 1] or None, got {label_fraction!r}")
-        if label_fraction is not None and subset_file is not None:
-            raise ValueError(
-                f"give label_fraction or subset_file, not both (got {label_fraction!r} and {subset_file!r})"
-            )
+        _check_one_subset(label_fraction, subset_file)
         if subset_file is not None and dataset not in ("folder", "demo"):
             raise ValueError(f"subset_file needs dataset='folder', got dataset={dataset!r}")
         if dataset == "folder" and data_dir is None:
@@ -399,10 +403,7 @@ class CropMixDataModule(pl.LightningDataModule):
         Shape:
             batches ``(B, 3, image_size, image_size)`` float32 normalised, ``(B,)`` int64.
         """
-        if label_fraction is not None and subset_file is not None:
-            raise ValueError(
-                f"give label_fraction or subset_file, not both (got {label_fraction!r} and {subset_file!r})"
-            )
+        _check_one_subset(label_fraction, subset_file)
         src = self.source(self._labeled_train_split())
         idx = self._subset(src, label_fraction, subset_file)
         train_tf, val_tf = self.eval_transforms()
