@@ -8,12 +8,11 @@ parameters and BatchNorm buffers are never changed, and its train/eval flags are
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -25,6 +24,7 @@ from ssl_cropmix.callbacks.lars import LARS
 from ssl_cropmix.callbacks.utils import (
     report_result,
     extract_features,
+    frozen,
     get_backbone,
     module_device,
     resolve_provider,
@@ -56,19 +56,6 @@ PROBE_PRESETS: dict[str, ProbeRecipe] = {
     "moco": ProbeRecipe(optimizer="sgd", base_lr=0.1, epochs=90, warmup_epochs=0, head_norm=False),
     "mae": ProbeRecipe(optimizer="lars", base_lr=0.1, epochs=90, warmup_epochs=10, head_norm=True),
 }
-
-
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode + ``no_grad`` for ``module``; restores every submodule's training flag."""
-    flags = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield module
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
 
 
 def collect_features(

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ssl_cropmix.callbacks.utils import extract_features, get_backbone
+from ssl_cropmix.callbacks.utils import extract_features, frozen, get_backbone
 
 
 def _images_of(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -116,13 +116,8 @@ class OnlineLinearProbe(pl.Callback):
 
     @torch.no_grad()
     def _features(self, pl_module: pl.LightningModule, x: torch.Tensor) -> torch.Tensor:
-        backbone = get_backbone(pl_module)
-        was_training = backbone.training
-        backbone.eval()  # no batch-norm statistics updated by the probe
-        try:
+        with frozen(get_backbone(pl_module)):  # no batch-norm updates, no autograd graph
             return extract_features(pl_module, x)
-        finally:
-            backbone.train(was_training)
 
     # ------------------------------------------------------------------ training
     def on_train_batch_end(

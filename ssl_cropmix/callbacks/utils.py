@@ -12,6 +12,8 @@ own module needs only one of the two to work with every callback in this package
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -48,6 +50,19 @@ def extract_features(pl_module: Any, x: torch.Tensor) -> torch.Tensor:
     if feats.ndim > 2:
         feats = feats.flatten(1)
     return feats
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode + ``no_grad`` for ``module``; restores every submodule's training flag."""
+    flags = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield module
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
 
 
 # ---------------------------------------------------------------------------------------
