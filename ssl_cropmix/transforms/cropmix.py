@@ -29,7 +29,7 @@ from ssl_cropmix.transforms import functional as CF
 
 MIXINGS = ("mixup", "cutmix", "resizemix")
 PASTE_MODES = ("random", "into_mix", "into_crop")
-BACKENDS = ("tensor", "pil")
+BACKENDS = ("tensor", "pil", "numpy")
 INTERPOLATIONS = (
     InterpolationMode.NEAREST,
     InterpolationMode.NEAREST_EXACT,
@@ -211,6 +211,13 @@ class CropMix(Transform):
             :meth:`apply_pil`). Several times cheaper for 32-px images,
             where per-call overhead dominates; other inputs use the tensor path.
             ``view_transform`` still gets uint8 tensor crops. Requires ``antialias=True``.
+            Or ``"numpy"``, for generic Mixup of small RGB / L PIL images (the fastest at
+            32 px): all crops are resized and mixed by two float32 matrix products with
+            torchvision's antialiasing weights and rounded once (:meth:`apply_numpy`), equal
+            to the float fold of torchvision's float ``resized_crop`` up to float rounding.
+            Requires ``mixing="mixup"``, no ``intermediate`` or ``view_transform``, bilinear
+            or bicubic ``interpolation`` and ``antialias=True``; other inputs use the tensor
+            path. Its cost grows with source size x output size: keep it for small images.
         keep_pil: return a PIL image (the input's mode) for PIL input, as torchvision's own
             PIL transforms do, so that PIL colour ops (e.g. ``v2.ColorJitter``) can follow
             without a tensor round trip. Requires ``output_dtype=None``; tensors in still give
@@ -291,8 +298,25 @@ class CropMix(Transform):
         self.generator = generator
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if backend == "pil" and not self.antialias:
-            raise ValueError(f"backend='pil' always antialiases; got backend={backend!r} with antialias={antialias!r}")
+        if backend in ("pil", "numpy") and not self.antialias:
+            raise ValueError(f"backend={backend!r} always antialiases; got antialias={antialias!r}")
+        if backend == "numpy":
+            unsupported = {
+                "mixing": (mixing, mixing != "mixup"),
+                "intermediate": (intermediate, intermediate is not None),
+                "view_transform": (view_transform, view_transform is not None),
+                "interpolation": (
+                    self.interpolation.value,
+                    self.interpolation not in (InterpolationMode.BILINEAR, InterpolationMode.BICUBIC),
+                ),
+            }
+            for name, (value, bad) in unsupported.items():
+                if bad:
+                    raise ValueError(
+                        f"backend='numpy' mixes resized crops as matrices: it needs mixing='mixup', "
+                        "intermediate=None, view_transform=None and bilinear or bicubic interpolation; "
+                        f"got {name}={value!r} (use backend='pil' or 'tensor')"
+                    )
         self.backend = backend
         if not isinstance(keep_pil, bool):
             raise TypeError(f"keep_pil must be a bool, got {keep_pil!r}")
@@ -379,11 +403,33 @@ class CropMix(Transform):
             )
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        if len(flat_inputs) == 1 and isinstance(flat_inputs[0], PIL.Image.Image):
+            img = flat_inputs[0]  # query_chw's answer, without its generic checks
+            return {"params": self.sample_params((img.height, img.width), num_channels=len(img.getbands()))}
         c, h, w = query_chw(flat_inputs)
         return {"params": self.sample_params((h, w), num_channels=c)}
 
+    def forward(self, *inputs: Any) -> Any:
+        """``Transform.forward``, with a shortcut for the common call: one image.
+
+        A dataset hands the first transform a single PIL image (or tensor). For one input,
+        ``Transform.forward``'s pytree flattening, ``_needs_transform_list`` and
+        unflattening reduce to ``transform(x, make_params([x]))``, but cost about 50 µs per
+        call, a fifth of a 32-px CropMix; the shortcut runs exactly that (same checks, same
+        random numbers). Any other input structure takes ``Transform.forward``.
+        """
+        if len(inputs) == 1:
+            x = inputs[0]
+            if isinstance(x, PIL.Image.Image) or type(x) is torch.Tensor or type(x) is tv_tensors.Image:
+                flat = [x]
+                self.check_inputs(flat)
+                return self.transform(x, self.make_params(flat))
+        return super().forward(*inputs)
+
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, PIL.Image.Image):
+            if self.backend == "numpy" and inpt.mode in _PIL_BACKEND_MODES:
+                return self.apply_numpy(inpt, params["params"], as_pil=self.keep_pil)
             if self.backend == "pil" and inpt.mode in _PIL_BACKEND_MODES:
                 return self.apply_pil(inpt, params["params"], as_pil=self.keep_pil)
             # Convert only the union of the crop boxes when it is small: a PIL crop costs
@@ -492,14 +538,17 @@ class CropMix(Transform):
         )
         if pil_fold and self.mixing == "mixup":
             n = len(views)
-            x = np.ndarray((n, oh * ow * c), np.uint8, b"".join([v.tobytes() for v in views]))
+            # float32 on both sides: a uint8 operand would send ``@`` to NumPy's generic
+            # mixed-type loop instead of BLAS (about 2x slower at 32 px)
+            x = np.ndarray((n, oh * ow * c), np.uint8, b"".join([v.tobytes() for v in views])).astype(np.float32)
             w = np.array(CF.mixup_fold_weights([s.lam for s in params.steps]), dtype=np.float32)
             if self.output_dtype is not None:  # the unrounded fold, in [0, 1]
                 y = (w * np.float32(1.0 / 255.0)) @ x
                 return torch.from_numpy(y).view(oh, ow, c).permute(2, 0, 1).to(self.output_dtype).contiguous()
             # The weights are >= 0 and sum to 1, so w @ x lies in [0, 255] up to float
             # rounding: rounding alone (no clip) gives valid uint8.
-            y = np.rint(w @ x).astype(np.uint8)
+            y = w @ x
+            y = np.rint(y, out=y).astype(np.uint8)
             if as_pil:
                 return PIL.Image.frombytes(image.mode, (ow, oh), y)
             return torch.from_numpy(y).view(oh, ow, c).permute(2, 0, 1).contiguous()
@@ -515,6 +564,62 @@ class CropMix(Transform):
             return m if as_pil else self._finish(CF.pil_to_uint8(m).contiguous(), torch.uint8)
         out = self._fold([_as_tensor(v) for v in views], params.steps, torch.uint8)
         return CF.uint8_to_pil(out) if as_pil else out
+
+    def apply_numpy(
+        self, image: PIL.Image.Image, params: CropMixParams, as_pil: bool = False
+    ) -> torch.Tensor | PIL.Image.Image:
+        """The ``backend="numpy"`` path: generic Mixup of an RGB / L PIL image in two products.
+
+        The pixels are read once; every crop's antialiased resize and its Mixup weight are
+        folded into one horizontal and one vertical float32 matrix product
+        (:func:`~ssl_cropmix.transforms.functional.mixup_resized_crops`) and the result is
+        rounded once. At 32 px this replaces ``n`` PIL crops, resizes and byte copies, and
+        costs a fixed number of NumPy calls whatever ``n`` is. Only the part of the image
+        that the boxes cover is read when it is at most half of the image.
+
+        Args:
+            image: RGB or L PIL image.
+            params: from :meth:`sample_params` (Mixup steps).
+            as_pil: return a PIL image (needs ``output_dtype=None``).
+
+        Shape:
+            PIL ``(W, H)`` -> ``(C, *size)`` (uint8 or ``output_dtype``, as :meth:`apply`),
+            or PIL ``(size[1], size[0])`` with ``as_pil``.
+        """
+        c = _PIL_BACKEND_MODES.get(image.mode)
+        if c is None:
+            raise ValueError(f"apply_numpy expects an image of mode {tuple(_PIL_BACKEND_MODES)}, got {image.mode!r}")
+        if as_pil and self.output_dtype is not None:
+            raise ValueError(f"as_pil=True needs output_dtype=None, got output_dtype={self.output_dtype!r}")
+        if any(s.kind != "mixup" for s in params.steps):
+            raise ValueError("apply_numpy mixes with Mixup only; params hold other mixing steps")
+        boxes = [params.boxes[i] for i in params.order]
+        top = min(b.top for b in boxes)
+        left = min(b.left for b in boxes)
+        bottom = max(b.top + b.height for b in boxes)
+        right = max(b.left + b.width for b in boxes)
+        if (bottom - top) * (right - left) * 2 <= image.height * image.width:
+            image = image.crop((left, top, right, bottom))
+        else:
+            top = left = 0
+        x = np.ndarray((image.height, image.width, c), np.uint8, image.tobytes())
+        bicubic = self.interpolation == InterpolationMode.BICUBIC
+        w = CF.mixup_fold_weights([s.lam for s in params.steps])
+        y = CF.mixup_resized_crops(
+            x, [(b.top - top, b.left - left, b.height, b.width) for b in boxes], w, self.size, bicubic
+        )
+        oh, ow = self.size
+        if self.output_dtype is not None:  # the unrounded fold, in [0, 1]
+            y = y * np.float32(1.0 / 255.0)
+            if bicubic:
+                np.clip(y, 0.0, 1.0, out=y)
+            return torch.from_numpy(y).permute(2, 0, 1).to(self.output_dtype).contiguous()
+        if bicubic:  # bilinear weights are >= 0 and sum to 1: no overshoot
+            y = np.clip(y, 0.0, 255.0)
+        u8 = np.rint(y).astype(np.uint8, order="C")
+        if as_pil:
+            return PIL.Image.frombytes(image.mode, (ow, oh), u8)
+        return torch.from_numpy(u8).permute(2, 0, 1).contiguous()
 
     def _fold(self, views: Sequence[torch.Tensor], steps: Sequence[MixStep], in_dtype: torch.dtype) -> torch.Tensor:
         """Fold the views in order, ``m <- mix(m, v)``, and convert as :meth:`_finish`.

@@ -20,6 +20,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import PIL.Image
 import torch
 from torchvision.transforms.v2 import InterpolationMode
@@ -289,6 +290,106 @@ def resize(
         return F.resize_image(image, size, interpolation=interpolation, antialias=antialias)
     x = image.unsqueeze(0).contiguous(memory_format=torch.channels_last)
     return torch.nn.functional.interpolate(x, size=size, mode=mode, align_corners=align_corners, antialias=aa)[0]
+
+
+# --------------------------------------------------------------------------- resize as matrices
+def _aa_kernel(x: float, bicubic: bool) -> float:
+    """PyTorch's antialiasing filters: triangle (bilinear) or Keys cubic with ``a = -0.5``."""
+    x = abs(x)
+    if not bicubic:
+        return max(0.0, 1.0 - x)
+    a = -0.5
+    if x < 1.0:
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    if x < 2.0:
+        return (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return 0.0
+
+
+@functools.lru_cache(maxsize=1024)
+def antialias_resize_weights(in_size: int, out_size: int, bicubic: bool = False) -> np.ndarray:
+    """The ``(out_size, in_size)`` matrix of a 1-D antialiased resize, row ``i`` holding the
+    weights of output pixel ``i``.
+
+    Written out by hand because torch does not expose them: the same weights as
+    ``torch.nn.functional.interpolate(..., antialias=True, align_corners=False)`` computes
+    for float inputs (``_compute_indices_min_size_weights_aa`` in ATen's ``UpSampleKernel``;
+    PIL's ``precompute_coeffs`` before its fixed-point rounding): the filter is stretched by
+    the scale when downsampling and each row is normalised to sum to 1. So
+    ``W_h @ X @ W_w.T`` is torchvision's float ``resize(X, antialias=True)`` up to float
+    rounding (tested). Read-only and cached: a 32-px CropMix needs at most 32 x 32 of them.
+
+    Args:
+        in_size, out_size: lengths of the input and output axis.
+        bicubic: bicubic (``a = -0.5``, support 2) instead of bilinear (support 1).
+    """
+    scale = in_size / out_size
+    support = (2.0 if bicubic else 1.0) * max(scale, 1.0)
+    inv = 1.0 / scale if scale >= 1.0 else 1.0
+    m = np.zeros((out_size, in_size), np.float64)
+    for i in range(out_size):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        w = [_aa_kernel((j + lo - center + 0.5) * inv, bicubic) for j in range(hi - lo)]
+        total = sum(w)
+        m[i, lo:hi] = [v / total for v in w] if total != 0.0 else w
+    m.flags.writeable = False
+    return m
+
+
+@functools.lru_cache(maxsize=8192)
+def _placed_weights(in_size: int, offset: int, out_size: int, full: int, bicubic: bool) -> np.ndarray:
+    """:func:`antialias_resize_weights` of the segment ``[offset, offset + in_size)`` of an
+    axis of length ``full``, zero elsewhere: ``(out_size, full)`` float32, read-only."""
+    m = np.zeros((out_size, full), np.float32)
+    m[:, offset : offset + in_size] = antialias_resize_weights(in_size, out_size, bicubic)
+    m.flags.writeable = False
+    return m
+
+
+def mixup_resized_crops(
+    image: np.ndarray,
+    boxes: Sequence[Box],
+    weights: Sequence[float],
+    size: Sequence[int],
+    bicubic: bool = False,
+) -> np.ndarray:
+    """``sum_i weights[i] * resize(crop_i)`` for crops of one ``(H, W, C)`` uint8 image, as two
+    float32 matrix products (the Mixup fold of CropMix's ``backend="numpy"``).
+
+    Each antialiased resize is separable, ``W_h,i @ crop_i @ W_w,i.T``
+    (:func:`antialias_resize_weights`), and the Mixup weights are linear, so one product
+    with all horizontal matrices side by side and one with the weighted vertical matrices
+    side by side give the whole fold: no per-crop images, no per-crop rounding, and a
+    fixed number of NumPy calls whatever ``n`` is. Equal to the float fold of torchvision's
+    float ``resized_crop`` of every box, up to float32 rounding. The cost grows with
+    ``H * W * n * size``: meant for small images.
+
+    Args:
+        image: ``(H, W, C)`` uint8 (PIL's layout).
+        boxes: ``n`` boxes ``(top, left, h, w)`` inside the image, in fold order.
+        weights: ``n`` Mixup weights (:func:`mixup_fold_weights`).
+        size: ``(oh, ow)`` output size.
+        bicubic: bicubic instead of bilinear filters.
+
+    Returns:
+        ``(oh, ow, C)`` float32 on the ``[0, 255]`` scale, unrounded (bicubic may overshoot
+        it slightly), possibly a strided view.
+    """
+    height, width, c = image.shape
+    oh, ow = int(size[0]), int(size[1])
+    n = len(boxes)
+    if n != len(weights):
+        raise ValueError(f"need one weight per box, got {n} boxes and {len(weights)} weights")
+    # (H, C, W): rows of every channel, so that one product resizes all widths of all crops
+    x = image.transpose(0, 2, 1).astype(np.float32, order="C").reshape(height * c, width)
+    horizontal = np.concatenate([_placed_weights(b[3], b[1], ow, width, bicubic) for b in boxes])  # (n*ow, W)
+    y = (x @ horizontal.T).reshape(height, c, n, ow)
+    y *= np.asarray(weights, np.float32)[:, None]  # crop i's Mixup weight
+    y = y.transpose(2, 0, 1, 3).reshape(n * height, c * ow)  # crops stacked along the rows
+    vertical = np.concatenate([_placed_weights(b[2], b[0], oh, height, bicubic) for b in boxes], axis=1)  # (oh, n*H)
+    return (vertical @ y).reshape(oh, c, ow).transpose(0, 2, 1)
 
 
 _PIL_CHANNELS = {"RGB": 3, "RGBA": 4, "L": 1}

@@ -333,3 +333,23 @@ def test_non_image_input_is_rejected(inpt, exc, word):
     with pytest.raises(exc, match=None) as e:
         CropMix(8)(inpt)
     assert word in str(e.value)
+
+
+@pytest.mark.parametrize("backend", ["tensor", "pil", "numpy"])
+def test_single_input_shortcut_equals_transform_forward(backend):
+    """CropMix.forward's one-input shortcut gives what torchvision's Transform.forward gives."""
+    tf = CropMix(16, output_dtype=None, backend=backend)
+    x = noise_image(40, 48, seed=4)
+    pil = F.to_pil_image(x)
+    for inpt in (pil, x, tv_tensors.Image(x), pil.convert("L")):
+        torch.manual_seed(5)
+        out = tf(inpt)
+        torch.manual_seed(5)
+        ref = v2.Transform.forward(tf, inpt)
+        assert type(out) is type(ref) and torch.equal(out, ref)
+    torch.manual_seed(5)
+    out = tf({"image": pil, "label": 3})  # other structures: Transform.forward
+    torch.manual_seed(5)
+    assert out["label"] == 3 and torch.equal(out["image"], tf(pil))
+    with pytest.raises(TypeError, match="BoundingBoxes"):
+        tf(tv_tensors.BoundingBoxes(torch.zeros(1, 4), format="XYXY", canvas_size=(8, 8)))

@@ -1,0 +1,159 @@
+"""CropMix ``backend="numpy"``: the resize weights against torch's own antialiased resize,
+the two-product Mixup against a float fold of torchvision's ``resized_crop``, routing,
+``keep_pil`` and the settings it refuses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from ssl_cropmix.transforms import CropMix, CropMixParams
+from ssl_cropmix.transforms import functional as CF
+
+
+def noise_pil(h: int = 40, w: int = 48, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    c = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+    a = np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
+    return Image.fromarray(a[..., 0] if c == 1 else a, mode)
+
+
+def float_fold(img: Image.Image, p: CropMixParams, size: int, interpolation: str) -> torch.Tensor:
+    """Independent reference: torchvision's float64 antialiased resized_crop of every box, in
+    fold order, folded step by step as in the paper (``m <- lam m + (1 - lam) v``)."""
+    x = F.pil_to_tensor(img).double()
+    mode = InterpolationMode(interpolation)
+    crops = [
+        F.resized_crop(x, b.top, b.left, b.height, b.width, [size, size], interpolation=mode, antialias=True)
+        for b in (p.boxes[i] for i in p.order)
+    ]
+    m = crops[0]
+    for step, v in zip(p.steps, crops[1:]):
+        m = step.lam * m + (1 - step.lam) * v
+    return m
+
+
+@pytest.mark.parametrize("bicubic", [False, True])
+@pytest.mark.parametrize("in_size, out_size", [(7, 32), (19, 32), (32, 32), (48, 32), (97, 16), (5, 3), (1, 4)])
+def test_resize_weights_are_torchs_antialiased_resize(in_size, out_size, bicubic):
+    # resizing the identity gives the weight matrix: column j is the response to pixel j
+    eye = torch.eye(in_size, dtype=torch.float64)[None, None]  # (1, 1, in, in)
+    mode = "bicubic" if bicubic else "bilinear"
+    ref = torch.nn.functional.interpolate(eye, size=(in_size, out_size), mode=mode, antialias=True, align_corners=False)
+    w = CF.antialias_resize_weights(in_size, out_size, bicubic)
+    assert w.shape == (out_size, in_size) and not w.flags.writeable
+    np.testing.assert_allclose(w, ref[0, 0].numpy().T, rtol=0, atol=1e-6)  # torch computes weights in float32
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("h, w, size", [(32, 32, 32), (40, 48, 16), (20, 30, 48), (150, 120, 24)])
+def test_mixup_is_the_rounded_float_fold_of_torchvision_crops(interpolation, mode, h, w, size):
+    img = noise_pil(h, w, mode, seed=h + w)
+    tf = CropMix(size, crop_scale=(0.05, 1.0), num_crops=(2, 3, 4), output_dtype=None, backend="numpy",
+                 interpolation=interpolation)
+    for seed in range(6):
+        p = tf.sample_params((h, w), generator=torch.Generator().manual_seed(seed))
+        out = tf.apply_numpy(img, p)
+        ref = float_fold(img, p, size, interpolation).clamp(0, 255)
+        assert out.dtype == torch.uint8 and out.shape == (1 if mode == "L" else 3, size, size)
+        # rounding of the float result only (float32 products: ties may go either way)
+        assert (out.double() - ref).abs().max() <= 0.5 + 1e-3
+
+
+def test_small_boxes_read_only_their_union_of_a_large_image():
+    img = noise_pil(300, 400, seed=9)
+    tf = CropMix(16, crop_scale=(0.01, 0.04), num_crops=3, output_dtype=None, backend="numpy")
+    for seed in range(4):
+        p = tf.sample_params((300, 400), generator=torch.Generator().manual_seed(seed))
+        boxes = p.boxes
+        union = (max(b.top + b.height for b in boxes) - min(b.top for b in boxes)) * (
+            max(b.left + b.width for b in boxes) - min(b.left for b in boxes))
+        assert union * 2 <= 300 * 400  # the cropped branch is the one under test
+        assert (tf.apply_numpy(img, p).double() - float_fold(img, p, 16, "bilinear")).abs().max() <= 0.5 + 1e-3
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_float_output_is_the_unrounded_fold(interpolation):
+    img = noise_pil(seed=3)
+    tf = CropMix(12, num_crops=4, backend="numpy", interpolation=interpolation)
+    for seed in range(4):
+        p = tf.sample_params((img.height, img.width), generator=torch.Generator().manual_seed(seed))
+        out = tf.apply_numpy(img, p)
+        assert out.dtype == torch.float32
+        ref = (float_fold(img, p, 12, interpolation) / 255).clamp(0, 1)
+        torch.testing.assert_close(out.double(), ref, atol=2e-6, rtol=0)
+
+
+def test_forward_routes_rgb_and_l_to_numpy_and_other_inputs_to_the_tensor_path():
+    tf = CropMix(16, output_dtype=None, backend="numpy")
+    for mode in ("RGB", "L"):
+        img = noise_pil(mode=mode, seed=5)
+        torch.manual_seed(0)
+        out = tf(img)
+        torch.manual_seed(0)
+        assert torch.equal(out, tf.apply_numpy(img, tf.sample_params((img.height, img.width))))
+    rgba = noise_pil(mode="RGBA", seed=5)
+    torch.manual_seed(0)
+    out = tf(rgba)
+    torch.manual_seed(0)
+    p = tf.sample_params((rgba.height, rgba.width), num_channels=4)
+    assert torch.equal(out, tf.apply(CF.pil_to_uint8(rgba), p))
+    x = CF.pil_to_uint8(noise_pil(seed=5))
+    torch.manual_seed(0)
+    out = tf(x)
+    torch.manual_seed(0)
+    assert torch.equal(out, tf.apply(x, tf.sample_params((40, 48))))
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_keep_pil_returns_the_same_pixels_as_a_pil_image(mode):
+    img = noise_pil(mode=mode, seed=7)
+    keep = CropMix(16, output_dtype=None, backend="numpy", keep_pil=True)
+    plain = CropMix(16, output_dtype=None, backend="numpy")
+    for seed in range(4):
+        torch.manual_seed(seed)
+        out = keep(img)
+        torch.manual_seed(seed)
+        ref = plain(img)
+        assert isinstance(out, Image.Image) and out.mode == mode and out.size == (16, 16)
+        assert torch.equal(CF.pil_to_uint8(out), ref)
+
+
+def test_differs_from_the_pil_backend_by_resampling_rounding_only():
+    # same params, two resamplers: PIL's fixed-point two-pass filter vs float products
+    img = noise_pil(seed=12)
+    a = CropMix(24, output_dtype=None, backend="numpy")
+    b = CropMix(24, output_dtype=None, backend="pil")
+    for seed in range(4):
+        p = a.sample_params((img.height, img.width), generator=torch.Generator().manual_seed(seed))
+        d = (a.apply_numpy(img, p).int() - b.apply_pil(img, p).int()).abs()
+        assert d.max() <= 2 and d.double().mean() < 0.5
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"mixing": "cutmix"}, "got mixing='cutmix'"),
+        ({"intermediate": "channel_permute"}, "got intermediate='channel_permute'"),
+        ({"view_transform": torch.nn.Identity()}, "got view_transform=Identity()"),
+        ({"interpolation": "nearest"}, "got interpolation='nearest'"),
+        ({"antialias": False}, "backend='numpy' always antialiases; got antialias=False"),
+    ],
+)
+def test_bad_numpy_backend_settings_raise_naming_the_parameter(kwargs, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        CropMix(8, backend="numpy", **kwargs)
+
+
+def test_apply_numpy_refuses_other_modes_and_steps():
+    tf = CropMix(8, output_dtype=None, backend="numpy")
+    with pytest.raises(ValueError, match="mode .* got 'RGBA'"):
+        tf.apply_numpy(noise_pil(mode="RGBA"), tf.sample_params((40, 48)))
+    cut = CropMix(8, mixing="cutmix").sample_params((40, 48))
+    with pytest.raises(ValueError, match="Mixup only"):
+        tf.apply_numpy(noise_pil(), cut)
