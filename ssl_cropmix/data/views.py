@@ -245,13 +245,15 @@ def moco_query(
         return v2.Compose([mix, norm])
     # keep_pil: the mixed image stays PIL for the colour ops (no tensor round trip)
     if query == "cropmix":
+        # small images: every crop's resize and the Mixup as two matrix products (CropMix's
+        # "numpy" backend), a fixed number of calls whatever n is
         mix = CropMix(
             size,
             crop_scale=(0.2, 1.0),
             num_crops=(2, 3, 4),
             mixing="mixup",
             output_dtype=None,
-            backend=backend,
+            backend="numpy" if small else "tensor",
             keep_pil=True,
         )
     else:
