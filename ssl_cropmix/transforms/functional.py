@@ -360,8 +360,9 @@ def mixup_resized_crops(
 
     Each antialiased resize is separable, ``W_h,i @ crop_i @ W_w,i.T``
     (:func:`antialias_resize_weights`), and the Mixup weights are linear, so one product
-    with all horizontal matrices side by side and one with the weighted vertical matrices
-    side by side give the whole fold: no per-crop images, no per-crop rounding, and a
+    with all vertical matrices stacked and one with the horizontal matrices, each scaled by
+    its crop's weight, side by side give the whole fold: no per-crop images, no per-crop
+    rounding, and a
     fixed number of NumPy calls whatever ``n`` is. Equal to the float fold of torchvision's
     float ``resized_crop`` of every box, up to float32 rounding. The cost grows with
     ``H * W * n * size``: meant for small images.
@@ -382,14 +383,13 @@ def mixup_resized_crops(
     n = len(boxes)
     if n != len(weights):
         raise ValueError(f"need one weight per box, got {n} boxes and {len(weights)} weights")
-    # (H, C, W): rows of every channel, so that one product resizes all widths of all crops
-    x = image.transpose(0, 2, 1).astype(np.float32, order="C").reshape(height * c, width)
-    horizontal = np.concatenate([_placed_weights(b[3], b[1], ow, width, bicubic) for b in boxes])  # (n*ow, W)
-    y = (x @ horizontal.T).reshape(height, c, n, ow)
-    y *= np.asarray(weights, np.float32)[:, None]  # crop i's Mixup weight
-    y = y.transpose(2, 0, 1, 3).reshape(n * height, c * ow)  # crops stacked along the rows
-    vertical = np.concatenate([_placed_weights(b[2], b[0], oh, height, bicubic) for b in boxes], axis=1)  # (oh, n*H)
-    return (vertical @ y).reshape(oh, c, ow).transpose(0, 2, 1)
+    # vertical pass first: PIL's (H, W * C) layout is already the right operand
+    x = image.reshape(height, width * c).astype(np.float32)
+    vertical = np.concatenate([_placed_weights(b[2], b[0], oh, height, bicubic) for b in boxes])  # (n*oh, H)
+    y = (vertical @ x).reshape(n, oh, width, c).transpose(1, 3, 0, 2).reshape(oh * c, n * width)
+    horizontal = np.concatenate([_placed_weights(b[3], b[1], ow, width, bicubic) for b in boxes], axis=1)
+    horizontal = horizontal * np.repeat(np.asarray(weights, np.float32), width)  # (ow, n*W), crop i's weight
+    return (y @ horizontal.T).reshape(oh, c, ow).transpose(0, 2, 1)
 
 
 _PIL_CHANNELS = {"RGB": 3, "RGBA": 4, "L": 1}
