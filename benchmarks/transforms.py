@@ -6,6 +6,8 @@ Every path starts from the same decoded PIL image and ends in a float32 tensor i
   ``PILToTensor``, ``ToDtype`` (the baseline; every ratio in the table is relative to it,
   measured in the same run);
 - ``CropMix ...``: this package (uint8 crops by slicing, uint8 resize, one float conversion);
+  at 32 px also the PIL and NumPy backends (PIL crops + NumPy weighted sum; two float32
+  matrix products for all crops);
 - ``naive CropMix``: the paper's code style: ``n`` RandomResizedCrops on the PIL image,
   each converted to float, mixed in float.
 
@@ -61,6 +63,12 @@ class NaiveCropMix:
 
 def methods(size: int) -> dict[str, Callable]:
     to_float = [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True)]
+    small = {}
+    if size <= 64:  # the small-image backends (the numpy one's dense products grow with size^2)
+        small = {
+            "CropMix mixup n~{2,3,4} (backend pil)": CropMix(size, backend="pil"),
+            "CropMix mixup n~{2,3,4} (backend numpy)": CropMix(size, backend="numpy"),
+        }
     return {
         "plain RRC (PIL)": v2.Compose([v2.RandomResizedCrop(size), *to_float]),
         "plain RRC (uint8 tensor)": v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(size),
@@ -69,6 +77,7 @@ def methods(size: int) -> dict[str, Callable]:
         "CropMix mixup n=3": CropMix(size, num_crops=3),
         "CropMix mixup n=4": CropMix(size, num_crops=4),
         "CropMix mixup n~{2,3,4}": CropMix(size),
+        **small,
         "CropMix cutmix n~{2,3,4}": CropMix(size, mixing="cutmix"),
         "CropMix resizemix n~{2,3,4}": CropMix(size, mixing="resizemix"),
         "contrastive preset (no view aug)": contrastive_cropmix(size),
