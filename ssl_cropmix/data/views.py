@@ -17,8 +17,9 @@ Performance: the MoCo v2 colour ops run in the PIL domain (C kernels; torchvisio
 ``adjust_hue`` and a 23-px tensor Gaussian blur cost about twice as much at 224 px, see
 ``benchmarks/dataloader.py``), so the plain key/query pair is as fast as lightly's
 ``MoCoV2Transform`` while drawing every random number from torch's RNG. The CropMix
-queries hand the colour ops a PIL image directly (``CropMix(keep_pil=True)``; PIL backend
-for small images, where per-call overhead dominates, tensor backend at 224 px).
+queries hand the colour ops a PIL image directly (``CropMix(keep_pil=True)``; for small
+images, where per-call overhead dominates, the NumPy backend for the generic Mixup query
+and the PIL backend for the CutMix ones; the tensor backend at 224 px).
 """
 
 from __future__ import annotations
@@ -231,8 +232,8 @@ def moco_query(
     if query == "plain":
         return moco_v2_augmentation(size, blur_prob=blur, mean=mean, std=std)
     norm = ToNormalizedTensor(mean, std)
-    # Small images: crop + resize in one PIL call per crop (per-call overhead dominates at
-    # 32 px; see CropMix's ``backend``). Large images keep the tensor path.
+    # Small images: crop + resize in one PIL call per crop for the CutMix queries (per-call
+    # overhead dominates at 32 px; see CropMix's ``backend``). Large images keep the tensor path.
     backend = "pil" if small else "tensor"
     if query == "contrastive":
         # Per-crop MoCo v2 colour augmentation, PIL in and out. With the PIL backend the crops,

@@ -8,8 +8,9 @@ Performance (see ``benchmarks/transforms.py`` and ``benchmarks/dataloader.py``):
 is converted to a uint8 tensor once, every crop is a slice (no copy) resized on uint8 with
 torchvision's native antialiased kernels, CutMix / ResizeMix paste uint8 pixels, Mixup is
 one weighted sum read from uint8, and the result is converted once at the end. For small
-PIL images ``backend="pil"`` keeps everything in PIL / NumPy, and ``keep_pil=True`` returns
-PIL so that PIL colour ops can follow without a round trip.
+PIL images ``backend="pil"`` keeps everything in PIL / NumPy, ``backend="numpy"`` computes
+a whole Mixup CropMix as two matrix products, and ``keep_pil=True`` returns PIL so that PIL
+colour ops can follow without a round trip.
 """
 
 from __future__ import annotations
