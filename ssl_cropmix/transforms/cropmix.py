@@ -52,11 +52,6 @@ _REJECTED_TV_TENSORS = (
 )
 
 
-def _as_tensor(x: Any) -> Any:
-    """A view_transform result as a tensor: PIL images become uint8 ``(C, H, W)``."""
-    return CF.pil_to_uint8(x).contiguous() if isinstance(x, PIL.Image.Image) else x
-
-
 class CropBox(NamedTuple):
     """One RandomResizedCrop box in source-image pixels (immutable).
 
@@ -165,6 +160,24 @@ def _check_interpolation(interpolation: Any) -> InterpolationMode:
             f"interpolation must be one of {[m.value for m in INTERPOLATIONS]}, got {interpolation!r}"
         )
     return interpolation
+
+
+def _as_tensor(x: Any) -> Any:
+    """A view_transform result as a tensor: PIL images become uint8 ``(C, H, W)``."""
+    return CF.pil_to_uint8(x).contiguous() if isinstance(x, PIL.Image.Image) else x
+
+
+def _covering_region(image: PIL.Image.Image, boxes: Sequence[CropBox]) -> tuple[PIL.Image.Image, int, int]:
+    """The part of ``image`` that the boxes cover, with its top-left corner, when it is at
+    most half of the image (a PIL crop costs about as much per pixel as reading the pixels),
+    else the whole image at ``(0, 0)``."""
+    top = min(b.top for b in boxes)
+    left = min(b.left for b in boxes)
+    bottom = max(b.top + b.height for b in boxes)
+    right = max(b.left + b.width for b in boxes)
+    if (bottom - top) * (right - left) * 2 <= image.height * image.width:
+        return image.crop((left, top, right, bottom)), top, left
+    return image, 0, 0
 
 
 class CropMix(Transform):
@@ -433,17 +446,10 @@ class CropMix(Transform):
                 return self.apply_numpy(inpt, params["params"], as_pil=self.keep_pil)
             if self.backend == "pil" and inpt.mode in _PIL_BACKEND_MODES:
                 return self.apply_pil(inpt, params["params"], as_pil=self.keep_pil)
-            # Convert only the union of the crop boxes when it is small: a PIL crop costs
-            # about as much per pixel as the conversion itself.
+            # convert only the union of the crop boxes when it is small
             p = params["params"]
-            top = min(b.top for b in p.boxes)
-            left = min(b.left for b in p.boxes)
-            bottom = max(b.top + b.height for b in p.boxes)
-            right = max(b.left + b.width for b in p.boxes)
-            if (bottom - top) * (right - left) * 2 <= inpt.height * inpt.width:
-                out = self.apply(CF.pil_to_uint8(inpt.crop((left, top, right, bottom))), p, origin=(top, left))
-            else:
-                out = self.apply(CF.pil_to_uint8(inpt), p)
+            region, top, left = _covering_region(inpt, p.boxes)
+            out = self.apply(CF.pil_to_uint8(region), p, origin=(top, left))
             return CF.uint8_to_pil(out) if self.keep_pil else out
         if isinstance(inpt, tv_tensors.Image):
             out = self.apply(inpt.as_subclass(torch.Tensor), params["params"])
@@ -485,6 +491,15 @@ class CropMix(Transform):
             crops = [_as_tensor(self.view_transform(c)) for c in crops]
         return self._fold(crops, params.steps, image.dtype)
 
+    def _pil_path_channels(self, image: PIL.Image.Image, method: str, as_pil: bool) -> int:
+        """Channels of an image that ``method`` (the PIL / NumPy paths) accepts, or raise."""
+        c = _PIL_BACKEND_MODES.get(image.mode)
+        if c is None:
+            raise ValueError(f"{method} expects an image of mode {tuple(_PIL_BACKEND_MODES)}, got {image.mode!r}")
+        if as_pil and self.output_dtype is not None:
+            raise ValueError(f"as_pil=True needs output_dtype=None, got output_dtype={self.output_dtype!r}")
+        return c
+
     def apply_pil(
         self, image: PIL.Image.Image, params: CropMixParams, as_pil: bool = False
     ) -> torch.Tensor | PIL.Image.Image:
@@ -512,11 +527,7 @@ class CropMix(Transform):
             PIL ``(W, H)`` -> ``(C, *size)`` (uint8 or ``output_dtype``, as :meth:`apply`),
             or PIL ``(size[1], size[0])`` with ``as_pil``.
         """
-        c = _PIL_BACKEND_MODES.get(image.mode)
-        if c is None:
-            raise ValueError(f"apply_pil expects an image of mode {tuple(_PIL_BACKEND_MODES)}, got {image.mode!r}")
-        if as_pil and self.output_dtype is not None:
-            raise ValueError(f"as_pil=True needs output_dtype=None, got output_dtype={self.output_dtype!r}")
+        c = self._pil_path_channels(image, "apply_pil", as_pil)
         oh, ow = self.size
         resample = _PIL_RESAMPLE[self.interpolation]
         # crop() first: resize(box=...) would let the filter read pixels outside the box
@@ -587,23 +598,12 @@ class CropMix(Transform):
             PIL ``(W, H)`` -> ``(C, *size)`` (uint8 or ``output_dtype``, as :meth:`apply`),
             or PIL ``(size[1], size[0])`` with ``as_pil``.
         """
-        c = _PIL_BACKEND_MODES.get(image.mode)
-        if c is None:
-            raise ValueError(f"apply_numpy expects an image of mode {tuple(_PIL_BACKEND_MODES)}, got {image.mode!r}")
-        if as_pil and self.output_dtype is not None:
-            raise ValueError(f"as_pil=True needs output_dtype=None, got output_dtype={self.output_dtype!r}")
+        c = self._pil_path_channels(image, "apply_numpy", as_pil)
         if any(s.kind != "mixup" for s in params.steps):
             raise ValueError("apply_numpy mixes with Mixup only; params hold other mixing steps")
         boxes = [params.boxes[i] for i in params.order]
-        top = min(b.top for b in boxes)
-        left = min(b.left for b in boxes)
-        bottom = max(b.top + b.height for b in boxes)
-        right = max(b.left + b.width for b in boxes)
-        if (bottom - top) * (right - left) * 2 <= image.height * image.width:
-            image = image.crop((left, top, right, bottom))
-        else:
-            top = left = 0
-        x = np.ndarray((image.height, image.width, c), np.uint8, image.tobytes())
+        region, top, left = _covering_region(image, boxes)
+        x = np.ndarray((region.height, region.width, c), np.uint8, region.tobytes())
         bicubic = self.interpolation == InterpolationMode.BICUBIC
         w = CF.mixup_fold_weights([s.lam for s in params.steps])
         y = CF.mixup_resized_crops(
