@@ -293,47 +293,26 @@ def resize(
 
 
 # --------------------------------------------------------------------------- resize as matrices
-def _aa_kernel(x: float, bicubic: bool) -> float:
-    """PyTorch's antialiasing filters: triangle (bilinear) or Keys cubic with ``a = -0.5``."""
-    x = abs(x)
-    if not bicubic:
-        return max(0.0, 1.0 - x)
-    a = -0.5
-    if x < 1.0:
-        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    if x < 2.0:
-        return (((x - 5.0) * x + 8.0) * x - 4.0) * a
-    return 0.0
-
-
 @functools.lru_cache(maxsize=1024)
 def antialias_resize_weights(in_size: int, out_size: int, bicubic: bool = False) -> np.ndarray:
     """The ``(out_size, in_size)`` matrix of a 1-D antialiased resize, row ``i`` holding the
     weights of output pixel ``i``.
 
-    Written out by hand because torch does not expose them: the same weights as
-    ``torch.nn.functional.interpolate(..., antialias=True, align_corners=False)`` computes
-    for float inputs (``_compute_indices_min_size_weights_aa`` in ATen's ``UpSampleKernel``;
-    PIL's ``precompute_coeffs`` before its fixed-point rounding): the filter is stretched by
-    the scale when downsampling and each row is normalised to sum to 1. So
-    ``W_h @ X @ W_w.T`` is torchvision's float ``resize(X, antialias=True)`` up to float
-    rounding (tested). Read-only and cached: a 32-px CropMix needs at most 32 x 32 of them.
+    torch does not expose its resampling weights, so they are read off its own resize: each
+    one-hot row of the identity, resized by ``interpolate(..., antialias=True)`` in float64,
+    is one column of the matrix (a height-1 image keeps its height: the resize there is the
+    identity). So ``W_h @ X @ W_w.T`` is torchvision's float ``resize(X, antialias=True)``
+    up to float rounding (tested, with the weights also checked against a hand-written
+    filter). Read-only and cached: a 32-px CropMix of a 32-px image needs at most 32 of them.
 
     Args:
         in_size, out_size: lengths of the input and output axis.
         bicubic: bicubic (``a = -0.5``, support 2) instead of bilinear (support 1).
     """
-    scale = in_size / out_size
-    support = (2.0 if bicubic else 1.0) * max(scale, 1.0)
-    inv = 1.0 / scale if scale >= 1.0 else 1.0
-    m = np.zeros((out_size, in_size), np.float64)
-    for i in range(out_size):
-        center = scale * (i + 0.5)
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), in_size)
-        w = [_aa_kernel((j + lo - center + 0.5) * inv, bicubic) for j in range(hi - lo)]
-        total = sum(w)
-        m[i, lo:hi] = [v / total for v in w] if total != 0.0 else w
+    rows = torch.eye(in_size, dtype=torch.float64).view(in_size, 1, 1, in_size)  # in one-hot images
+    mode = "bicubic" if bicubic else "bilinear"
+    out = torch.nn.functional.interpolate(rows, size=(1, out_size), mode=mode, antialias=True, align_corners=False)
+    m = out.view(in_size, out_size).T.contiguous().numpy()
     m.flags.writeable = False
     return m
 
@@ -362,8 +341,7 @@ def mixup_resized_crops(
     (:func:`antialias_resize_weights`), and the Mixup weights are linear, so one product
     with all vertical matrices stacked and one with the horizontal matrices, each scaled by
     its crop's weight, side by side give the whole fold: no per-crop images, no per-crop
-    rounding, and a
-    fixed number of NumPy calls whatever ``n`` is. Equal to the float fold of torchvision's
+    rounding, and a fixed number of NumPy calls whatever ``n`` is. Equal to the float fold of torchvision's
     float ``resized_crop`` of every box, up to float32 rounding. The cost grows with
     ``H * W * n * size``: meant for small images.
 

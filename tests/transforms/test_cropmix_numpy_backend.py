@@ -1,5 +1,5 @@
-"""CropMix ``backend="numpy"``: the resize weights against torch's own antialiased resize,
-the two-product Mixup against a float fold of torchvision's ``resized_crop``, routing,
+"""CropMix ``backend="numpy"``: the resize weights against a hand-written filter and
+torchvision's antialiased resize, the two-product Mixup against a float fold of torchvision's ``resized_crop``, routing,
 ``keep_pil`` and the settings it refuses."""
 
 from __future__ import annotations
@@ -36,17 +36,53 @@ def float_fold(img: Image.Image, p: CropMixParams, size: int, interpolation: str
     return m
 
 
+def hand_written_weights(in_size: int, out_size: int, bicubic: bool) -> np.ndarray:
+    """Independent reference: the antialiased filter as PIL's ``precompute_coeffs`` and
+    ATen's ``_compute_indices_min_size_weights_aa`` write it (triangle, or Keys cubic with
+    ``a = -0.5``; stretched by the scale when downsampling; rows normalised to sum to 1)."""
+
+    def kernel(x: float) -> float:
+        x = abs(x)
+        if not bicubic:
+            return max(0.0, 1.0 - x)
+        a = -0.5
+        if x < 1.0:
+            return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+        if x < 2.0:
+            return (((x - 5.0) * x + 8.0) * x - 4.0) * a
+        return 0.0
+
+    scale = in_size / out_size
+    support = (2.0 if bicubic else 1.0) * max(scale, 1.0)
+    inv = 1.0 / scale if scale >= 1.0 else 1.0
+    m = np.zeros((out_size, in_size))
+    for i in range(out_size):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), in_size)
+        w = [kernel((j + lo - center + 0.5) * inv) for j in range(hi - lo)]
+        m[i, lo:hi] = np.asarray(w) / sum(w)
+    return m
+
+
 @pytest.mark.parametrize("bicubic", [False, True])
 @pytest.mark.parametrize("in_size, out_size", [(7, 32), (19, 32), (32, 32), (48, 32), (97, 16), (5, 3), (1, 4)])
-def test_resize_weights_are_torchs_antialiased_resize(in_size, out_size, bicubic):
-    # resizing the identity gives the weight matrix: column j is the response to pixel j
-    eye = torch.eye(in_size, dtype=torch.float64)[None, None]  # (1, 1, in, in)
-    mode = "bicubic" if bicubic else "bilinear"
-    ref = torch.nn.functional.interpolate(eye, size=(in_size, out_size), mode=mode, antialias=True, align_corners=False)
+def test_resize_weights_match_the_hand_written_filter(in_size, out_size, bicubic):
     w = CF.antialias_resize_weights(in_size, out_size, bicubic)
-    assert w.shape == (out_size, in_size) and not w.flags.writeable
-    np.testing.assert_allclose(w, ref[0, 0].numpy().T, rtol=0, atol=1e-6)  # torch computes weights in float32
+    assert w.shape == (out_size, in_size) and w.dtype == np.float64 and not w.flags.writeable
+    np.testing.assert_allclose(w, hand_written_weights(in_size, out_size, bicubic), rtol=0, atol=1e-12)
     np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("h, w, oh, ow", [(40, 48, 16, 24), (20, 30, 48, 32), (97, 61, 32, 32)])
+def test_separable_product_is_torchvisions_antialiased_resize(interpolation, h, w, oh, ow):
+    x = torch.rand(3, h, w, generator=torch.Generator().manual_seed(h), dtype=torch.float64)
+    bicubic = interpolation == "bicubic"
+    wh, ww = CF.antialias_resize_weights(h, oh, bicubic), CF.antialias_resize_weights(w, ow, bicubic)
+    got = torch.tensor(wh) @ x @ torch.tensor(ww).T
+    ref = F.resize(x, [oh, ow], interpolation=InterpolationMode(interpolation), antialias=True)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
