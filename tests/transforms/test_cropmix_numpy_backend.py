@@ -11,14 +11,9 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from pil_images import noise_pil
 from ssl_cropmix.transforms import CropMix, CropMixParams
 from ssl_cropmix.transforms import functional as CF
-
-
-def noise_pil(h: int = 40, w: int = 48, mode: str = "RGB", seed: int = 0) -> Image.Image:
-    c = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
-    a = np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
-    return Image.fromarray(a[..., 0] if c == 1 else a, mode)
 
 
 def float_fold(img: Image.Image, p: CropMixParams, size: int, interpolation: str) -> torch.Tensor:
@@ -144,20 +139,6 @@ def test_forward_routes_rgb_and_l_to_numpy_and_other_inputs_to_the_tensor_path()
     out = tf(x)
     torch.manual_seed(0)
     assert torch.equal(out, tf.apply(x, tf.sample_params((40, 48))))
-
-
-@pytest.mark.parametrize("mode", ["RGB", "L"])
-def test_keep_pil_returns_the_same_pixels_as_a_pil_image(mode):
-    img = noise_pil(mode=mode, seed=7)
-    keep = CropMix(16, output_dtype=None, backend="numpy", keep_pil=True)
-    plain = CropMix(16, output_dtype=None, backend="numpy")
-    for seed in range(4):
-        torch.manual_seed(seed)
-        out = keep(img)
-        torch.manual_seed(seed)
-        ref = plain(img)
-        assert isinstance(out, Image.Image) and out.mode == mode and out.size == (16, 16)
-        assert torch.equal(CF.pil_to_uint8(out), ref)
 
 
 def test_differs_from_the_pil_backend_by_resampling_rounding_only():

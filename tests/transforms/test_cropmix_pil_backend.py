@@ -11,14 +11,9 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
+from pil_images import noise_pil
 from ssl_cropmix.transforms import CropMix, CropMixParams, ScaleMix
 from ssl_cropmix.transforms import functional as CF
-
-
-def noise_pil(h: int = 40, w: int = 48, mode: str = "RGB", seed: int = 0) -> Image.Image:
-    c = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
-    a = np.random.default_rng(seed).integers(0, 256, (h, w, c), dtype=np.uint8)
-    return Image.fromarray(a[..., 0] if c == 1 else a, mode)
 
 
 def pil_ref_crops(img: Image.Image, p: CropMixParams, size: int, resample=Image.Resampling.BILINEAR) -> list[torch.Tensor]:
@@ -117,9 +112,11 @@ def test_bad_backend_settings_raise(kwargs, words):
 
 
 # ------------------------------------------------------------------ keep_pil
-@pytest.mark.parametrize("backend", ["pil", "tensor"])
 @pytest.mark.parametrize("mode", ["RGB", "L"])
-@pytest.mark.parametrize("mixing", ["mixup", "cutmix", "resizemix"])
+@pytest.mark.parametrize(
+    "backend, mixing",
+    [(b, m) for b in ("pil", "tensor") for m in ("mixup", "cutmix", "resizemix")] + [("numpy", "mixup")],
+)
 def test_keep_pil_returns_the_same_pixels_as_a_pil_image(backend, mode, mixing):
     img = noise_pil(mode=mode, seed=7)
     common = dict(num_crops=(2, 3, 4), mixing=mixing, output_dtype=None, backend=backend)
