@@ -353,3 +353,16 @@ def test_single_input_shortcut_equals_transform_forward(backend):
     assert out["label"] == 3 and torch.equal(out["image"], tf(pil))
     with pytest.raises(TypeError, match="BoundingBoxes"):
         tf(tv_tensors.BoundingBoxes(torch.zeros(1, 4), format="XYXY", canvas_size=(8, 8)))
+
+
+def test_single_inputs_take_the_shortcut_and_other_structures_do_not(monkeypatch):
+    def pytree_forward(self, *inputs):
+        raise AssertionError("Transform.forward called")
+
+    monkeypatch.setattr(v2.Transform, "forward", pytree_forward)
+    tf = CropMix(16, output_dtype=None, backend="numpy")
+    x = noise_image(40, 48, seed=4)
+    for inpt in (F.to_pil_image(x), x, tv_tensors.Image(x)):
+        assert tf(inpt).shape == (3, 16, 16)
+    with pytest.raises(AssertionError, match="Transform.forward called"):
+        tf({"image": x})
