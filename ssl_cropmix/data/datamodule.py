@@ -24,6 +24,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from ssl_cropmix.data import views as V
+from ssl_cropmix.data.datasets import check_max_pixels
 from ssl_cropmix.data.datasets import (
     BadImageWarning,
     ImageFolderDataset,
@@ -98,6 +99,9 @@ class CropMixDataModule(pl.LightningDataModule):
         persistent_workers: keep training / val workers alive between epochs.
         drop_last: drop the last incomplete training batch (pretraining loader only).
         mean, std: normalisation statistics (ImageNet's by default).
+        max_image_pixels: folder images whose header claims more pixels (width x height) are
+            skipped (or raise) without being decoded; ``None``: no limit of ours. Default
+            ``datasets.DEFAULT_MAX_PIXELS`` (89.5 Mpx, PIL's warning threshold).
 
     Raises:
         ValueError: invalid argument values (the message names the argument and value).
@@ -127,6 +131,7 @@ class CropMixDataModule(pl.LightningDataModule):
         drop_last: bool = True,
         mean: tuple[float, float, float] = V.IMAGENET_MEAN,
         std: tuple[float, float, float] = V.IMAGENET_STD,
+        max_image_pixels: int | None = 89_478_485,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -163,6 +168,7 @@ class CropMixDataModule(pl.LightningDataModule):
         self.subset_file = subset_file
         self.fraction_seed = int(fraction_seed)
         self.on_bad_image = on_bad_image
+        self.max_image_pixels = check_max_pixels(max_image_pixels)
         self.download = bool(download)
         self.pin_memory = pin_memory
         self.persistent_workers = bool(persistent_workers)
@@ -291,7 +297,9 @@ class CropMixDataModule(pl.LightningDataModule):
         """The (cached) un-transformed dataset of ``split``: ``load(i) -> (PIL RGB, label)``."""
         if split not in self._sources:
             if self.dataset in ("folder", "demo"):
-                self._sources[split] = ImageFolderDataset(self._split_root(split), on_bad_image=self.on_bad_image)
+                self._sources[split] = ImageFolderDataset(
+                    self._split_root(split), on_bad_image=self.on_bad_image, max_pixels=self.max_image_pixels
+                )
             else:
                 self._sources[split] = TorchvisionSource(self._torchvision(split))
         return self._sources[split]
@@ -417,7 +425,8 @@ class CropMixDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ bad images
     @property
     def bad_image_count(self) -> int:
-        """Skipped-image events so far, over every split and worker process."""
+        """Skips so far, over every split and worker process (each unreadable file once per
+        pass over a loader; see ``datasets._Source.skipped``)."""
         return sum(s.skipped for s in self._sources.values())
 
     @property
