@@ -337,3 +337,24 @@ def check_cli_checkpoint(ckpt_path: str | Path, configured_class: type | str | N
             "ssl_cropmix.checkpoints.load_backbone(path, name) or `ssl-cropmix probe --ckpt PATH --backbone NAME`"
         )
     return ckpt
+
+
+class NonFiniteCheckpointError(FloatingPointError):
+    """A checkpoint would hold NaN / inf weights; it is not written."""
+
+
+def check_finite_state(state: dict[str, Any], step: int | None = None, owner: str = "model") -> None:
+    """Refuse to save weights that are not finite (called from the methods' ``on_save_checkpoint``).
+
+    Raises:
+        NonFiniteCheckpointError: names the step and the first tensors holding NaN / inf;
+            raised before anything is written, so the last good checkpoint stays the last one.
+    """
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteCheckpointError(
+            f"{owner}: refusing to save a checkpoint at global step {step}: non-finite (NaN/inf) values in "
+            f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} ({len(bad)} tensors); the training "
+            "diverged (lower the learning rate); earlier checkpoints are kept"
+        )

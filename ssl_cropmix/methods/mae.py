@@ -239,6 +239,12 @@ class MAECropMix(pl.LightningModule):
         can run on the validation loader."""
         return None
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Non-finite weights are never saved (``checkpoints.check_finite_state``)."""
+        from ssl_cropmix.checkpoints import check_finite_state
+
+        check_finite_state(checkpoint.get("state_dict", {}), self.global_step, type(self).__name__)
+
     def on_train_start(self) -> None:
         if self.effective_batch_size is not None:
             for logger in self.loggers:  # recorded once, next to the hparams

@@ -223,7 +223,11 @@ class MoCoCropMix(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store torch's RNG streams (Lightning does not), so a resumed run draws the same
         shuffles and augmentations as an uninterrupted one. The queue, its pointer and the
-        momentum encoder are buffers/parameters and travel in ``state_dict``."""
+        momentum encoder are buffers/parameters and travel in ``state_dict``. Non-finite
+        weights are never saved (``checkpoints.check_finite_state``)."""
+        from ssl_cropmix.checkpoints import check_finite_state
+
+        check_finite_state(checkpoint.get("state_dict", {}), self.global_step, type(self).__name__)
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
