@@ -51,10 +51,16 @@ def _check_one_subset(label_fraction: float | None, subset_file: str | None) -> 
         )
 
 
+#: Smallest ``image_size`` accepted (see ``CropMixDataModule``).
+MIN_IMAGE_SIZE = 8
+
+
 def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
+    return int(value)
 
 
 class CropMixDataModule(pl.LightningDataModule):
@@ -83,7 +89,9 @@ class CropMixDataModule(pl.LightningDataModule):
             (see :func:`~ssl_cropmix.data.views.moco_query`); Python callers may pass a
             transform.
         mae_view: ``"rrc"``, ``"cropmix_mixup"`` or ``"cropmix_cutmix"``.
-        image_size: output side of every view.
+        image_size: output side of every view, at least :data:`MIN_IMAGE_SIZE` (8 px: below
+            that 2-4 crops of distinct scales are the same few pixels, and a ResNet's
+            stride-2 stages or a ViT's patches leave nothing to learn from).
         small_image: small-image (CIFAR) variants: no blur in MoCo views, no centre crop in
             evaluation. ``None``: ``image_size <= 64``.
         batch_size: batch size of every loader (callbacks may ask for another).
@@ -159,7 +167,7 @@ class CropMixDataModule(pl.LightningDataModule):
         self.views = views
         self.query = query
         self.mae_view = mae_view
-        self.image_size = _check_int("image_size", image_size, 1)
+        self.image_size = _check_int("image_size", image_size, MIN_IMAGE_SIZE)
         self.small_image = image_size <= V.SMALL_IMAGE_MAX if small_image is None else bool(small_image)
         self.batch_size = _check_int("batch_size", batch_size, 1)
         self.val_batch_size = _check_int("val_batch_size", val_batch_size or batch_size, 1)
