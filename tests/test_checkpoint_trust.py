@@ -214,6 +214,7 @@ def test_moco_config_with_mae_checkpoint_is_refused_naming_both(sub, tmp_path, m
         _main([sub, "--config", str(SMOKE), "--ckpt_path", str(tmp_path / "mae.ckpt"), "--trainer.logger=false"])
 
 
+@pytest.mark.slow
 def test_real_cli_checkpoint_still_validates_and_loads(tmp_path, monkeypatch):
     """The trusted path keeps working: a checkpoint written by `fit` validates with the same
     config and rebuilds through load_module (its recorded class is this package's)."""
