@@ -54,21 +54,36 @@ def class_path_of(cls: type | str) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _is_trusted_package_class(path: str) -> bool:
-    if path in TRUSTED_CLASS_PATHS:
-        return True
-    if not path.startswith(TRUSTED_MODULE_PREFIXES):
-        return False
+def _resolve_own_class(path: str) -> type | None:
+    """The object ``path`` names when it lies in this package (importing our own modules is
+    safe), else ``None``; nothing outside ``ssl_cropmix`` is ever imported here."""
+    if not path.startswith("ssl_cropmix."):
+        return None
     import importlib
 
-    import pytorch_lightning as pl
-
     mod, _, name = path.rpartition(".")
-    try:  # importing our own package is safe; the name must be a LightningModule defined there
+    try:
         obj = getattr(importlib.import_module(mod), name, None)
     except ImportError:
+        return None
+    return obj if isinstance(obj, type) else None
+
+
+def _is_trusted_package_class(path: str) -> bool:
+    """One of :data:`TRUSTED_CLASS_PATHS` (also under a re-export such as
+    ``ssl_cropmix.MoCoCropMix``), or a LightningModule defined under
+    :data:`TRUSTED_MODULE_PREFIXES`."""
+    if path in TRUSTED_CLASS_PATHS:
+        return True
+    cls = _resolve_own_class(path)
+    if cls is None:
         return False
-    return isinstance(obj, type) and issubclass(obj, pl.LightningModule) and obj.__module__ == mod
+    import pytorch_lightning as pl
+
+    own = class_path_of(cls)
+    return issubclass(cls, pl.LightningModule) and (
+        own in TRUSTED_CLASS_PATHS or own.startswith(TRUSTED_MODULE_PREFIXES)
+    )
 
 
 def check_class_path(
@@ -293,6 +308,38 @@ def load_module(
     return holder.eval()
 
 
+def _same_own_class(ckpt_class: Any, configured: type | str) -> bool:
+    """Whether two names of this package resolve to one class (``ssl_cropmix.MoCoCropMix``
+    and ``ssl_cropmix.methods.moco.MoCoCropMix``); foreign names are never imported."""
+    if not isinstance(ckpt_class, str):
+        return False
+    a = _resolve_own_class(ckpt_class)
+    b = configured if isinstance(configured, type) else _resolve_own_class(configured)
+    return a is not None and a is b
+
+
+def _foreign_hparams(hp: dict[str, Any], configured: type | str) -> list[str]:
+    """Checkpoint hyper-parameters the configured model class does not take (a checkpoint
+    saved from Python by another model records no ``_class_path``)."""
+    import importlib
+    import inspect
+
+    cls = configured
+    if isinstance(configured, str):  # the user's own config named it: importing it is theirs
+        mod, _, name = configured.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(mod), name)
+        except (ImportError, AttributeError):
+            return []
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    return sorted(k for k in hp if not k.startswith("_") and k not in params)
+
+
 def check_cli_checkpoint(ckpt_path: str | Path, configured_class: type | str | None) -> dict[str, Any]:
     """Checks on a ``fit/validate/test --ckpt_path`` file before LightningCLI reads it.
 
@@ -320,7 +367,7 @@ def check_cli_checkpoint(ckpt_path: str | Path, configured_class: type | str | N
     if ckpt_class is not None:  # the class first: never let a foreign name through, whatever else
         if configured_class is None:
             check_class_path(ckpt_class, ckpt_path)
-        elif ckpt_class != class_path_of(configured_class):
+        elif ckpt_class != class_path_of(configured_class) and not _same_own_class(ckpt_class, configured_class):
             raise CheckpointMismatchError(
                 f"checkpoint {str(ckpt_path)!r} was written by {ckpt_class!r} but the configured model is "
                 f"{class_path_of(configured_class)!r}; refusing to switch the model class (use the config "
@@ -336,6 +383,14 @@ def check_cli_checkpoint(ckpt_path: str | Path, configured_class: type | str | N
             "--ckpt_path; for a plain state dict of backbone weights use "
             "ssl_cropmix.checkpoints.load_backbone(path, name) or `ssl-cropmix probe --ckpt PATH --backbone NAME`"
         )
+    if ckpt_class is None and configured_class is not None and isinstance(hp, dict):
+        extra = _foreign_hparams(hp, configured_class)
+        if extra:
+            raise CheckpointMismatchError(
+                f"checkpoint {str(ckpt_path)!r} holds hyper-parameters {extra[:6]} that the configured model "
+                f"{class_path_of(configured_class)!r} does not take: it was written by another model class; "
+                "use the config that wrote it"
+            )
     return ckpt
 
 

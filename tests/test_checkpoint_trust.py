@@ -230,3 +230,30 @@ def test_real_cli_checkpoint_still_validates_and_loads(tmp_path, monkeypatch):
     from ssl_cropmix.methods.moco import MoCoCropMix
 
     assert isinstance(load_module(ckpt), MoCoCropMix)
+
+
+def test_checkpoint_from_python_of_another_model_is_refused(tmp_path, monkeypatch):
+    """No ``_class_path`` (saved with ``trainer.save_checkpoint`` outside the CLI): the MAE
+    hyper-parameters are not MoCo arguments, so the MoCo config refuses it."""
+    from ssl_cropmix.checkpoints import check_cli_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    _mae_lightning_checkpoint(tmp_path / "mae.ckpt")
+    ckpt = torch.load(tmp_path / "mae.ckpt", weights_only=True)
+    del ckpt["hyper_parameters"]["_class_path"]
+    torch.save(ckpt, tmp_path / "mae_py.ckpt")
+    with pytest.raises(CheckpointMismatchError, match=r"hyper-parameters \['decoder_depth', .*\] that the configured "
+                       r"model 'ssl_cropmix.methods.moco.MoCoCropMix' does not take"):
+        _main(["fit", "--config", str(SMOKE), "--ckpt_path", str(tmp_path / "mae_py.ckpt"), "--trainer.logger=false"])
+    # the MAE class itself accepts them, and a re-exported name of the same class matches
+    assert check_cli_checkpoint(tmp_path / "mae_py.ckpt", "ssl_cropmix.methods.mae.MAECropMix")
+    assert check_cli_checkpoint(tmp_path / "mae.ckpt", "ssl_cropmix.MAECropMix")
+
+
+def test_reexported_package_names_are_trusted(tmp_path):
+    from ssl_cropmix.checkpoints import check_class_path
+
+    assert check_class_path("ssl_cropmix.MAECropMix", "f.ckpt") == "ssl_cropmix.MAECropMix"
+    for bad in ("ssl_cropmix.checkpoints.Path", "ssl_cropmix.methods.moco.copy", "ssl_cropmix.nope.X"):
+        with pytest.raises(UntrustedCheckpointError, match=bad):
+            check_class_path(bad, "f.ckpt")
