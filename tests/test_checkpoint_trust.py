@@ -257,3 +257,20 @@ def test_reexported_package_names_are_trusted(tmp_path):
     for bad in ("ssl_cropmix.checkpoints.Path", "ssl_cropmix.methods.moco.copy", "ssl_cropmix.nope.X"):
         with pytest.raises(UntrustedCheckpointError, match=bad):
             check_class_path(bad, "f.ckpt")
+
+
+@pytest.mark.slow
+def test_probe_command_takes_a_torchvision_state_dict(tmp_path, monkeypatch):
+    import json
+
+    import torchvision
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    with pytest.warns(DroppedKeysWarning, match="fc.bias, fc.weight"):
+        assert _main(["probe", "--ckpt", str(tmp_path / "r18.pth"), "--backbone", "resnet18", "--epochs", "1",
+                      "--cached-features", "--device", "cpu", "--out", str(tmp_path / "p.json"), *DATA]) == 0
+    res = json.loads((tmp_path / "p.json").read_text())
+    res = res[-1] if isinstance(res, list) else res
+    assert res["feature_dim"] == 512 and 0 <= res["top1"] <= 100
