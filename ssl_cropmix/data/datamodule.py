@@ -24,7 +24,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from ssl_cropmix.data import views as V
-from ssl_cropmix.data.datasets import check_max_pixels
+from ssl_cropmix.data.datasets import DEFAULT_MAX_PIXELS, check_max_pixels
 from ssl_cropmix.data.datasets import (
     BadImageWarning,
     ImageFolderDataset,
@@ -139,7 +139,7 @@ class CropMixDataModule(pl.LightningDataModule):
         drop_last: bool = True,
         mean: tuple[float, float, float] = V.IMAGENET_MEAN,
         std: tuple[float, float, float] = V.IMAGENET_STD,
-        max_image_pixels: int | None = 89_478_485,
+        max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
