@@ -147,8 +147,9 @@ def to_rgb(img: Image.Image, in_place: bool = False) -> Image.Image:
 def load_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open, fully decode and convert an image file to RGB (:func:`to_rgb`).
 
-    Only regular files are opened (a FIFO named ``x.jpg`` would block ``open`` forever), and
-    the size in the header is checked against ``max_pixels`` before decoding.
+    Only regular files are read (a FIFO named ``x.jpg`` is opened non-blocking and refused;
+    a plain ``open`` would wait forever for a writer), and the size in the header is checked
+    against ``max_pixels`` before decoding.
 
     Raises:
         NotARegularFileError: ``path`` is a FIFO, socket, device, ...
@@ -156,12 +157,24 @@ def load_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXEL
         OSError / ValueError / SyntaxError: whatever PIL raises for unreadable, truncated
             or non-image files (callers map these to :class:`BadImageError`).
     """
-    st = os.stat(path)  # follows symlinks; a dangling one raises FileNotFoundError
-    if not stat.S_ISREG(st.st_mode):
-        raise NotARegularFileError(f"not a regular file (mode {stat.filemode(st.st_mode)})")
-    with open(path, "rb") as f:
-        with warnings.catch_warnings():  # the size is checked below, against our own limit
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer; the fstat
+    # then refuses it (for regular files the flag changes nothing)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFileError(f"not a regular file (mode {stat.filemode(st.st_mode)})")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        pil_max = Image.MAX_IMAGE_PIXELS
+        if pil_max is not None and (max_pixels is None or max_pixels > pil_max):
+            with warnings.catch_warnings():  # our limit is above PIL's: its warning would be spurious
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(f)
+        else:  # PIL warns only about images that are refused just below
             img = Image.open(f)
         w, h = img.size
         if max_pixels is not None and w * h > max_pixels:
@@ -172,7 +185,10 @@ def load_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXEL
         return to_rgb(img, in_place=True)  # freshly decoded: ours to rotate
 
 
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError)
+_DECODE_ERRORS = (
+    OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
+    Image.DecompressionBombWarning,  # raised when warnings are errors (-W error)
+)
 
 
 # --------------------------------------------------------------------------- sources
