@@ -111,7 +111,8 @@ def check_class_path(
         f"refusing to build class {class_path!r} named by checkpoint {str(source)!r}: only this "
         f"package's LightningModules ({', '.join(sorted(c.rpartition('.')[2] for c in TRUSTED_CLASS_PATHS))}, "
         "ssl_cropmix.evaluation modules) or a class you name explicitly (model_class= / "
-        "allowed_classes= in Python, --model on the command line) are built from checkpoints; "
+        "allowed_classes= in Python, --model-class for probe/finetune, --model for fit/validate) are "
+        "built from checkpoints; "
         "the class was not imported"
     )
 
