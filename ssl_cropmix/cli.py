@@ -80,7 +80,7 @@ def _make_cli_class():
 
             sub = self.config.get("subcommand")
             ckpt_path = self.config[sub].get("ckpt_path") if sub else None
-            if ckpt_path:
+            if ckpt_path and Path(ckpt_path).is_file():  # not "last" / "best" / remote: as Lightning
                 model = self.config[sub].get("model")
                 check_cli_checkpoint(ckpt_path, model.get("class_path") if hasattr(model, "get") else None)
             super()._parse_ckpt_path()

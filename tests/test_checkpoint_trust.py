@@ -274,3 +274,12 @@ def test_probe_command_takes_a_torchvision_state_dict(tmp_path, monkeypatch):
     res = json.loads((tmp_path / "p.json").read_text())
     res = res[-1] if isinstance(res, list) else res
     assert res["feature_dim"] == 512 and 0 <= res["top1"] <= 100
+
+
+@pytest.mark.slow
+def test_special_ckpt_path_values_pass_through(tmp_path, monkeypatch):
+    """Lightning's "last" / "best" are not files: left to Lightning, as before."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
+    assert _main(["validate", "--config", str(SMOKE), "--ckpt_path", "last", "--trainer.logger=false",
+                  "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false", "--trainer.callbacks=[]"]) == 0
