@@ -2,11 +2,21 @@
 
 Understands Lightning checkpoints of ``MoCoCropMix`` / ``MAECropMix`` / ``CropMixClassifier``
 / any module with a ``backbone`` attribute (``state_dict`` + ``hyper_parameters``), plain
-state dicts, and official MoCo (``module.encoder_q.``) / MAE (``model``) files.
+state dicts (e.g. torchvision's ``resnet18().state_dict()``: classifier keys are dropped)
+and official MoCo (``module.encoder_q.``) / MAE (``model``) files.
+
+**No code from checkpoints.** A checkpoint written through the CLI names its module class
+(``hyper_parameters["_class_path"]``). Every loading path here (and the CLI's ``--ckpt_path``)
+builds only a class in :data:`TRUSTED_CLASS_PATHS`, a LightningModule defined under
+``ssl_cropmix.evaluation``, or a class the caller names explicitly (``model_class=`` /
+``allowed_classes=``, or the CLI's ``--model``). Any other name is refused *before* its
+module is imported, with an error naming the class and the file
+(:class:`UntrustedCheckpointError`).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +26,121 @@ from torch import nn
 #: Key prefixes tried, in order, when the caller gives none.
 PREFIXES = ("backbone.", "module.encoder_q.", "encoder_q.", "module.", "")
 
+#: LightningModules whose checkpoints this package's fits write; rebuilt without asking.
+TRUSTED_CLASS_PATHS: frozenset[str] = frozenset({
+    "ssl_cropmix.methods.moco.MoCoCropMix",
+    "ssl_cropmix.methods.mae.MAECropMix",
+    "ssl_cropmix.methods.classifier.CropMixClassifier",
+})
+#: Modules of this package whose LightningModules are trusted too (evaluation modules).
+TRUSTED_MODULE_PREFIXES: tuple[str, ...] = ("ssl_cropmix.evaluation.",)
+#: Classifier keys of torchvision / timm ResNets, dropped from plain state dicts.
+CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.")
+
+class UntrustedCheckpointError(ValueError):
+    """A checkpoint names a class that is neither this package's nor one the caller allowed."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was written by another module class than the one configured."""
+
+
+def class_path_of(cls: type | str) -> str:
+    """``"module.QualName"`` of a class (strings are returned unchanged)."""
+    if isinstance(cls, str):
+        return cls
+    if not isinstance(cls, type):
+        raise TypeError(f"allowed classes must be classes or 'module.Class' strings, got {cls!r}")
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _resolve_own_class(path: str) -> type | None:
+    """The object ``path`` names when it lies in this package (importing our own modules is
+    safe), else ``None``; nothing outside ``ssl_cropmix`` is ever imported here."""
+    if not path.startswith("ssl_cropmix."):
+        return None
+    import importlib
+
+    mod, _, name = path.rpartition(".")
+    try:
+        obj = getattr(importlib.import_module(mod), name, None)
+    except ImportError:
+        return None
+    return obj if isinstance(obj, type) else None
+
+
+def _is_trusted_package_class(path: str) -> bool:
+    """One of :data:`TRUSTED_CLASS_PATHS` (also under a re-export such as
+    ``ssl_cropmix.MoCoCropMix``), or a LightningModule defined under
+    :data:`TRUSTED_MODULE_PREFIXES`."""
+    if path in TRUSTED_CLASS_PATHS:
+        return True
+    cls = _resolve_own_class(path)
+    if cls is None:
+        return False
+    import pytorch_lightning as pl
+
+    own = class_path_of(cls)
+    return issubclass(cls, pl.LightningModule) and (
+        own in TRUSTED_CLASS_PATHS or own.startswith(TRUSTED_MODULE_PREFIXES)
+    )
+
+
+def check_class_path(
+    class_path: Any, source: str | Path, allowed_classes: Any = (),
+) -> str | None:
+    """Validate the class a checkpoint names, without importing anything untrusted.
+
+    Args:
+        class_path: ``hyper_parameters["_class_path"]`` (``None``: nothing to check).
+        source: the file, for the message.
+        allowed_classes: classes (or ``"module.Class"`` strings) the caller names explicitly.
+
+    Returns:
+        ``class_path`` when it is trusted (``None`` when it was ``None``).
+
+    Raises:
+        UntrustedCheckpointError: any other name (the module is not imported).
+    """
+    if class_path is None:
+        return None
+    allowed = {class_path_of(c) for c in (allowed_classes or ())}
+    if isinstance(class_path, str) and (class_path in allowed or _is_trusted_package_class(class_path)):
+        return class_path
+    raise UntrustedCheckpointError(
+        f"refusing to build class {class_path!r} named by checkpoint {str(source)!r}: only this "
+        f"package's LightningModules ({', '.join(sorted(c.rpartition('.')[2] for c in TRUSTED_CLASS_PATHS))}, "
+        "ssl_cropmix.evaluation modules) or a class you name explicitly (model_class= / "
+        "allowed_classes= in Python, --model-class for probe/finetune, --model for fit/validate) are "
+        "built from checkpoints; "
+        "the class was not imported"
+    )
+
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """``torch.load(path, map_location="cpu", weights_only=True)`` with a clear error.
 
     Raises:
         FileNotFoundError: missing file.
+        ValueError: empty (0-byte), truncated or non-torch file (the message names it).
         RuntimeError: the file holds objects the safe unpickler refuses.
     """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"ckpt_path does not exist: {str(p)!r}")
+    if p.stat().st_size == 0:
+        raise ValueError(f"checkpoint {str(p)!r} is empty (0 bytes): an interrupted save? Use another checkpoint")
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError and friends
-        raise RuntimeError(
-            f"could not load {str(p)!r} with torch.load(weights_only=True) (arbitrary pickles are "
-            f"never executed); save weights with plain types / tensors. Cause: {e}"
+    except Exception as e:  # pickle.UnpicklingError, EOFError, zip-reader RuntimeError ...
+        if "weights only load failed" in str(e).lower():
+            raise RuntimeError(
+                f"could not load {str(p)!r} with torch.load(weights_only=True) (arbitrary pickles are "
+                f"never executed); save weights with plain types / tensors. Cause: {e}"
+            ) from e
+        raise ValueError(
+            f"checkpoint {str(p)!r} is truncated or not a torch checkpoint "
+            f"({p.stat().st_size} bytes; {type(e).__name__}: {e})"
         ) from e
 
 
@@ -56,17 +164,42 @@ def strip_prefix(state: dict[str, torch.Tensor], prefix: str | None = None) -> d
     raise KeyError(f"no state-dict key starts with prefix={prefix!r}; first keys: {list(state)[:5]}")
 
 
+class DroppedKeysWarning(UserWarning):
+    """Classifier weights of a plain state dict were not loaded into a backbone."""
+
+
+def _match_backbone_keys(
+    state: dict[str, torch.Tensor], own: set[str], strict: bool
+) -> tuple[dict[str, torch.Tensor], list[str]] | None:
+    """The first ``PREFIXES`` candidate whose keys fit ``own``, and the classifier keys dropped."""
+    for pre in PREFIXES:
+        cand = {k[len(pre) :]: v for k, v in state.items() if k.startswith(pre)}
+        if not cand:
+            continue
+        if set(cand) == own or (not strict and set(cand) & own):
+            return cand, []
+        extra = sorted(set(cand) - own)
+        if extra and all(k.startswith(CLASSIFIER_PREFIXES) for k in extra):
+            kept = {k: v for k, v in cand.items() if k in own}
+            if set(kept) == own:  # e.g. torchvision's resnet18().state_dict(): only fc.* left over
+                return kept, extra
+    return None
+
+
 def load_backbone(
     ckpt_path: str | Path,
     backbone: nn.Module | str | None = None,
     prefix: str | None = None,
     small_image: bool | None = None,
     strict: bool = True,
+    allowed_classes: Any = (),
 ) -> nn.Module:
     """The backbone stored in ``ckpt_path``, weights loaded, on CPU, in eval mode.
 
     Args:
-        ckpt_path: checkpoint file.
+        ckpt_path: checkpoint file (Lightning checkpoint, or a plain state dict such as
+            torchvision's ``resnet18().state_dict()``: its classifier keys ``fc.*`` /
+            ``head.*`` / ``classifier.*`` are dropped with a :class:`DroppedKeysWarning`).
         backbone: the architecture: a module (filled in place), a ``build_backbone`` name,
             or ``None`` to use the checkpoint's ``hyper_parameters["backbone"]`` name
             (MoCoCropMix / CropMixClassifier checkpoints). MAE checkpoints need the module
@@ -74,12 +207,17 @@ def load_backbone(
         prefix: state-dict prefix of the backbone (default: try ``PREFIXES``).
         small_image: CIFAR stem for named ResNets; ``None`` reads the hyper-parameters.
         strict: as in ``nn.Module.load_state_dict``.
+        allowed_classes: classes besides this package's that the checkpoint may name
+            (:func:`check_class_path`).
 
     Raises:
         ValueError: ``backbone`` is ``None`` and the checkpoint does not name one.
+        UntrustedCheckpointError: the checkpoint names a class that is not trusted.
     """
     ckpt = load_checkpoint(ckpt_path)
     hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    hp = hp if isinstance(hp, dict) else {}
+    check_class_path(hp.get("_class_path"), ckpt_path, allowed_classes)
     if backbone is None:
         backbone = hp.get("backbone")
         if not isinstance(backbone, str):
@@ -97,41 +235,182 @@ def load_backbone(
     state = _state_dict_of(ckpt)
     own = set(backbone.state_dict())
     if prefix is None:  # the first prefix whose stripped keys match the architecture
-        for pre in PREFIXES:
-            cand = {k[len(pre) :]: v for k, v in state.items() if k.startswith(pre)}
-            if cand and (set(cand) == own or (not strict and set(cand) & own)):
-                backbone.load_state_dict(cand, strict=strict)
-                return backbone.eval()
+        found = _match_backbone_keys(state, own, strict)
+        if found is not None:
+            cand, dropped = found
+            if dropped:
+                warnings.warn(
+                    f"{str(ckpt_path)!r}: not loading the classifier weights {', '.join(dropped[:4])}"
+                    f"{' ...' if len(dropped) > 4 else ''} into the backbone (it has no classifier)",
+                    DroppedKeysWarning,
+                    stacklevel=2,
+                )
+            backbone.load_state_dict(cand, strict=strict)
+            return backbone.eval()
     backbone.load_state_dict(strip_prefix(state, prefix), strict=strict)
     return backbone.eval()
 
 
-def load_module(ckpt_path: str | Path, backbone: str | None = None) -> nn.Module:
+def load_module(
+    ckpt_path: str | Path,
+    backbone: str | None = None,
+    model_class: type | str | None = None,
+    allowed_classes: Any = (),
+) -> nn.Module:
     """An ``nn.Module`` with a ``backbone`` attribute holding the checkpoint's weights.
 
     Lightning checkpoints written through the CLI record the module's class
     (``hyper_parameters["_class_path"]``): the module is rebuilt from its hyper-parameters and
-    its whole state dict loaded (works for MoCo, MAE, the classifier and users' modules).
-    Otherwise :func:`load_backbone` builds the backbone by name.
-    Loading always uses ``torch.load(weights_only=True)``.
+    its whole state dict loaded (MoCo, MAE, the classifier, evaluation modules, and users'
+    modules when named by ``model_class`` / ``allowed_classes``). Otherwise
+    :func:`load_backbone` builds the backbone by name.
+    Loading always uses ``torch.load(weights_only=True)``, and no class outside the trusted
+    set is imported (:func:`check_class_path`).
+
+    Args:
+        ckpt_path: checkpoint file.
+        backbone: a ``build_backbone`` name: load only the backbone, by name.
+        model_class: the LightningModule class to rebuild (a class, or a ``"module.Class"``
+            string, which is then imported: you name it, so you trust it); overrides the
+            checkpoint's ``_class_path``.
+        allowed_classes: further classes the checkpoint's ``_class_path`` may name.
+
+    Raises:
+        UntrustedCheckpointError: the checkpoint names a class that is not trusted.
     """
     import importlib
     import inspect
 
     ckpt = load_checkpoint(ckpt_path)
-    hp = dict(ckpt.get("hyper_parameters") or {}) if isinstance(ckpt, dict) else {}
-    class_path = hp.get("_class_path")
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    hp = dict(hp) if isinstance(hp, dict) else {}
+    allowed = list(allowed_classes or ()) + ([model_class] if model_class is not None else [])
+    class_path = check_class_path(hp.get("_class_path"), ckpt_path, allowed)
+    if model_class is not None:
+        class_path = class_path_of(model_class)
     if backbone is None and class_path is None and "model_name" in hp:
         class_path = "ssl_cropmix.methods.mae.MAECropMix"  # MAE checkpoints made from Python
     if backbone is None and class_path:
-        mod, _, name = class_path.rpartition(".")
-        cls = getattr(importlib.import_module(mod), name)
+        if isinstance(model_class, type):
+            cls = model_class
+        else:
+            mod, _, name = class_path.rpartition(".")
+            cls = getattr(importlib.import_module(mod), name)
         params = inspect.signature(cls.__init__).parameters
         module = cls(**{k: v for k, v in hp.items() if k in params and not k.startswith("_")})
+        if not isinstance(ckpt.get("state_dict"), dict):
+            raise ValueError(f"{str(ckpt_path)!r} has no 'state_dict' to load into {class_path}")
         module.load_state_dict(ckpt["state_dict"])  # strict: a partial load must not pass silently
         if not isinstance(getattr(module, "backbone", None), nn.Module):
             raise TypeError(f"{class_path} has no `backbone` module to evaluate")
         return module.eval()
     holder = nn.Module()
-    holder.backbone = load_backbone(ckpt_path, backbone)
+    holder.backbone = load_backbone(ckpt_path, backbone, allowed_classes=allowed)
     return holder.eval()
+
+
+def _same_own_class(ckpt_class: Any, configured: type | str) -> bool:
+    """Whether two names of this package resolve to one class (``ssl_cropmix.MoCoCropMix``
+    and ``ssl_cropmix.methods.moco.MoCoCropMix``); foreign names are never imported."""
+    if not isinstance(ckpt_class, str):
+        return False
+    a = _resolve_own_class(ckpt_class)
+    b = configured if isinstance(configured, type) else _resolve_own_class(configured)
+    return a is not None and a is b
+
+
+def _foreign_hparams(hp: dict[str, Any], configured: type | str) -> list[str]:
+    """Checkpoint hyper-parameters the configured model class does not take (a checkpoint
+    saved from Python by another model records no ``_class_path``)."""
+    import importlib
+    import inspect
+
+    cls = configured
+    if isinstance(configured, str):  # the user's own config named it: importing it is theirs
+        mod, _, name = configured.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(mod), name)
+        except (ImportError, AttributeError):
+            return []
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    return sorted(k for k in hp if not k.startswith("_") and k not in params)
+
+
+def check_cli_checkpoint(ckpt_path: str | Path, configured_class: type | str | None) -> dict[str, Any]:
+    """Checks on a ``fit/validate/test --ckpt_path`` file before LightningCLI reads it.
+
+    LightningCLI merges the checkpoint's ``hyper_parameters`` into the config, and its
+    ``_class_path`` would switch the model class. Here the file must be a Lightning
+    checkpoint, and the class it names must be the configured model's (``--model``, which
+    the user named) or, with no model configured, one of this package's.
+
+    Args:
+        ckpt_path: the ``--ckpt_path`` file.
+        configured_class: the config's ``model.class_path`` (``None``: none configured).
+
+    Returns:
+        The loaded checkpoint.
+
+    Raises:
+        ValueError: empty / truncated file, or not a Lightning checkpoint (a plain state dict:
+            use ``load_backbone`` / ``probe --backbone``).
+        CheckpointMismatchError: the checkpoint was written by another class than the configured one.
+        UntrustedCheckpointError: no model configured and the class is not this package's.
+    """
+    ckpt = load_checkpoint(ckpt_path)
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    ckpt_class = hp.get("_class_path") if isinstance(hp, dict) else None
+    if ckpt_class is not None:  # the class first: never let a foreign name through, whatever else
+        if configured_class is None:
+            check_class_path(ckpt_class, ckpt_path)
+        elif ckpt_class != class_path_of(configured_class) and not _same_own_class(ckpt_class, configured_class):
+            raise CheckpointMismatchError(
+                f"checkpoint {str(ckpt_path)!r} was written by {ckpt_class!r} but the configured model is "
+                f"{class_path_of(configured_class)!r}; refusing to switch the model class (use the config "
+                "that wrote the checkpoint, or set --model to the checkpoint's class)"
+            )
+    if not isinstance(ckpt, dict) or "pytorch-lightning_version" not in ckpt or not isinstance(
+        ckpt.get("state_dict"), dict
+    ):
+        keys = list(ckpt)[:4] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(
+            f"{str(ckpt_path)!r} is not a Lightning checkpoint (no 'pytorch-lightning_version' / "
+            f"'state_dict'; first keys: {keys}), so it cannot be resumed or validated with "
+            "--ckpt_path; for a plain state dict of backbone weights use "
+            "ssl_cropmix.checkpoints.load_backbone(path, name) or `ssl-cropmix probe --ckpt PATH --backbone NAME`"
+        )
+    if ckpt_class is None and configured_class is not None and isinstance(hp, dict):
+        extra = _foreign_hparams(hp, configured_class)
+        if extra:
+            raise CheckpointMismatchError(
+                f"checkpoint {str(ckpt_path)!r} holds hyper-parameters {extra[:6]} that the configured model "
+                f"{class_path_of(configured_class)!r} does not take: it was written by another model class; "
+                "use the config that wrote it"
+            )
+    return ckpt
+
+
+class NonFiniteCheckpointError(FloatingPointError):
+    """A checkpoint would hold NaN / inf weights; it is not written."""
+
+
+def check_finite_state(state: dict[str, Any], step: int | None = None, owner: str = "model") -> None:
+    """Refuse to save weights that are not finite (called from the methods' ``on_save_checkpoint``).
+
+    Raises:
+        NonFiniteCheckpointError: names the step and the first tensors holding NaN / inf;
+            raised before anything is written, so the last good checkpoint stays the last one.
+    """
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteCheckpointError(
+            f"{owner}: refusing to save a checkpoint at global step {step}: non-finite (NaN/inf) values in "
+            f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} ({len(bad)} tensors); the training "
+            "diverged (lower the learning rate); earlier checkpoints are kept"
+        )

@@ -73,6 +73,18 @@ def _make_cli_class():
                 "(default: the first config file's stem).",
             )
 
+        def _parse_ckpt_path(self) -> None:
+            """Refuse foreign / untrusted ``--ckpt_path`` files (``checkpoints.check_cli_checkpoint``)
+            before LightningCLI merges their hyper-parameters (and ``_class_path``) into the config."""
+            from ssl_cropmix.checkpoints import check_cli_checkpoint
+
+            sub = self.config.get("subcommand")
+            ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+            if ckpt_path and Path(ckpt_path).is_file():  # not "last" / "best" / remote: as Lightning
+                model = self.config[sub].get("model")
+                check_cli_checkpoint(ckpt_path, model.get("class_path") if hasattr(model, "get") else None)
+            super()._parse_ckpt_path()
+
         def before_instantiate_classes(self) -> None:
             sub = self.config.get("subcommand")
             cfg = self.config.get(sub) if sub else self.config

@@ -27,6 +27,10 @@ def run(cmd: str, argv: list[str]) -> int:
 
 
 # ---------------------------------------------------------------------------- helpers
+_MODEL_CLASS_HELP = ("module.Class of your own LightningModule to rebuild from the checkpoint (only this "
+                     "package's classes are built from a checkpoint's own record)")
+
+
 def _data_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("labelled data (CropMixDataModule arguments)")
     g.add_argument("--data-dir", default=None, help="ImageFolder root with train/ and val/, or the "
@@ -61,6 +65,7 @@ def _probe(argv: list[str]) -> int:
                                 description="Linear probe of a pretrained backbone (frozen, eval mode).")
     p.add_argument("--ckpt", required=True, help="MoCo / MAE / Lightning checkpoint or state dict")
     p.add_argument("--backbone", default=None, help="architecture name when the checkpoint names none")
+    p.add_argument("--model-class", default=None, help=_MODEL_CLASS_HELP)
     p.add_argument("--preset", default="moco", choices=["moco", "mae"])
     p.add_argument("--epochs", type=int, default=None, help="override the preset's 90 epochs")
     p.add_argument("--cached-features", action="store_true",
@@ -71,7 +76,7 @@ def _probe(argv: list[str]) -> int:
     a = p.parse_args(argv)
     from ssl_cropmix.callbacks.linear_probe import LinearProbe
 
-    module = load_module(a.ckpt, a.backbone).to(a.device)
+    module = load_module(a.ckpt, a.backbone, model_class=a.model_class).to(a.device)
     dm = _datamodule(a)
     dm.setup("fit")
     res = LinearProbe(preset=a.preset, epochs=a.epochs, cached_features=a.cached_features, provider=dm,
@@ -85,6 +90,7 @@ def _finetune(argv: list[str]) -> int:
                                 description="Semi-supervised fine-tuning (1 % / 10 % labels).")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--backbone", default=None)
+    p.add_argument("--model-class", default=None, help=_MODEL_CLASS_HELP)
     p.add_argument("--preset", default="10pct", choices=["10pct", "1pct"])
     p.add_argument("--subset-file", default=None, help="SimCLR list file (1percent.txt / 10percent.txt)")
     p.add_argument("--epochs", type=int, default=None)
@@ -99,7 +105,7 @@ def _finetune(argv: list[str]) -> int:
         over["epochs"] = a.epochs
     if a.subset_file is not None:
         over["subset_file"] = a.subset_file
-    module = load_module(a.ckpt, a.backbone).to(a.device)  # the checkpoint is read once
+    module = load_module(a.ckpt, a.backbone, model_class=a.model_class).to(a.device)  # read once
     dm = _datamodule(a)
     dm.setup("fit")
     res = SemiSupervisedFineTune(a.preset, provider=dm, **over).run(None, module)

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ssl_cropmix.checkpoints import _state_dict_of, load_checkpoint, strip_prefix
+from ssl_cropmix.checkpoints import _state_dict_of, check_class_path, load_checkpoint, strip_prefix
 
 
 def _hparams_of(obj: Any) -> dict[str, Any]:
@@ -70,6 +70,7 @@ def export_backbone(module_or_ckpt_path: nn.Module | str | Path, out_path: str |
             raise ValueError(f"module_or_ckpt_path {str(module_or_ckpt_path)!r} is not a checkpoint dict")
         state = _state_dict_of(ckpt)
         hparams = _hparams_of(ckpt)
+        check_class_path(hparams.get("_class_path"), module_or_ckpt_path)  # same trust rule as loading
         source = str(module_or_ckpt_path)
     else:
         raise TypeError(

@@ -108,6 +108,9 @@ class KNNMonitor(pl.Callback):
         """Evaluate and log every ``every_n_epochs`` epochs."""
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        acc = self.evaluate(pl_module, trainer)
+        from pytorch_lightning.utilities.seed import isolate_rng
+
+        with isolate_rng():  # its loaders draw seeds: keep the training RNG stream (exact resume)
+            acc = self.evaluate(pl_module, trainer)
         self.history.append((trainer.current_epoch, acc))
         pl_module.log(self.name, acc, rank_zero_only=True, prog_bar=True)

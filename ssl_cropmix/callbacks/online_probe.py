@@ -3,6 +3,7 @@ the backbone (the "online linear evaluation" of solo-learn / lightly benchmarks)
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -47,6 +48,10 @@ class OnlineLinearProbe(pl.Callback):
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
         top_k: the second accuracy reported (5); clipped to ``num_classes``.
+        seed: seeds the head's own ``torch.Generator`` (nn.Linear's default init drawn from
+            it). The head is built on the first features seen (their width and device), and
+            building it never draws from the global RNG, so a run resumed from a checkpoint
+            (which restores that stream) continues exactly as the uninterrupted one.
 
     Shape:
         features ``(B, D)`` -> logits ``(B, num_classes)``.
@@ -59,6 +64,7 @@ class OnlineLinearProbe(pl.Callback):
         momentum: float = 0.9,
         weight_decay: float = 0.0,
         top_k: int = 5,
+        seed: int = 0,
     ) -> None:
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
             raise ValueError(f"num_classes must be an int >= 2 or None, got {num_classes!r}")
@@ -71,6 +77,9 @@ class OnlineLinearProbe(pl.Callback):
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.top_k = top_k
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        self.seed = seed
         self.head: nn.Linear | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -93,7 +102,7 @@ class OnlineLinearProbe(pl.Callback):
         restoring a checkpointed state if one is pending."""
         if self.head is None:
             assert self.num_classes is not None
-            self.head = nn.Linear(feats.shape[1], self.num_classes).to(feats.device)
+            self.head = self._new_head(feats.shape[1], self.num_classes).to(feats.device)
             self.optimizer = torch.optim.SGD(
                 self.head.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
             )
@@ -102,6 +111,17 @@ class OnlineLinearProbe(pl.Callback):
                 self._pending_state = None
         self._to_device(feats.device)
         return self.head
+
+    def _new_head(self, in_features: int, out_features: int) -> nn.Linear:
+        """``nn.Linear`` with its default init drawn from a generator seeded with ``seed``
+        (the global RNG stream is left untouched)."""
+        head = torch.nn.utils.skip_init(nn.Linear, in_features, out_features)  # no RNG draw
+        g = torch.Generator().manual_seed(self.seed)
+        with torch.no_grad():  # nn.Linear.reset_parameters, with our generator
+            nn.init.kaiming_uniform_(head.weight, a=math.sqrt(5), generator=g)
+            bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
+            nn.init.uniform_(head.bias, -bound, bound, generator=g)
+        return head
 
     def _to_device(self, device: torch.device) -> None:
         assert self.head is not None and self.optimizer is not None

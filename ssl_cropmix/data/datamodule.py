@@ -24,6 +24,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from ssl_cropmix.data import views as V
+from ssl_cropmix.data.datasets import DEFAULT_MAX_PIXELS, check_max_pixels
 from ssl_cropmix.data.datasets import (
     BadImageWarning,
     ImageFolderDataset,
@@ -50,10 +51,16 @@ def _check_one_subset(label_fraction: float | None, subset_file: str | None) -> 
         )
 
 
+#: Smallest ``image_size`` accepted (see ``CropMixDataModule``).
+MIN_IMAGE_SIZE = 8
+
+
 def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return value
+    return int(value)
 
 
 class CropMixDataModule(pl.LightningDataModule):
@@ -82,7 +89,9 @@ class CropMixDataModule(pl.LightningDataModule):
             (see :func:`~ssl_cropmix.data.views.moco_query`); Python callers may pass a
             transform.
         mae_view: ``"rrc"``, ``"cropmix_mixup"`` or ``"cropmix_cutmix"``.
-        image_size: output side of every view.
+        image_size: output side of every view, at least :data:`MIN_IMAGE_SIZE` (8 px: below
+            that 2-4 crops of distinct scales are the same few pixels, and a ResNet's
+            stride-2 stages or a ViT's patches leave nothing to learn from).
         small_image: small-image (CIFAR) variants: no blur in MoCo views, no centre crop in
             evaluation. ``None``: ``image_size <= 64``.
         batch_size: batch size of every loader (callbacks may ask for another).
@@ -98,6 +107,9 @@ class CropMixDataModule(pl.LightningDataModule):
         persistent_workers: keep training / val workers alive between epochs.
         drop_last: drop the last incomplete training batch (pretraining loader only).
         mean, std: normalisation statistics (ImageNet's by default).
+        max_image_pixels: folder images whose header claims more pixels (width x height) are
+            skipped (or raise) without being decoded; ``None``: no limit of ours. Default
+            ``datasets.DEFAULT_MAX_PIXELS`` (89.5 Mpx, PIL's warning threshold).
 
     Raises:
         ValueError: invalid argument values (the message names the argument and value).
@@ -127,6 +139,7 @@ class CropMixDataModule(pl.LightningDataModule):
         drop_last: bool = True,
         mean: tuple[float, float, float] = V.IMAGENET_MEAN,
         std: tuple[float, float, float] = V.IMAGENET_STD,
+        max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -154,7 +167,7 @@ class CropMixDataModule(pl.LightningDataModule):
         self.views = views
         self.query = query
         self.mae_view = mae_view
-        self.image_size = _check_int("image_size", image_size, 1)
+        self.image_size = _check_int("image_size", image_size, MIN_IMAGE_SIZE)
         self.small_image = image_size <= V.SMALL_IMAGE_MAX if small_image is None else bool(small_image)
         self.batch_size = _check_int("batch_size", batch_size, 1)
         self.val_batch_size = _check_int("val_batch_size", val_batch_size or batch_size, 1)
@@ -163,6 +176,7 @@ class CropMixDataModule(pl.LightningDataModule):
         self.subset_file = subset_file
         self.fraction_seed = int(fraction_seed)
         self.on_bad_image = on_bad_image
+        self.max_image_pixels = check_max_pixels(max_image_pixels)
         self.download = bool(download)
         self.pin_memory = pin_memory
         self.persistent_workers = bool(persistent_workers)
@@ -291,7 +305,9 @@ class CropMixDataModule(pl.LightningDataModule):
         """The (cached) un-transformed dataset of ``split``: ``load(i) -> (PIL RGB, label)``."""
         if split not in self._sources:
             if self.dataset in ("folder", "demo"):
-                self._sources[split] = ImageFolderDataset(self._split_root(split), on_bad_image=self.on_bad_image)
+                self._sources[split] = ImageFolderDataset(
+                    self._split_root(split), on_bad_image=self.on_bad_image, max_pixels=self.max_image_pixels
+                )
             else:
                 self._sources[split] = TorchvisionSource(self._torchvision(split))
         return self._sources[split]
@@ -417,7 +433,8 @@ class CropMixDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ bad images
     @property
     def bad_image_count(self) -> int:
-        """Skipped-image events so far, over every split and worker process."""
+        """Skips so far, over every split and worker process (each unreadable file once per
+        pass over a loader; see ``datasets._Source.skipped``)."""
         return sum(s.skipped for s in self._sources.values())
 
     @property

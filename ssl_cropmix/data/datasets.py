@@ -10,13 +10,39 @@ image at all) is either skipped, with a :class:`BadImageWarning` naming it once,
 :class:`BadImageError`, as the user chose with ``on_bad_image``. Skips are counted in shared
 memory, so counts made inside DataLoader worker processes are visible in the main process
 (:attr:`ImageFolderDataset.skipped`, read each epoch by
-:class:`ssl_cropmix.data.datamodule.BadImageCounter`).
+:class:`ssl_cropmix.data.datamodule.BadImageCounter`). A skip is counted when the file's own
+index is requested (once per file per pass over the data), not when it is met again while
+looking for a replacement, so the count is a number of files.
+
+What each kind of input becomes (``on_bad_image="skip"``; ``"raise"`` raises
+:class:`BadImageError` naming the file instead of every skip):
+
+=============================================  ===============================================
+input                                          behaviour
+=============================================  ===============================================
+``L``, ``1``, ``P``, ``CMYK``, ``YCbCr``        converted to RGB (PIL ``convert``)
+``RGBA``, ``LA``, ``PA``, ``P`` + transparency  composited onto :data:`ALPHA_BACKGROUND`
+``I;16*`` / ``I``                              scaled ``v / 257`` to 8 bit, then RGB
+``F`` (float)                                  [0, 1] if its max <= 1, else [0, 255]; RGB
+EXIF orientation                               applied (upright)
+WebP, progressive JPEG, upper-case extension    read like any other image
+1x1, 3x2000 ...                                read (the views resize them)
+zero-byte, truncated, random bytes, text        named, counted skip (decode error)
+more than ``max_pixels`` pixels (header)        named, counted skip, never decoded
+FIFO, socket, device named ``*.jpg``            named, counted skip (not a regular file;
+                                               never opened, so never blocks)
+dangling symlink                                named, counted skip (file not found)
+directory named ``x.jpg``                       a folder: walked, not a sample
+directory symlink loop / link to a scanned dir  not followed twice; one warning names it
+hidden files, other extensions                  ignored with one warning listing them
+=============================================  ===============================================
 """
 
 from __future__ import annotations
 
 import math
 import os
+import stat
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +56,11 @@ from torch.utils.data import Dataset
 IMG_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif",
 )
+#: Default pixel limit (width x height) of one image: PIL's own ``Image.MAX_IMAGE_PIXELS``
+#: warning threshold, 89.5 Mpx (a 9459 x 9459 image; ~0.27 GB as RGB). Files above it are
+#: skipped from their header, before any decoding (a 140 KB PNG can claim 12000 x 12000).
+#: Raise it with ``max_pixels=`` (PIL itself still refuses more than twice its own limit).
+DEFAULT_MAX_PIXELS: int = 89_478_485
 #: Colour that transparent pixels (RGBA, LA, palette with transparency) are composited onto.
 ALPHA_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
 BadImagePolicy = Literal["skip", "raise"]
@@ -41,6 +72,25 @@ class BadImageWarning(UserWarning):
 
 class BadImageError(OSError):
     """A file in the dataset could not be read as an image (``on_bad_image="raise"``)."""
+
+
+class ImageTooLargeError(ValueError):
+    """An image's header claims more pixels than the limit; it is not decoded."""
+
+
+class NotARegularFileError(OSError):
+    """A path with an image extension is not a regular file (FIFO, socket, device ...)."""
+
+
+def check_max_pixels(max_pixels: Any) -> int | None:
+    """Validate a pixel limit: a positive int, or ``None`` (no limit of ours)."""
+    import numbers
+
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
+    return int(max_pixels)
 
 
 def _check_policy(on_bad_image: str) -> None:
@@ -94,20 +144,51 @@ def to_rgb(img: Image.Image, in_place: bool = False) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
+def load_rgb(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open, fully decode and convert an image file to RGB (:func:`to_rgb`).
 
+    Only regular files are read (a FIFO named ``x.jpg`` is opened non-blocking and refused;
+    a plain ``open`` would wait forever for a writer), and the size in the header is checked
+    against ``max_pixels`` before decoding.
+
     Raises:
+        NotARegularFileError: ``path`` is a FIFO, socket, device, ...
+        ImageTooLargeError: width x height > ``max_pixels``.
         OSError / ValueError / SyntaxError: whatever PIL raises for unreadable, truncated
             or non-image files (callers map these to :class:`BadImageError`).
     """
-    with open(path, "rb") as f:
-        img = Image.open(f)
+    # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer; the fstat
+    # then refuses it (for regular files the flag changes nothing)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFileError(f"not a regular file (mode {stat.filemode(st.st_mode)})")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        pil_max = Image.MAX_IMAGE_PIXELS
+        if pil_max is not None and (max_pixels is None or max_pixels > pil_max):
+            with warnings.catch_warnings():  # our limit is above PIL's: its warning would be spurious
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(f)
+        else:  # PIL warns only about images that are refused just below
+            img = Image.open(f)
+        w, h = img.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise ImageTooLargeError(
+                f"{w}x{h} = {w * h} pixels ({w * h / 1e6:.1f} Mpx) is above max_pixels={max_pixels} (not decoded)"
+            )
         img.load()  # decode now, inside the caller's error handling (truncated files raise)
         return to_rgb(img, in_place=True)  # freshly decoded: ours to rotate
 
 
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError, EOFError)
+_DECODE_ERRORS = (
+    OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
+    Image.DecompressionBombWarning,  # raised when warnings are errors (-W error)
+)
 
 
 # --------------------------------------------------------------------------- sources
@@ -119,9 +200,12 @@ class _Source:
     on_bad_image: str
 
     def _init_counters(self, n: int) -> None:
-        # Per-sample skip counts in shared memory: each index is loaded by one worker per
-        # epoch, so increments do not race, and the main process sees the workers' counts.
+        # Per-sample skip counts in shared memory: a count is only incremented when the
+        # sample's own index is requested, which one worker does once per epoch, so
+        # increments do not race, and the main process sees the workers' counts. ``_bad``
+        # marks files known unreadable (also when met as a replacement): idempotent writes.
         self._skips = torch.zeros(max(n, 1), dtype=torch.int32).share_memory_()
+        self._bad = torch.zeros(max(n, 1), dtype=torch.uint8).share_memory_()
 
     def _skip_counts(self) -> np.ndarray:
         """NumPy view of the shared counts, made once per process: indexing the tensor costs
@@ -131,9 +215,16 @@ class _Source:
             view = self._skips_np = self._skips.numpy()
         return view
 
+    def _bad_flags(self) -> np.ndarray:
+        view = self.__dict__.get("_bad_np")
+        if view is None:
+            view = self._bad_np = self._bad.numpy()
+        return view
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("_skips_np", None)  # would pickle as a copy; workers rebuild it from _skips
+        state.pop("_bad_np", None)
         return state
 
     def __len__(self) -> int:
@@ -145,18 +236,19 @@ class _Source:
 
     @property
     def skipped(self) -> int:
-        """Total number of skip events so far (all processes, all epochs)."""
+        """Skips so far (all processes, all epochs): each unreadable file counts once per
+        request of its own index (once per pass over the data)."""
         return int(self._skips.sum())
 
     @property
     def bad_files(self) -> list[str]:
-        """Names of the files found unreadable so far."""
+        """Names of the files found unreadable so far (each once)."""
         return [self.describe(i) for i in torch.nonzero(self._skips).flatten().tolist()]
 
     def describe(self, index: int) -> str:
         return f"{type(self).__name__}[{index}]"
 
-    def load(self, index: int) -> tuple[Image.Image, int] | None:  # pragma: no cover
+    def load(self, index: int, direct: bool = True) -> tuple[Image.Image, int] | None:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -174,10 +266,13 @@ class ImageFolderDataset(_Source, Dataset):
         on_bad_image: ``"skip"`` (warn once naming the file, count the skip, return the
             next readable sample of the same dataset) or ``"raise"`` (:class:`BadImageError`).
         extensions: accepted (lower-case) file extensions.
+        max_pixels: images whose header claims more pixels are skipped (or raise) without
+            being decoded; ``None``: no limit of ours (:data:`DEFAULT_MAX_PIXELS`).
 
     Raises:
         FileNotFoundError: ``root`` missing, no class directories, or classes without images
             (the message lists them).
+        ValueError: ``max_pixels`` not a positive int or None.
     """
 
     def __init__(
@@ -186,18 +281,29 @@ class ImageFolderDataset(_Source, Dataset):
         transform: Callable[[Image.Image], Any] | None = None,
         on_bad_image: BadImagePolicy = "skip",
         extensions: Sequence[str] = IMG_EXTENSIONS,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         _check_policy(on_bad_image)
+        self.max_pixels = check_max_pixels(max_pixels)
         self.root = Path(root)
         self.transform = transform
         self.on_bad_image = on_bad_image
-        self.classes, self.samples, ignored = scan_image_folder(self.root, extensions)
+        self.classes, self.samples, ignored, revisits = scan_image_folder(self.root, extensions, report_links=True)
         self.targets = [t for _, t in self.samples]
         self.ignored_files = ignored
+        self.revisited_dirs = revisits
         if ignored:
             shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
             warnings.warn(
                 f"{len(ignored)} non-image file(s) ignored under {str(self.root)!r}: {shown}",
+                BadImageWarning,
+                stacklevel=2,
+            )
+        if revisits:
+            shown = ", ".join(revisits[:5]) + (" ..." if len(revisits) > 5 else "")
+            warnings.warn(
+                f"{len(revisits)} directory link(s) under {str(self.root)!r} lead to a folder already "
+                f"scanned (symlink loop or duplicate) and were not followed: {shown}",
                 BadImageWarning,
                 stacklevel=2,
             )
@@ -206,24 +312,33 @@ class ImageFolderDataset(_Source, Dataset):
     def describe(self, index: int) -> str:
         return self.samples[index][0]
 
-    def load(self, index: int) -> tuple[Image.Image, int] | None:
-        """Decode sample ``index``; ``None`` when it is unreadable and the policy is "skip"."""
+    def load(self, index: int, direct: bool = True) -> tuple[Image.Image, int] | None:
+        """Decode sample ``index``; ``None`` when it is unreadable and the policy is "skip".
+
+        ``direct=False`` (looking for a replacement of another sample): a failure marks the
+        file bad but is neither counted nor named; that happens when its own index is asked for.
+        """
         path, target = self.samples[index]
+        bad = self._bad_flags()
         skips = self._skip_counts()
-        if skips[index] > 0:  # known bad: skip without re-reading or re-warning
-            skips[index] += 1
+        if bad[index] and (not direct or skips[index] > 0):  # known bad, already named
+            if direct:
+                skips[index] += 1
             return None
+        # unknown, or known bad (met as a replacement) but not named yet: read it (again)
         try:
-            return load_rgb(path), target
+            return load_rgb(path, self.max_pixels), target
         except _DECODE_ERRORS as e:
             if self.on_bad_image == "raise":
                 raise BadImageError(f"cannot read image {path!r}: {type(e).__name__}: {e}") from e
-            skips[index] += 1  # first failure of this file (known bad files returned above)
-            warnings.warn(
-                f"skipping unreadable image {path!r} ({type(e).__name__}: {e})",
-                BadImageWarning,
-                stacklevel=2,
-            )
+            bad[index] = 1
+            if direct:  # named and counted once, by the one worker that asks for this index
+                skips[index] += 1
+                warnings.warn(
+                    f"skipping unreadable image {path!r} ({type(e).__name__}: {e})",
+                    BadImageWarning,
+                    stacklevel=2,
+                )
             return None
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
@@ -237,9 +352,13 @@ def visible_subdirs(root: str | os.PathLike) -> list[str]:
 
 
 def scan_image_folder(
-    root: Path, extensions: Sequence[str] = IMG_EXTENSIONS
-) -> tuple[list[str], list[tuple[str, int]], list[str]]:
+    root: Path, extensions: Sequence[str] = IMG_EXTENSIONS, report_links: bool = False
+) -> tuple[list[str], list[tuple[str, int]], list[str]] | tuple[list[str], list[tuple[str, int]], list[str], list[str]]:
     """Return ``(classes, samples, ignored)`` of an ImageFolder tree (sorted, recursive).
+
+    Directory symlinks are followed, but a folder is scanned once: a link back to a folder
+    already scanned (a loop, or a second link to the same folder) is not followed.
+    ``report_links=True`` also returns the list of such links.
 
     Raises:
         FileNotFoundError: ``root`` is missing, has no class folders, or some class folders
@@ -257,10 +376,21 @@ def scan_image_folder(
     samples: list[tuple[str, int]] = []
     ignored: list[str] = []
     empty: list[str] = []
+    revisits: list[str] = []
     for target, cls in enumerate(classes):
         found = 0
+        seen = {os.path.realpath(root / cls)}  # per class: loops and duplicate links inside it
         for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            keep = []
+            here = os.path.realpath(dirpath) + os.sep
+            for d in sorted(d for d in dirnames if not d.startswith(".")):
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if real in seen or here.startswith(real + os.sep):  # scanned, or an ancestor: a loop
+                    revisits.append(os.path.join(dirpath, d))
+                    continue
+                seen.add(real)
+                keep.append(d)
+            dirnames[:] = keep
             for name in sorted(filenames):
                 p = os.path.join(dirpath, name)
                 if name.startswith(".") or not name.lower().endswith(exts):
@@ -276,6 +406,8 @@ def scan_image_folder(
             f"{len(empty)} class folder(s) under {str(root)!r} contain no image files "
             f"(extensions {', '.join(exts)}): {shown}"
         )
+    if report_links:
+        return classes, samples, ignored, revisits
     return classes, samples, ignored
 
 
@@ -295,7 +427,7 @@ class TorchvisionSource(_Source):
         self.classes = list(classes if classes is not None else dataset.classes)
         self._init_counters(len(self.targets))
 
-    def load(self, index: int) -> tuple[Image.Image, int]:
+    def load(self, index: int, direct: bool = True) -> tuple[Image.Image, int]:
         img, target = self.dataset[index]
         return to_rgb(img), int(target)
 
@@ -310,7 +442,7 @@ def _get_with_skip(
     """
     n = len(indices)
     for k in range(n):
-        item = source.load(indices[(j + k) % n])
+        item = source.load(indices[(j + k) % n], direct=k == 0)
         if item is not None:
             img, target = item
             return (transform(img) if transform is not None else img), target

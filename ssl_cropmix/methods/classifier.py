@@ -78,6 +78,12 @@ class CropMixClassifier(pl.LightningModule):
         f = self.backbone(x)
         return self.head(f.flatten(1) if f.ndim > 2 else f)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Non-finite weights are never saved (``checkpoints.check_finite_state``)."""
+        from ssl_cropmix.checkpoints import check_finite_state
+
+        check_finite_state(checkpoint.get("state_dict", {}), self.global_step, type(self).__name__)
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Soft-label CE; hard labels ``(B,)`` become one-hot when no batch aug is set."""
         x, y = batch

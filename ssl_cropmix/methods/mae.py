@@ -10,6 +10,7 @@ Batch format: ``(images, labels)``; labels are ignored.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import pytorch_lightning as pl
@@ -100,7 +101,7 @@ class MAECropMix(pl.LightningModule):
         warmup_epochs: float = 40,
     ) -> None:
         super().__init__()
-        if not isinstance(mask_ratio, (int, float)) or not 0.0 < mask_ratio < 1.0:
+        if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, numbers.Real) or not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio!r}")
         for name, value in (("decoder_dim", decoder_dim), ("decoder_depth", decoder_depth),
                             ("decoder_num_heads", decoder_num_heads)):
@@ -114,8 +115,16 @@ class MAECropMix(pl.LightningModule):
             raise ValueError(f"decoder_dim must be divisible by 4 (2-D sine-cosine position embedding), got {decoder_dim}")
         if not base_lr > 0 or (lr is not None and not lr > 0):
             raise ValueError(f"base_lr and lr must be > 0, got base_lr={base_lr!r}, lr={lr!r}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+        if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real) or not (
+            0 <= weight_decay < math.inf
+        ):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+        if (
+            not isinstance(betas, (tuple, list))
+            or len(betas) != 2
+            or not all(isinstance(b, numbers.Real) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in betas)
+        ):
+            raise ValueError(f"betas must be a pair (beta1, beta2) of numbers in [0, 1), got {betas!r}")
         if not warmup_epochs >= 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs!r}")
         self.save_hyperparameters()
@@ -127,6 +136,11 @@ class MAECropMix(pl.LightningModule):
         self.patch_size = int(vit.patch_embed.patch_size[0])
         self.num_patches = int(vit.patch_embed.num_patches)
         self.num_prefix_tokens = int(vit.num_prefix_tokens)
+        if int(self.num_patches * (1 - mask_ratio)) < 1:
+            raise ValueError(
+                f"mask_ratio={mask_ratio!r} leaves no visible patch of the {self.num_patches} "
+                f"(keeps int({self.num_patches} * (1 - mask_ratio)) = 0); lower mask_ratio"
+            )
         self.sequence_length = self.backbone.sequence_length
         self.decoder_embed = nn.Linear(vit.embed_dim, decoder_dim)
         self.decoder = MaskedVisionTransformerDecoderTIMM(
@@ -238,6 +252,24 @@ class MAECropMix(pl.LightningModule):
         """No validation loss: the val loop exists so callbacks (kNN, reconstruction grids)
         can run on the validation loader."""
         return None
+
+    def setup(self, stage: str) -> None:
+        """Refuse data whose image size is not the ViT's (clear error naming both values)."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_size = getattr(dm, "image_size", None)
+        vit_size = tuple(int(v) for v in self.backbone.vit.patch_embed.img_size)
+        if isinstance(data_size, int) and (data_size, data_size) != vit_size:
+            raise ValueError(
+                f"MAECropMix img_size={vit_size[0] if vit_size[0] == vit_size[1] else vit_size} does not match "
+                f"the data's image_size={data_size}; set model img_size to {data_size} (and a patch_size "
+                "dividing it) or data image_size to the ViT's"
+            )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Non-finite weights are never saved (``checkpoints.check_finite_state``)."""
+        from ssl_cropmix.checkpoints import check_finite_state
+
+        check_finite_state(checkpoint.get("state_dict", {}), self.global_step, type(self).__name__)
 
     def on_train_start(self) -> None:
         if self.effective_batch_size is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
@@ -32,6 +33,17 @@ from ssl_cropmix.methods.scaling import batch_size_of, scaled_lr, warmup_cosine
 
 OptimizerCallable = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
+#: Smallest InfoNCE temperature accepted (logit scale 1/T <= 1000).
+MIN_TEMPERATURE = 1e-3
+
+
+def _is_vit(backbone: str | nn.Module) -> bool:
+    """A ViT name (``timm/vit_*``, ``deit``, ...) or module (it has a ``patch_embed``)."""
+    if isinstance(backbone, str):
+        name = backbone.lower().removeprefix("timm/")
+        return name.startswith(("vit", "deit", "beit", "eva", "swin", "cait", "xcit"))
+    return any(hasattr(m, "patch_embed") for m in backbone.modules())
+
 
 class MoCoCropMix(pl.LightningModule):
     """Asymmetric MoCo v2 with a CropMix (or any) query view.
@@ -44,7 +56,8 @@ class MoCoCropMix(pl.LightningModule):
         momentum: key-encoder momentum m (0.999, MoCo).
         momentum_schedule: ``"constant"`` or ``"cosine"`` (m -> 1.0 over training, BYOL-style).
         queue_size: number of negative keys K (65536).
-        temperature: InfoNCE temperature (0.2, MoCo v2).
+        temperature: InfoNCE temperature (0.2, MoCo v2), at least :data:`MIN_TEMPERATURE`
+            (1e-3: logits of 1/T = 1000; below that the loss only measures numerical noise).
         symmetric: also use the key view as a query (and the query view as a key).
         bn_mode: ``"shuffle"`` (shuffle-BN across processes for the key encoder; a no-op on
             one device), ``"sync"`` (convert batch norms to SyncBatchNorm when
@@ -89,8 +102,19 @@ class MoCoCropMix(pl.LightningModule):
             raise ValueError(f"momentum_schedule must be 'constant' or 'cosine', got {momentum_schedule!r}")
         if bn_mode not in ("shuffle", "sync", "none"):
             raise ValueError(f"bn_mode must be 'shuffle', 'sync' or 'none', got {bn_mode!r}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real) or not (
+            MIN_TEMPERATURE <= temperature < math.inf
+        ):
+            raise ValueError(f"temperature must be a finite number >= {MIN_TEMPERATURE}, got {temperature!r}")
+        for name, value, hi in (("sgd_momentum", sgd_momentum, 1.0), ("weight_decay", weight_decay, math.inf)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < hi:
+                raise ValueError(f"{name} must be a number in [0, {hi}), got {value!r}")
+        if isinstance(backbone, (str, nn.Module)) and _is_vit(backbone):
+            raise ValueError(
+                f"MoCoCropMix takes a ResNet backbone (BN projection head, paper Sec. 5), got a ViT "
+                f"backbone={backbone if isinstance(backbone, str) else type(backbone).__name__!r}; "
+                "use MAECropMix for ViTs"
+            )
         if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
             raise ValueError(f"queue_size must be a positive int, got {queue_size!r}")
         if not base_lr > 0 or (lr is not None and not lr > 0):
@@ -223,7 +247,11 @@ class MoCoCropMix(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store torch's RNG streams (Lightning does not), so a resumed run draws the same
         shuffles and augmentations as an uninterrupted one. The queue, its pointer and the
-        momentum encoder are buffers/parameters and travel in ``state_dict``."""
+        momentum encoder are buffers/parameters and travel in ``state_dict``. Non-finite
+        weights are never saved (``checkpoints.check_finite_state``)."""
+        from ssl_cropmix.checkpoints import check_finite_state
+
+        check_finite_state(checkpoint.get("state_dict", {}), self.global_step, type(self).__name__)
         rng: dict[str, Any] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()

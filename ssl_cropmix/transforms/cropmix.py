@@ -16,6 +16,7 @@ colour ops can follow without a round trip.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -124,24 +125,44 @@ class CropMixParams(NamedTuple):
     steps: tuple[MixStep, ...]
 
 
+def _is_real(x: Any) -> bool:
+    """A real number (Python or NumPy), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_int(x: Any) -> bool:
+    """An integer (Python or NumPy), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    """A real bool (Python or NumPy); strings such as ``"no"`` are refused, not made ``True``."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
 def _check_range(name: str, value: Any, *, low_open: float, high: float, strict: bool) -> tuple[float, float]:
     if not isinstance(value, Sequence) or isinstance(value, str) or len(value) != 2:
         raise TypeError(f"{name} must be a sequence (min, max), got {value!r}")
+    if not all(_is_real(v) for v in value):
+        raise TypeError(f"{name} must hold two numbers, got {value!r}")
     lo, hi = float(value[0]), float(value[1])
-    ok = low_open < lo and hi <= high and (lo < hi if strict else lo <= hi)
+    ok = low_open < lo and hi <= high and (lo < hi if strict else lo <= hi) and math.isfinite(hi)
     if not ok:
         rel = "<" if strict else "<="
-        raise ValueError(f"{name} must satisfy {low_open} < min {rel} max <= {high}, got {tuple(value)!r}")
+        bound = f" <= {high}" if math.isfinite(high) else " (finite)"
+        raise ValueError(f"{name} must satisfy {low_open} < min {rel} max{bound}, got {tuple(value)!r}")
     return lo, hi
 
 
 def _check_size(size: Any) -> tuple[int, int]:
-    if isinstance(size, int) and not isinstance(size, bool):
+    if _is_int(size):
         size = (size, size)
     if (
         not isinstance(size, Sequence)
         or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+        or not all(_is_int(s) and s > 0 for s in size)
     ):
         raise ValueError(f"size must be a positive int or a pair (h, w) of positive ints, got {size!r}")
     return int(size[0]), int(size[1])
@@ -160,6 +181,49 @@ def _check_interpolation(interpolation: Any) -> InterpolationMode:
             f"interpolation must be one of {[m.value for m in INTERPOLATIONS]}, got {interpolation!r}"
         )
     return interpolation
+
+
+#: PIL modes CropMix reads as they are; every other mode is converted first (:func:`_pil_input`).
+_NATIVE_PIL_MODES = ("RGB", "L", "RGBA")
+#: Target of PIL's ``convert`` for the other 8-bit modes.
+_PIL_CONVERT = {"1": "L", "LA": "RGBA", "La": "RGBA", "PA": "RGBA", "RGBa": "RGBA", "RGBX": "RGB"}
+#: Modes read as float in [0, 1]: value / scale, clipped.
+_PIL_FLOAT_SCALE = {"F": 255.0, "I": 65535.0, "I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0}
+
+
+def _pil_input(image: PIL.Image.Image) -> PIL.Image.Image | torch.Tensor:
+    """A PIL image in a mode CropMix can interpolate.
+
+    * ``RGB``, ``L``, ``RGBA``: unchanged.
+    * ``P`` (palette): ``RGB`` (``RGBA`` when it has a transparent index), so colours,
+      not palette indices, are interpolated; ``1`` -> ``L``; ``LA`` / ``PA`` -> ``RGBA``;
+      ``CMYK``, ``YCbCr``, ``LAB``, ``HSV`` ... -> ``RGB`` (PIL's ``convert``).
+    * ``F`` (32-bit float): PIL's own scale is that of ``L`` (``convert("L")`` maps 255.0 to
+      white), so it becomes a float tensor ``(1, H, W)`` of ``value / 255`` clipped to [0, 1];
+      16-bit ``I;16*`` and ``I`` become ``value / 65535`` (the loader's 16-bit rule).
+    """
+    mode = image.mode
+    if mode in _NATIVE_PIL_MODES:
+        return image
+    scale = _PIL_FLOAT_SCALE.get(mode)
+    if scale is not None:
+        a = np.nan_to_num(np.asarray(image, dtype=np.float32) / np.float32(scale), nan=0.0, posinf=1.0, neginf=0.0)
+        return torch.from_numpy(np.clip(a, 0.0, 1.0))[None]
+    if mode == "P":
+        return image.convert("RGBA" if "transparency" in image.info else "RGB")
+    return image.convert(_PIL_CONVERT.get(mode, "RGB"))
+
+
+def _pil_channels(image: PIL.Image.Image) -> int:
+    """Channels of ``image`` once :func:`_pil_input` has converted it."""
+    mode = image.mode
+    if mode in ("RGB", "L", "RGBA"):
+        return {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+    if mode in _PIL_FLOAT_SCALE or mode == "1":
+        return 1
+    if mode == "P":
+        return 4 if "transparency" in image.info else 3
+    return 4 if _PIL_CONVERT.get(mode) == "RGBA" else 3
 
 
 def _as_tensor(x: Any) -> Any:
@@ -271,17 +335,17 @@ class CropMix(Transform):
         super().__init__()
         self.size = _check_size(size)
         self.crop_scale = _check_range("crop_scale", crop_scale, low_open=0.0, high=1.0, strict=True)
-        if isinstance(num_crops, bool) or not isinstance(num_crops, (int, Sequence)):
+        if not _is_int(num_crops) and (not isinstance(num_crops, Sequence) or isinstance(num_crops, str)):
             raise TypeError(f"num_crops must be an int or a sequence of ints, got {num_crops!r}")
-        choices = (num_crops,) if isinstance(num_crops, int) else tuple(num_crops)
-        if not choices or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 2 for c in choices):
+        choices = (num_crops,) if _is_int(num_crops) else tuple(num_crops)
+        if not choices or not all(_is_int(c) and c >= 2 for c in choices):
             raise ValueError(f"num_crops must be an int >= 2 or a non-empty sequence of them, got {num_crops!r}")
-        self.num_crops = choices
+        self.num_crops = tuple(int(c) for c in choices)
         if mixing not in MIXINGS:
             raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
         self.mixing = mixing
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-            raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+        if not _is_real(alpha) or not 0 < alpha < math.inf:
+            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
         self.alpha = float(alpha)
         r = _check_range("ratio", ratio, low_open=0.0, high=math.inf, strict=False)
         self.ratio = r
@@ -295,18 +359,18 @@ class CropMix(Transform):
         if view_transform is not None and not callable(view_transform):
             raise TypeError(f"view_transform must be callable or None, got {view_transform!r}")
         self.view_transform = view_transform
-        self.shared_range = bool(shared_range)
+        self.shared_range = _check_bool("shared_range", shared_range)
         self.tau_range = _check_range("tau_range", tau_range, low_open=0.0, high=1.0, strict=False)
         if paste not in PASTE_MODES:
             raise ValueError(f"paste must be one of {PASTE_MODES}, got {paste!r}")
         self.paste = paste
-        self.shuffle = bool(shuffle)
+        self.shuffle = _check_bool("shuffle", shuffle)
         if output_dtype is not None and not (
             isinstance(output_dtype, torch.dtype) and output_dtype.is_floating_point
         ):
             raise ValueError(f"output_dtype must be a floating torch.dtype or None, got {output_dtype!r}")
         self.output_dtype = output_dtype
-        self.antialias = bool(antialias)
+        self.antialias = _check_bool("antialias", antialias)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
         self.generator = generator
@@ -419,7 +483,7 @@ class CropMix(Transform):
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         if len(flat_inputs) == 1 and isinstance(flat_inputs[0], PIL.Image.Image):
             img = flat_inputs[0]  # query_chw's answer, without its generic checks
-            return {"params": self.sample_params((img.height, img.width), num_channels=len(img.getbands()))}
+            return {"params": self.sample_params((img.height, img.width), num_channels=_pil_channels(img))}
         c, h, w = query_chw(flat_inputs)
         return {"params": self.sample_params((h, w), num_channels=c)}
 
@@ -441,6 +505,12 @@ class CropMix(Transform):
         return super().forward(*inputs)
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if isinstance(inpt, PIL.Image.Image) and inpt.mode not in _NATIVE_PIL_MODES:
+            inpt = _pil_input(inpt)  # palette -> RGB, F / 16-bit -> float [0, 1], ...
+            if isinstance(inpt, torch.Tensor):
+                out = self.apply(inpt, params["params"])
+                out = out if self.output_dtype is None else out.to(self.output_dtype)
+                return PIL.Image.fromarray(out[0].float().mul(255.0).numpy(), mode="F") if self.keep_pil else out
         if isinstance(inpt, PIL.Image.Image):
             if self.backend == "numpy" and inpt.mode in _PIL_BACKEND_MODES:
                 return self.apply_numpy(inpt, params["params"], as_pil=self.keep_pil)
