@@ -20,7 +20,7 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from ssl_cropmix.losses.reconstruction import masked_reconstruction_loss
-from ssl_cropmix.methods.scaling import scaled_lr, warmup_cosine
+from ssl_cropmix.methods.scaling import log_lr_scaling, scaled_lr, warmup_cosine
 from ssl_cropmix.models.vit import build_vit
 
 #: parameter names (last component) never weight-decayed, besides norms and biases
@@ -240,9 +240,7 @@ class MAECropMix(pl.LightningModule):
         return None
 
     def on_train_start(self) -> None:
-        if self.effective_batch_size is not None:
-            for logger in self.loggers:  # recorded once, next to the hparams
-                logger.log_hyperparams({"effective_batch_size": self.effective_batch_size, "lr": self.scaled_lr})
+        log_lr_scaling(self, getattr(self, "effective_batch_size", None), getattr(self, "scaled_lr", None))
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
