@@ -114,17 +114,6 @@ def _info(message: str) -> None:
     rank_zero_info(message)
 
 
-def _on_cpu(trainer_cfg: Any) -> bool:
-    accelerator = str(trainer_cfg.get("accelerator") or "auto")
-    if accelerator == "cpu":
-        return True
-    if accelerator != "auto":
-        return False
-    import torch
-
-    return not torch.cuda.is_available() and not torch.backends.mps.is_available()
-
-
 def _loggers(root: str, name: str, version: str) -> list[dict[str, Any]]:
     """The loggers of a run, as config (what ``--print_config`` shows); built in
     ``CropMixCLI.instantiate_trainer``."""
@@ -198,9 +187,6 @@ def _make_cli_class():
             trainer = cfg.get("trainer")
             if trainer is None:
                 return
-            if not dry and str(trainer.get("precision")) in ("16-mixed", "16") and _on_cpu(trainer):
-                _warn("precision=16-mixed on CPU runs bfloat16 autocast (CPU AMP has no float16); "
-                      "set trainer.precision: bf16-mixed to request it explicitly")
             self._configure_run_dir(sub, cfg, trainer, dry)
 
         def _configure_run_dir(self, sub: str | None, cfg: Any, trainer: Any, dry: bool) -> None:
