@@ -217,5 +217,8 @@ def test_failed_runs_leave_no_directory(workdir, monkeypatch, capsys):
     capsys.readouterr()
     assert _fit(["--config", str(recipe), "--trainer.accelerator=gpu"], monkeypatch) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("ssl-cropmix: error:") and "not available" in err[0], err
+    assert len(err) == 1 and err[0].startswith("ssl-cropmix: error:") and "gpu" in err[0].lower(), err
+    assert _fit(["--config", str(recipe), "--trainer.accelerator=cuda"], monkeypatch) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CUDAAccelerator" in err[0] and "not available" in err[0], err
     assert not (workdir / "runs" / "tiny").exists() or not list((workdir / "runs" / "tiny").iterdir())
