@@ -234,10 +234,15 @@ class MAECropMix(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return {"loss": loss}
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """No validation loss: the val loop exists so callbacks (kNN, reconstruction grids)
-        can run on the validation loader."""
-        return None
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """``val/loss``: the reconstruction loss of the validation images under a fixed mask
+        per batch (a CPU generator seeded with the batch index), so epochs are compared on
+        the same masks and the training RNG stream is not touched."""
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        idx_keep, idx_mask = self.sample_mask(images.shape[0], generator=torch.Generator().manual_seed(int(batch_idx)))
+        loss = self.reconstruction_loss(images, idx_keep.to(images.device), idx_mask.to(images.device))
+        self.log("val/loss", loss, batch_size=images.shape[0], sync_dist=True)
+        return loss
 
     def on_train_start(self) -> None:
         log_lr_scaling(self, getattr(self, "effective_batch_size", None), getattr(self, "scaled_lr", None))
