@@ -2,24 +2,68 @@
 
 * ``ssl-cropmix fit|validate|test --config configs/<recipe>.yaml [--overrides]`` is a plain
   :class:`~pytorch_lightning.cli.LightningCLI` in subclass mode: the model, data module and
-  callbacks are chosen by ``class_path`` in the YAML; ``--print_config`` works as usual.
+  callbacks are chosen by ``class_path`` in the YAML or by their short class name
+  (``--model MAECropMix``); ``--print_config`` prints what the run will use, run directory
+  and loggers included.
 * ``ssl-cropmix show-views|probe|finetune|export ...`` are small task commands that reuse
   the same parts (see ``ssl-cropmix <command> --help``).
 
-Every run writes to one directory, ``<root>/<experiment>/<version>/``: the resolved
-``config.yaml``, TensorBoard events, ``metrics.csv``, ``checkpoints/`` and the JSON results
-of the evaluation callbacks.
+Every run writes to one directory, ``<root>/<experiment>/<version>/`` (``ssl_cropmix.runs``):
+the resolved ``config.yaml``, TensorBoard events, ``metrics.csv``, ``checkpoints/`` and the
+JSON results of the evaluation callbacks. The version is the start time; runs started in
+the same second get ``-1``, ``-2``, ... suffixes. ``fit --ckpt_path <run>/checkpoints/x.ckpt``
+continues in ``<run>`` (the earlier config is kept as ``config.1.yaml``, ...). A run that
+fails before it wrote a checkpoint or a metric leaves no directory behind.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+#: argparse task commands (``ssl_cropmix.commands``); a new one is one more name here and
+#: one more entry in ``commands._HANDLERS``.
 TASK_COMMANDS = ("show-views", "probe", "finetune", "export")
+
+#: Lightning subcommands offered (``predict`` is not: no model here has a ``predict_step``).
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
+
+#: Modules imported before parsing, so LightningCLI resolves the package's models, data
+#: modules and callbacks by short class name (jsonargparse finds imported subclasses).
+CLASS_MODULES = (
+    "ssl_cropmix.methods.moco",
+    "ssl_cropmix.methods.mae",
+    "ssl_cropmix.methods.classifier",
+    "ssl_cropmix.data.datamodule",
+    "ssl_cropmix.callbacks.online_probe",
+    "ssl_cropmix.callbacks.knn",
+    "ssl_cropmix.callbacks.linear_probe",
+    "ssl_cropmix.callbacks.finetune",
+    "ssl_cropmix.callbacks.reconstruction",
+    "ssl_cropmix.callbacks.lars",
+)
+
+#: Set ``SSL_CROPMIX_DEBUG=1`` to get the full traceback of configuration errors.
+DEBUG_ENV = "SSL_CROPMIX_DEBUG"
+
+
+def default_callbacks() -> list[Any]:
+    """Callbacks every ``ssl-cropmix`` Lightning run gets in addition to the config's (the
+    one place to add more)."""
+    from ssl_cropmix.runs import LogLastStep
+
+    return [LogLastStep()]
+
+
+def import_package_classes() -> None:
+    """Import :data:`CLASS_MODULES` (short class names on the command line need them)."""
+    import importlib
+
+    for name in CLASS_MODULES:
+        importlib.import_module(name)
 
 
 def _linked_defaults(model_cfg: Any, data_cfg: Any) -> dict[str, Any]:
@@ -58,11 +102,45 @@ def _linked_defaults(model_cfg: Any, data_cfg: Any) -> dict[str, Any]:
     return out
 
 
+def _warn(message: str) -> None:
+    from pytorch_lightning.utilities import rank_zero_warn
+
+    rank_zero_warn(message)
+
+
+def _info(message: str) -> None:
+    from pytorch_lightning.utilities import rank_zero_info
+
+    rank_zero_info(message)
+
+
+def _loggers(root: str, name: str, version: str) -> list[dict[str, Any]]:
+    """The loggers of a run, as config (what ``--print_config`` shows); built in
+    ``CropMixCLI.instantiate_trainer``."""
+    args = {"save_dir": root, "name": name, "version": version}
+    return [
+        {"class_path": "pytorch_lightning.loggers.TensorBoardLogger", "init_args": dict(args)},
+        {"class_path": "ssl_cropmix.runs.RunCSVLogger", "init_args": dict(args)},
+    ]
+
+
 def _make_cli_class():
     from pytorch_lightning.cli import LightningCLI
 
+    from ssl_cropmix import runs
+
     class CropMixCLI(LightningCLI):
-        """LightningCLI with run-directory defaults and data -> model linking."""
+        """LightningCLI with one run directory per run, resume into it, and data -> model
+        linking."""
+
+        #: the run directory this process created (removed again if the run fails early)
+        created_run_dir: Path | None = None
+        #: the run directory this run writes to (``None`` with a user-given logger)
+        run_dir: Path | None = None
+
+        @staticmethod
+        def subcommands() -> dict[str, set[str]]:
+            return {k: v for k, v in LightningCLI.subcommands().items() if k in LIGHTNING_SUBCOMMANDS}
 
         def add_arguments_to_parser(self, parser) -> None:  # noqa: D401
             parser.add_argument(
@@ -70,7 +148,8 @@ def _make_cli_class():
                 type=str | None,
                 default=None,
                 help="Run name: logs go to <trainer.default_root_dir>/<experiment>/<version>/ "
-                "(default: the first config file's stem).",
+                "(default: the first config file's stem). With a user-given --trainer.logger it "
+                "becomes that logger's `name` where the logger has one.",
             )
 
         def _parse_ckpt_path(self) -> None:
@@ -85,57 +164,172 @@ def _make_cli_class():
                 check_cli_checkpoint(ckpt_path, model.get("class_path") if hasattr(model, "get") else None)
             super()._parse_ckpt_path()
 
+        def parse_arguments(self, parser, args) -> None:
+            """As LightningCLI's, except that ``--print_config`` prints the configuration
+            after the run-directory defaults are applied (what a real run uses)."""
+            argv = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else None
+            flags = [a for a in argv or [] if a == "--print_config" or a.startswith("--print_config=")]
+            if not flags:
+                super().parse_arguments(parser, args)
+                return
+            rest = [a for a in argv if a not in flags]
+            self.config = parser.parse_args(rest)
+            sub = self.config.get("subcommand")
+            cfg = self.config.get(sub) if sub else self.config
+            self._apply_defaults(sub, cfg, dry=True)
+            subparser = parser._subcommands_action._name_parser_map[sub] if sub else parser
+            words = {w for f in flags for w in f.partition("=")[2].split(",") if w}
+            sys.stdout.write(subparser.dump(
+                cfg, skip_unset=bool(words & {"skip_unset", "skip_null"}), skip_default="skip_default" in words,
+                skip_validation=True, with_comments="comments" in words,
+            ))
+            parser.exit()
+
         def before_instantiate_classes(self) -> None:
             sub = self.config.get("subcommand")
             cfg = self.config.get(sub) if sub else self.config
-            if cfg is None:
-                return
+            if cfg is not None:
+                self._apply_defaults(sub, cfg, dry=False)
+
+        # ------------------------------------------------------------------ defaults
+        def _apply_defaults(self, sub: str | None, cfg: Any, dry: bool) -> None:
             linked = _linked_defaults(cfg.get("model"), cfg.get("data"))
             for k, v in linked.items():
                 cfg["model"]["init_args"][k] = v
-            # One run directory shared by TensorBoard and CSV loggers.
             trainer = cfg.get("trainer")
-            if trainer is not None and trainer.get("logger") in (None, True):
-                root = trainer.get("default_root_dir") or "runs"
-                exp = cfg.get("experiment")
-                if not exp:
+            if trainer is None:
+                return
+            self._configure_run_dir(sub, cfg, trainer, dry)
+
+        def _configure_run_dir(self, sub: str | None, cfg: Any, trainer: Any, dry: bool) -> None:
+            experiment = cfg.get("experiment")
+            logger = trainer.get("logger")
+            if logger not in (None, True):
+                if experiment and not dry:
+                    self._experiment_to_user_logger(logger, experiment)
+                return
+            given_root = str(trainer.get("default_root_dir") or "runs")
+            root = given_root
+            ckpt = cfg.get("ckpt_path")
+            resume = runs.run_dir_of_checkpoint(ckpt) if sub == "fit" and ckpt else None
+            if resume is not None:
+                run = resume
+                name, version = run.parent.name, run.name
+                # keep the root as spelled in the first segment when it is the same folder, so
+                # ModelCheckpoint's restored dirpath matches (no "dirpath has changed")
+                if (Path(given_root) / name / version).resolve() != run.resolve():
+                    root = str(run.parent.parent)
+                if experiment and experiment != name and not dry:
+                    _warn(f"--experiment {experiment!r} ignored: resuming {ckpt} continues in its run "
+                          f"directory {run}")
+                if not dry and not runs.is_launched_child():
+                    runs.keep_previous_config(run)
+                    _info(f"resuming in the checkpoint's run directory {run}")
+            else:
+                if not experiment:
                     configs = cfg.get("config") or []
-                    exp = Path(str(configs[0])).stem if configs else "ssl_cropmix"
-                version = time.strftime("%Y%m%d-%H%M%S")
+                    experiment = Path(str(configs[0])).stem if configs else "ssl_cropmix"
+                name = str(experiment)
+                if dry:
+                    version = runs.timestamp()
+                elif runs.is_launched_child():
+                    version = os.environ.get(runs.VERSION_ENV) or runs.timestamp()
+                else:
+                    run = runs.new_run_dir(root, name)
+                    version = run.name
+                    os.environ[runs.VERSION_ENV] = version  # for the ranks Lightning launches
+                    type(self).created_run_dir = run
+                    if sub == "fit" and ckpt:
+                        _info(f"{ckpt} is not inside an ssl-cropmix run directory: this segment writes "
+                              f"to a new run directory {run}")
+            type(self).run_dir = Path(root) / name / version
+            self._run = (root, name, version)
+            # The saved config.yaml names the experiment but leaves logger/default_root_dir as
+            # the user gave them: `fit --config <run>/config.yaml` is a new run of the recipe.
+            cfg["experiment"] = name
+            if dry:  # --print_config: show what the run will use
                 trainer["default_root_dir"] = root
-                trainer["logger"] = [
-                    {
-                        "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
-                        "init_args": {"save_dir": root, "name": exp, "version": version},
-                    },
-                    {
-                        "class_path": "pytorch_lightning.loggers.CSVLogger",
-                        "init_args": {"save_dir": root, "name": exp, "version": version},
-                    },
-                ]
+                trainer["logger"] = _loggers(root, name, version)
+
+        def instantiate_trainer(self, **kwargs: Any):
+            run = getattr(self, "_run", None)
+            if run is not None:
+                root, name, version = run
+                kwargs.setdefault("default_root_dir", root)
+                if "logger" not in kwargs:
+                    from pytorch_lightning.loggers import TensorBoardLogger
+
+                    kwargs["logger"] = [TensorBoardLogger(root, name=name, version=version),
+                                        runs.RunCSVLogger(root, name=name, version=version)]
+            return super().instantiate_trainer(**kwargs)
+
+        @staticmethod
+        def _experiment_to_user_logger(logger: Any, experiment: str) -> None:
+            """Give ``--experiment`` to a user-given logger as its ``name``, or say why not."""
+            import importlib
+
+            items = logger if isinstance(logger, list) else [logger]
+            applied = False
+            for item in items:
+                path = item.get("class_path") if hasattr(item, "get") else None
+                if not path:
+                    continue
+                mod, _, cls_name = str(path).rpartition(".")
+                try:
+                    cls = getattr(importlib.import_module(mod), cls_name)
+                except (ImportError, AttributeError):
+                    continue
+                if "name" in inspect.signature(cls.__init__).parameters:
+                    if item.get("init_args") is None:
+                        item["init_args"] = {}
+                    if item["init_args"].get("name") in (None, "lightning_logs"):
+                        item["init_args"]["name"] = experiment
+                        applied = True
+            if not applied:
+                _warn(f"--experiment {experiment!r} ignored: the given trainer.logger sets its own "
+                      "name (or has none); set the logger's name instead")
 
     return CropMixCLI
 
 
 def cli_main(args: list[str] | None = None, run: bool = True):
-    """Build (and by default run) the LightningCLI. Returns the CLI object."""
+    """Build (and by default run) the LightningCLI. Returns the CLI object.
+
+    A run directory created for a run that then fails before writing a checkpoint or a
+    metric (bad ``data_dir``, an accelerator the machine does not have) is removed again.
+    """
     from pytorch_lightning import LightningDataModule, LightningModule
 
+    from ssl_cropmix.runs import remove_if_empty
+
+    import_package_classes()
     CropMixCLI = _make_cli_class()
-    return CropMixCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=args,
-        run=run,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={
-            "description": "ssl_cropmix: CropMix self-supervised pretraining. Lightning "
-            "subcommands below; task commands: " + ", ".join(TASK_COMMANDS)
-            + " (ssl-cropmix <command> --help).",
-        },
-    )
+    try:
+        return CropMixCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            run=run,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"callbacks": default_callbacks()},
+            parser_kwargs={
+                "description": "ssl_cropmix: CropMix self-supervised pretraining. Lightning "
+                "subcommands below; task commands: " + ", ".join(TASK_COMMANDS)
+                + " (ssl-cropmix <command> --help).",
+            },
+        )
+    except BaseException:
+        if CropMixCLI.created_run_dir is not None:
+            remove_if_empty(CropMixCLI.created_run_dir)
+        raise
+
+
+def _one_line_errors() -> tuple[type[BaseException], ...]:
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    return (MisconfigurationException,)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,8 +338,14 @@ def main(argv: list[str] | None = None) -> int:
         from ssl_cropmix import commands
 
         return commands.run(args[0], args[1:])
-    # LightningCLI reads sys.argv itself when args is None (and warns if given both).
-    cli_main(None if argv is None else args)
+    try:
+        # LightningCLI reads sys.argv itself when args is None (and warns if given both).
+        cli_main(None if argv is None else args)
+    except _one_line_errors() as e:  # configuration errors: the message is the whole story
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"ssl-cropmix: error: {e} (set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -74,6 +74,7 @@ def _probe(argv: list[str]) -> int:
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     _data_arguments(p)
     a = p.parse_args(argv)
+    _check_device(p, a.device)
     from ssl_cropmix.callbacks.linear_probe import LinearProbe
 
     module = load_module(a.ckpt, a.backbone, model_class=a.model_class).to(a.device)
@@ -98,6 +99,7 @@ def _finetune(argv: list[str]) -> int:
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     _data_arguments(p)
     a = p.parse_args(argv)
+    _check_device(p, a.device)
     from ssl_cropmix.callbacks.finetune import SemiSupervisedFineTune
 
     over: dict[str, Any] = {"results_path": a.out}
@@ -124,6 +126,19 @@ def _export(argv: list[str]) -> int:
     out = export_backbone(a.ckpt, a.out)
     print(f"wrote {out}")
     return 0
+
+
+def _check_device(p: argparse.ArgumentParser, device: str) -> None:
+    """One clear line (argparse's usage error, exit 2) for a device this machine lacks,
+    instead of torch's traceback ending in 'Found no NVIDIA driver'."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        p.error(f"--device {device!r}: {e}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {device!r}: no CUDA device is available on this machine (use --device cpu)")
 
 
 def _cuda() -> bool:

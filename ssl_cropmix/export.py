@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,8 @@ def export_backbone(module_or_ckpt_path: nn.Module | str | Path, out_path: str |
         state = _state_dict_of(ckpt)
         hparams = _hparams_of(ckpt)
         check_class_path(hparams.get("_class_path"), module_or_ckpt_path)  # same trust rule as loading
-        source = str(module_or_ckpt_path)
+        # the file name, not the absolute path: metadata travels with the file to other machines
+        source = Path(module_or_ckpt_path).name
     else:
         raise TypeError(
             f"module_or_ckpt_path must be an nn.Module or a checkpoint path, got {type(module_or_ckpt_path).__name__}"
@@ -104,4 +106,13 @@ def export_backbone(module_or_ckpt_path: nn.Module | str | Path, out_path: str |
     out.parent.mkdir(parents=True, exist_ok=True)
     # safetensors needs contiguous, non-shared tensors
     save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()}, str(out), metadata=meta)
+    _set_default_mode(out)
     return out
+
+
+def _set_default_mode(path: Path) -> None:
+    """Give ``path`` the mode a plain ``open(path, "w")`` would (0666 minus the umask, e.g.
+    0644): safetensors writes through a private temporary file (0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

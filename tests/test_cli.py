@@ -105,3 +105,120 @@ def test_fit_smoke_recipe_writes_one_run_directory(tmp_path, monkeypatch):
     state = load_checkpoint(ckpt)["state_dict"]
     for k, v in exported.items():  # the query trunk's weights, bit for bit
         assert torch.equal(v, state["backbone." + k])
+
+
+# ---------------------------------------------------------------------------- CLI conventions
+def _print_config(argv: list[str], capsys, monkeypatch) -> dict:
+    import yaml
+
+    from ssl_cropmix.cli import main
+
+    monkeypatch.setattr("sys.argv", ["ssl-cropmix"])
+    with pytest.raises(SystemExit) as e:
+        main(["fit", *argv, "--print_config"])
+    assert e.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_short_class_names_resolve(tmp_path, monkeypatch, capsys):
+    """``--model MAECropMix``, ``--data CropMixDataModule`` and a callback by class name
+    resolve to the package's classes, without a dotted import path."""
+    from cli_fixtures import write_tiny_recipe
+
+    monkeypatch.chdir(tmp_path)
+    recipe = write_tiny_recipe(tmp_path)
+    cfg = _print_config(["--config", str(recipe), "--model", "MAECropMix", "--data", "CropMixDataModule",
+                         "--trainer.callbacks+=KNNMonitor"], capsys, monkeypatch)
+    assert cfg["model"]["class_path"].rsplit(".", 1)[-1] == "MAECropMix"
+    assert cfg["data"]["class_path"].rsplit(".", 1)[-1] == "CropMixDataModule"
+    assert [c["class_path"].rsplit(".", 1)[-1] for c in cfg["trainer"]["callbacks"]] == ["KNNMonitor"]
+    from ssl_cropmix.methods.mae import MAECropMix
+
+    mod, _, name = cfg["model"]["class_path"].rpartition(".")
+    assert getattr(__import__(mod, fromlist=[name]), name) is MAECropMix
+
+
+def test_print_config_shows_the_run_directory_and_loggers(tmp_path, monkeypatch, capsys):
+    """What ``--print_config`` prints is what the run uses (TensorBoard + CSV loggers in
+    runs/<experiment>/<version>, default_root_dir runs), and printing creates nothing."""
+    from cli_fixtures import write_tiny_recipe
+
+    monkeypatch.chdir(tmp_path)
+    recipe = write_tiny_recipe(tmp_path)
+    cfg = _print_config(["--config", str(recipe), "--experiment", "demo"], capsys, monkeypatch)
+    trainer = cfg["trainer"]
+    assert trainer["default_root_dir"] == "runs"
+    kinds = [lg["class_path"].rsplit(".", 1)[-1] for lg in trainer["logger"]]
+    assert kinds == ["TensorBoardLogger", "RunCSVLogger"]
+    for lg in trainer["logger"]:
+        assert lg["init_args"]["save_dir"] == "runs" and lg["init_args"]["name"] == "demo"
+        assert lg["init_args"]["version"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_predict_is_not_offered(monkeypatch, capsys):
+    """No model here has a predict_step, so ``predict`` is not a subcommand (it used to be
+    listed and then fail with 'predict_dataloader must be implemented')."""
+    from ssl_cropmix.cli import main
+
+    monkeypatch.setattr("sys.argv", ["ssl-cropmix"])
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "predict" not in out and "fit" in out
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "--help"])
+    assert e.value.code != 0
+    assert "predict" in capsys.readouterr().err
+
+
+def test_experiment_names_a_user_logger_or_warns(tmp_path, monkeypatch):
+    from cli_fixtures import write_tiny_recipe
+
+    from ssl_cropmix.cli import cli_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("sys.argv", ["ssl-cropmix"])
+    recipe = write_tiny_recipe(tmp_path)
+    cli = cli_main(["--config", str(recipe), "--experiment", "mine", "--trainer.logger=CSVLogger",
+                    f"--trainer.logger.save_dir={tmp_path / 'logs'}"], run=False)
+    assert cli.trainer.logger.name == "mine"
+    with pytest.warns(UserWarning, match="--experiment 'mine' ignored"):
+        cli_main(["--config", str(recipe), "--experiment", "mine", "--trainer.logger=false"], run=False)
+
+
+def test_16_mixed_on_cpu_is_reported_once(tmp_path, monkeypatch):
+    """``precision: 16-mixed`` on a CPU runs bf16 autocast: one warning says so."""
+    import warnings
+
+    from cli_fixtures import write_tiny_recipe
+
+    from ssl_cropmix.cli import cli_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["ssl-cropmix"])
+    recipe = write_tiny_recipe(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli = cli_main(["--config", str(recipe), "--trainer.precision=16-mixed", "--trainer.logger=false"], run=False)
+    said = [str(w.message) for w in caught if "bf16" in str(w.message)]
+    assert len(said) == 1, said
+    assert cli.trainer.precision == "bf16-mixed"
+
+
+@pytest.mark.parametrize("cmd", ["probe", "finetune"])
+def test_task_command_missing_cuda_is_one_line(cmd, capsys, tmp_path):
+    """``probe --device cuda`` on a machine without CUDA: argparse's one-line error (exit 2)
+    naming the device, before any checkpoint is read."""
+    if torch.cuda.is_available():
+        pytest.skip("the machine has CUDA")
+    from ssl_cropmix.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--ckpt", str(tmp_path / "missing.ckpt"), "--device", "cuda"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("--device 'cuda': no CUDA device is available on this machine (use --device cpu)")
+    assert not any("Traceback" in line for line in err)

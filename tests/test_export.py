@@ -60,6 +60,25 @@ def test_export_from_lightning_checkpoint(trained_mae, tmp_path):
     a = load_file(str(export_backbone(ckpt, tmp_path / "a.safetensors")))
     b = load_file(str(export_backbone(trained_mae, tmp_path / "b.safetensors")))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the metadata names the checkpoint by its file name, not this machine's absolute path
+    assert safe_open(str(tmp_path / "a.safetensors"), "pt").metadata()["source"] == "m.ckpt"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exported_file_mode_follows_the_umask(trained_mae, tmp_path, umask):
+    """Like any file a user writes: 0666 minus the umask (0644, 0640), not 0600."""
+    import os
+    import stat
+
+    old = os.umask(umask)
+    try:
+        path = export_backbone(trained_mae, tmp_path / f"m{umask:o}.safetensors")
+        reference = tmp_path / f"ref{umask:o}"
+        reference.write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(path.stat().st_mode) == stat.S_IMODE(reference.stat().st_mode)
 
 
 def test_moco_export_is_the_resnet_trunk(tmp_path):

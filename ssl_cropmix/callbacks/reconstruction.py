@@ -1,11 +1,14 @@
 """ReconstructionGrid: MAE reconstructions of a few fixed validation images (He et al.,
 2022, Fig. 2-4), to TensorBoard and as PNG files.
 
-Each row is ``original | masked | reconstruction`` for one image; the masked panel shows
+Each row is ``original | masked | reconstruction`` for one image (the saved and logged
+images carry these column titles); the masked panel shows
 masked patches as the normalisation mean (grey), the reconstruction keeps the visible
 patches and fills the masked ones with the prediction. The images (first validation
-batch) and the mask (a seeded generator) are the same at every logged epoch, so the grids
-show training progress only.
+batches, gathered until ``num_images`` are there) and the mask (a seeded generator) are the
+same at every logged epoch, so the grids show training progress only. If the validation
+loop yields fewer images than ``num_images`` (a small val set, ``limit_val_batches``) the
+grid has fewer rows and a warning says so once.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.loggers import TensorBoardLogger
 from torchvision.utils import make_grid
 
@@ -30,7 +35,8 @@ class ReconstructionGrid(pl.Callback):
     reconstruction)`` (as :class:`~ssl_cropmix.methods.mae.MAECropMix` does).
 
     Args:
-        num_images: rows of the grid (taken from the first validation batch).
+        num_images: rows of the grid (the first ``num_images`` validation images, over as
+            many batches as needed).
         every_n_epochs: log after the validation of every N-th epoch (1-based).
         mean: normalisation mean of the inputs (to display them); ImageNet's by default.
         std: normalisation std of the inputs.
@@ -38,8 +44,13 @@ class ReconstructionGrid(pl.Callback):
         tag: TensorBoard tag and PNG file prefix.
 
     Shape:
-        grid: ``(3, num_images * (H + 2) + 2, 3 * (W + 2) + 2)`` uint8 image.
+        grid (:meth:`make_grid`): ``(3, num_images * (H + 2) + 2, 3 * (W + 2) + 2)`` uint8;
+        the saved / logged image (:meth:`with_headers`) has :data:`HEADER_HEIGHT` more rows.
     """
+
+    #: height in pixels of the column-title strip above the saved / logged grids
+    HEADER_HEIGHT = 14
+    COLUMNS = ("original", "masked", "reconstruction")
 
     def __init__(
         self,
@@ -64,6 +75,7 @@ class ReconstructionGrid(pl.Callback):
         self.seed = seed
         self.tag = tag
         self.images: torch.Tensor | None = None
+        self._collected = False  # the fixed images are complete (or the val loop had no more)
         self.saved: list[Path] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -76,9 +88,27 @@ class ReconstructionGrid(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self.images is None and batch_idx == 0 and dataloader_idx == 0:
-            images = batch[0] if isinstance(batch, (list, tuple)) else batch
-            self.images = images[: self.num_images].detach().cpu().clone()
+        if self._collected or dataloader_idx != 0:
+            return
+        have = 0 if self.images is None else len(self.images)
+        if have >= self.num_images:
+            return
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        take = images[: self.num_images - have].detach().cpu().clone()
+        self.images = take if self.images is None else torch.cat([self.images, take])
+
+    def _finish_collecting(self, trainer: pl.Trainer) -> None:
+        have = 0 if self.images is None else len(self.images)
+        if trainer.sanity_checking and have < self.num_images:
+            self.images = None  # the real validation epoch sees these batches again, and more
+            return
+        self._collected = True
+        if 0 < have < self.num_images:
+            rank_zero_warn(
+                f"ReconstructionGrid: the validation loop gave {have} image(s), fewer than "
+                f"num_images={self.num_images}; the grids show {have} row(s) (more validation "
+                "batches, e.g. a higher limit_val_batches, give more)"
+            )
 
     def _denorm(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
@@ -100,14 +130,39 @@ class ReconstructionGrid(pl.Callback):
         grid = make_grid(panels.flatten(0, 1), nrow=3, padding=2, pad_value=1.0)
         return (grid * 255).round().to(torch.uint8)
 
+    def with_headers(self, grid: torch.Tensor) -> torch.Tensor:
+        """``grid`` with a white strip of column titles on top (what is saved and logged).
+
+        Shape:
+            ``(3, H, W) -> (3, HEADER_HEIGHT + H, W)`` uint8.
+        """
+        height, width = self.HEADER_HEIGHT, grid.shape[-1]
+        strip = Image.new("RGB", (width, height), (255, 255, 255))
+        draw = ImageDraw.Draw(strip)
+        col = (width - 2) / 3  # make_grid: 2-px padding around and between the panels
+        for k, title in enumerate(self.COLUMNS):
+            text, size = title, height - 3
+            font = ImageFont.load_default(size=size)
+            while size > 6 and draw.textlength(text, font=font) > col - 2:
+                size -= 1
+                font = ImageFont.load_default(size=size)
+            while len(text) > 1 and draw.textlength(text, font=font) > col - 2:
+                text = text[:-1]  # narrow panels (32 px): "reconstruction" -> "recon"...
+            x = 2 + k * col + (col - 2 - draw.textlength(text, font=font)) / 2
+            draw.text((x, 1), text, fill=(0, 0, 0), font=font)
+        header = torch.from_numpy(np.asarray(strip).copy()).permute(2, 0, 1)
+        return torch.cat([header, grid], dim=1)
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._collected:
+            self._finish_collecting(trainer)
         if trainer.sanity_checking or self.images is None:
             return
         if (trainer.current_epoch + 1) % self.every_n_epochs != 0:
             return
         if not trainer.is_global_zero:
             return
-        grid = self.make_grid(pl_module, self.images)
+        grid = self.with_headers(self.make_grid(pl_module, self.images))
         step = trainer.global_step
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

@@ -5,9 +5,10 @@ Every source here has the same small interface (``classes``, ``targets``, ``__le
 any subset of it. One scanned folder therefore serves the pretraining views, the labelled
 probe views and the 1 % / 10 % subsets without scanning twice.
 
-Bad input (STYLE principle 10): a file that cannot be decoded (corrupt, truncated, not an
-image at all) is either skipped, with a :class:`BadImageWarning` naming it once, or raises
-:class:`BadImageError`, as the user chose with ``on_bad_image``. Skips are counted in shared
+Bad input is never silent (a skipped image would otherwise bias a run unnoticed): a file
+that cannot be decoded (corrupt, truncated, not an image at all) is either skipped, with a
+:class:`BadImageWarning` naming it once, or raises :class:`BadImageError`, as the user
+chose with ``on_bad_image``. Skips are counted in shared
 memory, so counts made inside DataLoader worker processes are visible in the main process
 (:attr:`ImageFolderDataset.skipped`, read each epoch by
 :class:`ssl_cropmix.data.datamodule.BadImageCounter`). A skip is counted when the file's own

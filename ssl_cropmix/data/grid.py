@@ -3,8 +3,9 @@
 One row per image; columns ``original | key | crop 1..n | mixed | query``. ``crop i`` are the
 resized crops CropMix cut (before colour augmentation), ``mixed`` is CropMix's output before
 the query's colour augmentation (for the contrastive preset the crops are already coloured
-inside the mix) and ``query`` / ``key`` are the final, de-normalised training views. Views
-without CropMix (``plain``, MAE ``rrc``) leave the crop / mixed columns empty.
+inside the mix) and ``query`` / ``key`` are the final, de-normalised training views. A column
+that no shown image fills is left out: views without CropMix (``plain``, MAE ``rrc``) have no
+crop / mixed columns, MAE views no key, and ``crop 4`` appears only if a row drew 4 crops.
 
 Usage::
 
@@ -88,7 +89,8 @@ def _to_uint8(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], norm
 def view_rows(
     data: Any, n: int = 8, query: str | None = None, image_size: int | None = None, seed: int = 0
 ) -> tuple[list[str], list[list[torch.Tensor | None]]]:
-    """Column names and rows of uint8 ``(3, s, s)`` tiles (``None`` = empty tile).
+    """Column names and rows of uint8 ``(3, s, s)`` tiles (``None`` = empty tile; columns
+    empty in every row are dropped).
 
     Args:
         data: a ``CropMixDataModule``, a ``ViewDataset`` or any dataset of ``(image, label)``.
@@ -128,7 +130,9 @@ def view_rows(
             orig = F.resize(u8, [side, side], antialias=True)
             rows.append([orig, k, *crops, mixed_u8, qv])
     names = ["original", "key", *[f"crop {j + 1}" for j in range(max_crops)], "mixed", "query"]
-    return names, rows
+    keep = [c for c, name in enumerate(names)
+            if name in ("original", "query") or any(row[c] is not None for row in rows)]
+    return [names[c] for c in keep], [[row[c] for c in keep] for row in rows]
 
 
 def show_views(

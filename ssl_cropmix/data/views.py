@@ -64,8 +64,9 @@ class RandomGaussianBlurPIL(v2.Transform):
 
     Hand-written because torchvision's ``v2.GaussianBlur`` blurs PIL images as float tensors
     with a fixed 23-px kernel (about 2x slower at 224 px), and lightly's ``GaussianBlur``
-    draws from ``np.random`` (STYLE principle 4). PIL's ``ImageFilter.GaussianBlur`` is a C
-    box-filter approximation whose ``radius`` is the standard deviation. Tensors are
+    draws from ``np.random``, a second RNG that torch seeding does not control (every
+    random draw here comes from torch, optionally a ``generator``). PIL's
+    ``ImageFilter.GaussianBlur`` is a C box-filter approximation whose ``radius`` is the standard deviation. Tensors are
     blurred through PIL too (uint8) or with ``F.gaussian_blur`` (float).
 
     Args:

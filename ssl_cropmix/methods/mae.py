@@ -21,7 +21,7 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from ssl_cropmix.losses.reconstruction import masked_reconstruction_loss
-from ssl_cropmix.methods.scaling import scaled_lr, warmup_cosine
+from ssl_cropmix.methods.scaling import log_lr_scaling, scaled_lr, warmup_cosine
 from ssl_cropmix.models.vit import build_vit
 
 #: parameter names (last component) never weight-decayed, besides norms and biases
@@ -248,10 +248,15 @@ class MAECropMix(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=images.shape[0])
         return {"loss": loss}
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        """No validation loss: the val loop exists so callbacks (kNN, reconstruction grids)
-        can run on the validation loader."""
-        return None
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """``val/loss``: the reconstruction loss of the validation images under a fixed mask
+        per batch (a CPU generator seeded with the batch index), so epochs are compared on
+        the same masks and the training RNG stream is not touched."""
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        idx_keep, idx_mask = self.sample_mask(images.shape[0], generator=torch.Generator().manual_seed(int(batch_idx)))
+        loss = self.reconstruction_loss(images, idx_keep.to(images.device), idx_mask.to(images.device))
+        self.log("val/loss", loss, batch_size=images.shape[0], sync_dist=True)
+        return loss
 
     def setup(self, stage: str) -> None:
         """Refuse data whose image size is not the ViT's (clear error naming both values)."""
@@ -272,9 +277,7 @@ class MAECropMix(pl.LightningModule):
         check_finite_state(checkpoint.get("state_dict", {}), self.global_step, type(self).__name__)
 
     def on_train_start(self) -> None:
-        if self.effective_batch_size is not None:
-            for logger in self.loggers:  # recorded once, next to the hparams
-                logger.log_hyperparams({"effective_batch_size": self.effective_batch_size, "lr": self.scaled_lr})
+        log_lr_scaling(self, getattr(self, "effective_batch_size", None), getattr(self, "scaled_lr", None))
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:

@@ -29,7 +29,7 @@ from ssl_cropmix.losses.infonce import infonce_queue_loss
 from ssl_cropmix.models.backbones import build_backbone
 from ssl_cropmix.models.heads import asym_moco_projection_head
 from ssl_cropmix.models.queue import MomentumQueue
-from ssl_cropmix.methods.scaling import batch_size_of, scaled_lr, warmup_cosine
+from ssl_cropmix.methods.scaling import batch_size_of, log_lr_scaling, scaled_lr, warmup_cosine
 
 OptimizerCallable = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
@@ -185,9 +185,7 @@ class MoCoCropMix(pl.LightningModule):
         bs = batch_size_of(self.trainer.train_dataloader)
         if bs is not None:
             self._check_batch(bs)
-        if getattr(self, "effective_batch_size", None) is not None:
-            for logger in self.loggers:  # recorded once, next to the hparams
-                logger.log_hyperparams({"effective_batch_size": self.effective_batch_size, "lr": self.scaled_lr})
+        log_lr_scaling(self, getattr(self, "effective_batch_size", None), getattr(self, "scaled_lr", None))
 
     def _check_batch(self, per_device: int) -> None:
         """Reject batch sizes MoCo cannot train with (raised at setup / train start)."""

@@ -54,6 +54,21 @@ def scaled_lr(name: str, trainer: pl.Trainer, base_lr: float, lr: float | None) 
     return effective, value
 
 
+#: hparams key of the lr a fit computed. Not ``lr``: that init argument means "absolute lr,
+#: no scaling", so recording the scaled value under it would pin the lr of any run rebuilt
+#: from the saved hparams to this run's batch size.
+SCALED_LR_KEY = "scaled_lr"
+
+
+def log_lr_scaling(module: pl.LightningModule, effective: int | None, lr: float | None) -> None:
+    """Record ``effective_batch_size`` and :data:`SCALED_LR_KEY` with every logger of
+    ``module`` (next to its hparams; call once, at train start). ``lr`` itself is untouched."""
+    if effective is None:
+        return
+    for logger in module.loggers:
+        logger.log_hyperparams({"effective_batch_size": effective, SCALED_LR_KEY: lr})
+
+
 def warmup_cosine(step: int, total: int, warmup: int = 0) -> float:
     """Learning-rate factor at ``step``: linear warm-up over ``warmup`` steps, then a half
     cosine to 0 at ``total`` (and 0 after it). MAE's ``lr_sched``; MoCo v2 with

@@ -25,7 +25,7 @@ import PIL.Image
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode, Transform
-from torchvision.transforms.v2._utils import query_chw
+from torchvision.transforms.v2 import query_chw
 
 from ssl_cropmix.transforms import functional as CF
 

@@ -17,8 +17,17 @@ from typing import Any
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import query_size
+
+# The one private torchvision name the package uses. ``_BaseMixUpCutMix`` is the base class
+# of the public ``v2.MixUp`` and ``v2.CutMix``: it owns the label one-hot encoding, the batch
+# checks and the tv_tensor pass-through, so ResizeMix behaves exactly like them with any
+# labels_getter. Re-implementing it would copy ~80 lines that torchvision keeps in sync with
+# MixUp/CutMix. Tested with torchvision 0.29.1 (tests/transforms/test_resizemix.py exercises
+# every method used here: __init__(alpha, num_classes, labels_getter), _mixup_label,
+# _check_image_or_video, and forward's batch handling); the pyproject floor (0.21) is the
+# oldest release with this interface and make_params/transform public on v2.Transform.
 from torchvision.transforms.v2._augment import _BaseMixUpCutMix
-from torchvision.transforms.v2._utils import is_pure_tensor, query_size
 
 from ssl_cropmix.transforms import functional as CF
 from ssl_cropmix.transforms.cropmix import _check_interpolation, _check_range
@@ -28,8 +37,8 @@ class ResizeMix(_BaseMixUpCutMix):
     """Batch ResizeMix with the ``v2.MixUp`` / ``v2.CutMix`` call convention.
 
     Subclasses torchvision's ``_BaseMixUpCutMix`` (private, but it is what ``MixUp`` and
-    ``CutMix`` share: label handling, batch checks, tv_tensor wrapping); only the sampling
-    and the pixel op are new.
+    ``CutMix`` share: label handling, batch checks, tv_tensor wrapping; see the note at the
+    import for the versions tested); only the sampling and the pixel op are new.
 
     Paper: Qin et al., "ResizeMix: Mixing Data with Preserved Object Information and
     True Labels", 2020.
@@ -80,7 +89,8 @@ class ResizeMix(_BaseMixUpCutMix):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if inpt is params["labels"]:
             return self._mixup_label(inpt, lam=params["lam_adjusted"])
-        if isinstance(inpt, (tv_tensors.Image, tv_tensors.Video)) or is_pure_tensor(inpt):
+        pure_tensor = isinstance(inpt, torch.Tensor) and not isinstance(inpt, tv_tensors.TVTensor)
+        if isinstance(inpt, (tv_tensors.Image, tv_tensors.Video)) or pure_tensor:
             self._check_image_or_video(inpt, batch_size=params["batch_size"])
             x = inpt.as_subclass(torch.Tensor)
             out = CF.resize_paste(x, x.roll(1, 0), params["box"], self.interpolation)

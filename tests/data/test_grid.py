@@ -20,19 +20,27 @@ def test_rows_columns_and_reproducible(tmp_path):
     state = torch.get_rng_state()
     names, rows = view_rows(dm, n=3, seed=4)
     assert torch.equal(state, torch.get_rng_state())  # caller's RNG untouched
-    assert names == ["original", "key", "crop 1", "crop 2", "crop 3", "crop 4", "mixed", "query"]
+    drawn = [sum(t is not None for t in row[2:-2]) for row in rows]
+    # crop columns up to the most crops any row drew: no column is empty in every row
+    assert names == ["original", "key", *[f"crop {j + 1}" for j in range(max(drawn))], "mixed", "query"]
     assert len(rows) == 3
-    for row in rows:
-        n_crops = sum(t is not None for t in row[2:6])
-        assert 2 <= n_crops <= 4 and all(t is None for t in row[2 + n_crops : 6])
+    for row, n_crops in zip(rows, drawn):
+        assert 2 <= n_crops <= 4 and all(t is None for t in row[2 + n_crops : -2])
         assert all(t.dtype == torch.uint8 and t.shape == (3, 32, 32) for t in row if t is not None)
     # original tile = the first image (evenly spaced picks start at index 0) resized to 32
     first = Image.open(dm.source("train").samples[0][0]).convert("RGB")
     assert torch.equal(rows[0][0], F.resize(F.pil_to_tensor(first), [32, 32], antialias=True))
     _, again = view_rows(dm, n=3, seed=4)
     assert all(torch.equal(a, b) for r1, r2 in zip(rows, again) for a, b in zip(r1, r2) if a is not None)
-    _, plain = view_rows(ImageFolderDataset(tmp_path / "train"), n=2, query="plain")
-    assert [len(r) for r in plain] == [4, 4] and plain[0][2] is None  # no crops / mixed
+    names, plain = view_rows(ImageFolderDataset(tmp_path / "train"), n=2, query="plain")
+    assert names == ["original", "key", "query"]  # no crops / mixed columns
+    assert all(t is not None for r in plain for t in r)
+    names, mae = view_rows(CropMixDataModule(str(tmp_path), val_split=None, views="mae", image_size=32,
+                                             num_workers=0), n=2)
+    assert "key" not in names and names[0] == "original" and names[-1] == "query"
+    assert all(t is not None for r in mae for t in r[:1] + r[-1:])
+    for c in range(len(names)):  # every drawn column has a tile in some row
+        assert any(r[c] is not None for r in mae)
 
 
 def test_png_layout_and_script(tmp_path):
