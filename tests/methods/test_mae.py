@@ -194,11 +194,12 @@ def test_loss_equals_maes_forward_loss_on_the_same_mask():
     """The whole decoder pass and MAE's ``forward_loss`` written out here on the same mask:
     mask tokens at every masked position, fixed position embeddings, blocks, norm,
     prediction of *all* patches, then ``(loss * mask).sum() / mask.sum()`` with per-patch
-    normalised targets. The mask token is set far from zero so that a decoder that left
-    masked positions empty (or used another token) gives another loss."""
+    normalised targets. The mask token is set to a large random vector (not a constant one,
+    which the blocks' LayerNorms would erase) so that a decoder that left masked positions
+    empty (or used another token) gives another loss."""
     m = tiny_mae().eval()
     with torch.no_grad():
-        m.decoder.mask_token.fill_(1.5)
+        m.decoder.mask_token.copy_(3.0 * torch.randn_like(m.decoder.mask_token))
     x = torch.rand(3, 3, 32, 32)
     keep, mask_idx = _fixed_mask(m, 3)
     b, n = 3, m.num_patches
