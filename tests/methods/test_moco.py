@@ -316,3 +316,27 @@ def test_shuffle_bn_keeps_keys_aligned_across_two_processes(tmp_path):
         env=env, cwd=root,
     )
     assert proc.returncode == 0 and "aligned" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_fit_with_default_datamodule_uses_the_papers_contrastive_query(tmp_path):
+    """``Trainer.fit(MoCoCropMix(...), CropMixDataModule(data_dir))`` with no query given trains
+    on the paper's contrastive preset (App. A): crops from (0.2, 0.6) and (0.6, 1), each
+    MoCo-v2-augmented, CutMix-pasted; not the generic Mixup CropMix."""
+    import numpy as np
+
+    from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.transforms import CropMix
+
+    dm = CropMixDataModule(data_dir=str(_write_folder(tmp_path / "data")), image_size=32, batch_size=4, num_workers=0)
+    seen = {}
+
+    class Grab(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen["query"] = trainer.train_dataloader.dataset.transform.query
+            seen["shapes"] = [t.shape for t in batch[0]]
+
+    _trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[Grab()], deterministic=False).fit(tiny_moco(), dm)
+    mix = seen["query"].transforms[0]
+    assert isinstance(mix, CropMix) and mix.mixing == "cutmix" and mix.paste == "into_mix"
+    assert np.allclose(mix.scale_ranges(2), ((0.2, 0.6), (0.6, 1.0))) and mix.view_transform is not None
+    assert seen["shapes"] == [(4, 3, 32, 32), (4, 3, 32, 32)]
