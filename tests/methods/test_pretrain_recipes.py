@@ -37,3 +37,25 @@ def test_mae_imagenet_recipes_use_an_effective_batch_of_4096(name, view, epochs,
     assert t.num_devices * dm.batch_size * t.accumulate_grad_batches == 4096
     assert dm.mae_view == view and t.max_epochs == epochs and m.hparams.warmup_epochs == 20
     assert m.hparams.base_lr == 1.5e-4 and m.hparams.weight_decay == 0.05 and m.hparams.norm_pix_loss
+
+
+def test_cli_refuses_a_misspelt_query_at_parse_time_and_takes_a_transform(tmp_path, monkeypatch, capsys):
+    """``query`` is ``Literal[names] | Callable``: a typo fails while parsing (a short usage
+    error naming the choices, before anything is built); a ``class_path`` gives a transform."""
+    from torchvision.transforms import v2
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
+    smoke = REPO / "configs" / "smoke" / "moco_demo_cpu.yaml"
+    from ssl_cropmix.cli import cli_main
+
+    with pytest.raises(SystemExit) as e:
+        cli_main(["--config", str(smoke), "--data.init_args.query=contrastiv", "--trainer.logger=false"], run=False)
+    assert e.value.code != 0
+    err = capsys.readouterr().err
+    assert "contrastiv" in err and "'contrastive'" in err and "Traceback" not in err
+    cli = cli_main(
+        ["--config", str(smoke), "--data.init_args.query=torchvision.transforms.v2.RandomHorizontalFlip",
+         "--trainer.logger=false"], run=False,
+    )
+    assert isinstance(cli.datamodule.query, v2.RandomHorizontalFlip)
