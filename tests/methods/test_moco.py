@@ -299,6 +299,7 @@ def test_bn_mode_choice(mode, world, expect_sync, expect_shuffle):
     assert model._shuffle_distributed is expect_shuffle
 
 
+@pytest.mark.slow
 def test_shuffle_bn_keeps_keys_aligned_across_two_processes(tmp_path):
     """2 gloo processes, shuffle-BN on: every key (and the queue) stays matched to its own
     image after the cross-process shuffle / unshuffle (see ddp_shuffle_alignment.py)."""
@@ -318,8 +319,9 @@ def test_shuffle_bn_keeps_keys_aligned_across_two_processes(tmp_path):
     assert proc.returncode == 0 and "aligned" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_fit_with_default_datamodule_uses_the_papers_contrastive_query(tmp_path):
-    """``Trainer.fit(MoCoCropMix(...), CropMixDataModule(data_dir))`` with no query given trains
+    """``Trainer.fit(MoCoCropMix(), CropMixDataModule(data_dir))`` with no query given trains
     on the paper's contrastive preset (App. A): crops from (0.2, 0.6) and (0.6, 1), each
     MoCo-v2-augmented, CutMix-pasted; not the generic Mixup CropMix."""
     import numpy as np
@@ -335,7 +337,11 @@ def test_fit_with_default_datamodule_uses_the_papers_contrastive_query(tmp_path)
             seen["query"] = trainer.train_dataloader.dataset.transform.query
             seen["shapes"] = [t.shape for t in batch[0]]
 
-    _trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[Grab()], deterministic=False).fit(tiny_moco(), dm)
+    model = MoCoCropMix()  # every default: ResNet-50, K 65536, m 0.999, T 0.2, base lr 0.03
+    hp = model.hparams
+    assert (hp.backbone, hp.queue_size, hp.momentum, hp.temperature, hp.base_lr) == ("resnet50", 65536, 0.999, 0.2, 0.03)
+    _trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[Grab()], deterministic=False).fit(model, dm)
+    assert int(model.queue.ptr) == 4
     mix = seen["query"].transforms[0]
     assert isinstance(mix, CropMix) and mix.mixing == "cutmix" and mix.paste == "into_mix"
     assert np.allclose(mix.scale_ranges(2), ((0.2, 0.6), (0.6, 1.0))) and mix.view_transform is not None
