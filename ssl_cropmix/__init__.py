@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "moco_views": "ssl_cropmix.data.views",
     "mae_view": "ssl_cropmix.data.views",
     "probe_views": "ssl_cropmix.data.views",
+    "supervised_view": "ssl_cropmix.data.views",
     "show_views": "ssl_cropmix.data.grid",
     # models, losses, methods
     "build_backbone": "ssl_cropmix.models",

@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "moco_v2_augmentation": "ssl_cropmix.data.views",
     "moco_views": "ssl_cropmix.data.views",
     "probe_views": "ssl_cropmix.data.views",
+    "supervised_view": "ssl_cropmix.data.views",
     "show_views": "ssl_cropmix.data.grid",
 }
 

@@ -84,11 +84,29 @@ class CropMixDataModule(pl.LightningDataModule):
             ``"test"`` both mean the test set). ``None``: no validation loader (the online
             probe / kNN monitor then have nothing to read).
         views: ``"moco"`` (query/key pairs), ``"mae"`` (one view) or ``"supervised"``
-            (probe-train augmentation, for fine-tuning with ``fit``).
-        query: MoCo query: ``"plain"``, ``"cropmix"``, ``"scalemix"``, ``"contrastive"``
-            (see :func:`~ssl_cropmix.data.views.moco_query`); Python callers may pass a
-            transform.
-        mae_view: ``"rrc"``, ``"cropmix_mixup"`` or ``"cropmix_cutmix"``.
+            (supervised classification with ``CropMixClassifier``, see ``supervised_view``).
+        query: MoCo query: ``"contrastive"`` (default: the paper's contrastive CropMix
+            preset, App. A), ``"scalemix"`` (Asym-Siam's ScaleMix baseline), ``"plain"``
+            (the MoCo v2 key augmentation) or ``"cropmix"`` (generic Mixup CropMix, not
+            used by the paper for contrastive learning); or a transform (from YAML: a
+            ``class_path``). See :func:`~ssl_cropmix.data.views.moco_query`.
+        mae_view: ``"cropmix_mixup"`` (default: the paper's CropMix MAE input, Mixup,
+            n in {2, 3, 4}, the official code's defaults and the 10 %-data recipe),
+            ``"cropmix_cutmix"`` (n = 2, CutMix) or ``"rrc"`` (plain MAE). See
+            :func:`~ssl_cropmix.data.views.mae_view`.
+        supervised_view: ``views="supervised"`` training view (paper Sec. 4):
+            ``"cropmix"`` (default: CropMix with Mixup and channel permutation),
+            ``"rrc"`` (the RandomResizedCrop baseline), ``"resizemix"`` (CropMix with the
+            ResizeMix op) or ``"plain"`` (the probe augmentation). See
+            :func:`~ssl_cropmix.data.views.supervised_view`.
+        supervised_crop_scale: crop-scale range of the supervised view (default: (0.01, 1)
+            for CropMix, (0.08, 1) for RRC; the CIFAR table uses (0.75, 1), (0.25, 1),
+            (0.01, 1) for both).
+        supervised_num_crops: CropMix ``n`` of the supervised view (default: 2 for small
+            images, n in {2, 3, 4} otherwise).
+        auto_augment: ``"trivialaugment"`` / ``"randaugment"`` in the supervised view (the
+            stronger ImageNet recipes), or ``None``.
+        random_erasing: random-erasing probability of the supervised view.
         image_size: output side of every view, at least :data:`MIN_IMAGE_SIZE` (8 px: below
             that 2-4 crops of distinct scales are the same few pixels, and a ResNet's
             stride-2 stages or a ViT's patches leave nothing to learn from).
@@ -122,8 +140,13 @@ class CropMixDataModule(pl.LightningDataModule):
         train_split: str = "train",
         val_split: str | None = "val",
         views: Literal["moco", "mae", "supervised"] = "moco",
-        query: str = "cropmix",
-        mae_view: Literal["rrc", "cropmix_mixup", "cropmix_cutmix"] = "rrc",
+        query: V.QueryName | Callable[[Any], Any] = "contrastive",
+        mae_view: Literal["rrc", "cropmix_mixup", "cropmix_cutmix"] = "cropmix_mixup",
+        supervised_view: Literal["cropmix", "rrc", "resizemix", "plain"] = "cropmix",
+        supervised_crop_scale: tuple[float, float] | None = None,
+        supervised_num_crops: int | list[int] | None = None,
+        auto_augment: Literal["trivialaugment", "randaugment"] | None = None,
+        random_erasing: float = 0.0,
         image_size: int = 224,
         small_image: bool | None = None,
         batch_size: int = 256,
@@ -150,6 +173,8 @@ class CropMixDataModule(pl.LightningDataModule):
             raise ValueError(f"query must be one of {V.QUERIES} or a transform, got {query!r}")
         if mae_view not in V.MAE_VIEWS:
             raise ValueError(f"mae_view must be one of {V.MAE_VIEWS}, got {mae_view!r}")
+        if supervised_view not in V.SUPERVISED_VIEWS:
+            raise ValueError(f"supervised_view must be one of {V.SUPERVISED_VIEWS}, got {supervised_view!r}")
         _check_policy(on_bad_image)
         if label_fraction is not None and not (
             isinstance(label_fraction, (int, float)) and 0 < label_fraction <= 1
@@ -167,6 +192,11 @@ class CropMixDataModule(pl.LightningDataModule):
         self.views = views
         self.query = query
         self.mae_view = mae_view
+        self.supervised_view = supervised_view
+        self.supervised_crop_scale = supervised_crop_scale
+        self.supervised_num_crops = supervised_num_crops
+        self.auto_augment = auto_augment
+        self.random_erasing = random_erasing
         self.image_size = _check_int("image_size", image_size, MIN_IMAGE_SIZE)
         self.small_image = image_size <= V.SMALL_IMAGE_MAX if small_image is None else bool(small_image)
         self.batch_size = _check_int("batch_size", batch_size, 1)
@@ -183,6 +213,8 @@ class CropMixDataModule(pl.LightningDataModule):
         self.drop_last = bool(drop_last)
         self.mean = V._check_stats("mean", mean)
         self.std = V._check_stats("std", std)
+        if views == "supervised":  # build once: invalid combinations fail at construction
+            self.train_transform()
         self._sources: dict[str, _Source] = {}
         self._num_classes: int | None = None
         # ``small_image=None`` (derived from image_size) is left out of the hparams: Lightning
@@ -335,7 +367,16 @@ class CropMixDataModule(pl.LightningDataModule):
             return V.moco_views(self.query, self.image_size, self.small_image, **kw)
         if self.views == "mae":
             return V.mae_view(self.mae_view, self.image_size, **kw)
-        return V.probe_views(self.image_size, self.small_image, **kw)[0]
+        return V.supervised_view(
+            self.supervised_view,
+            self.image_size,
+            self.small_image,
+            crop_scale=self.supervised_crop_scale,
+            num_crops=self.supervised_num_crops,
+            auto_augment=self.auto_augment,
+            random_erasing=self.random_erasing,
+            **kw,
+        )
 
     def eval_transforms(self) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
         """``(probe_train, val)`` transforms (:func:`~ssl_cropmix.data.views.probe_views`)."""

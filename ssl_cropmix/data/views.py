@@ -6,7 +6,10 @@
 * :func:`moco_views`: ``TwoViews(query, key)`` with query ``plain`` / ``cropmix`` /
   ``scalemix`` / ``contrastive`` or any transform.
 * :func:`mae_view`: MAE's RRC view or CropMix without intermediate augmentation (Han et al.,
-  2022, Sec. 4.3: Mixup with ``n in {2,3,4}`` for 10 % data, CutMix ``n=2`` for full data).
+  2022, Sec. 6 and App. B.3; the official code's default is Mixup with ``n in {2,3,4}``).
+* :func:`supervised_view`: the supervised-classification training view of Sec. 4: CropMix
+  (Mixup, channel permutation), the RRC baseline, the ResizeMix mixing op, or the plain
+  probe augmentation.
 * :func:`probe_views`: linear-probe / fine-tune train and val transforms, with small-image
   (CIFAR, <= 64 px) variants that never crop 32-px images to nothing.
 
@@ -39,7 +42,11 @@ from ssl_cropmix.transforms.functional import uint8_to_pil
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 QUERIES = ("plain", "cropmix", "scalemix", "contrastive")
+#: The names a MoCo query may be given by (``CropMixDataModule(query=...)`` also takes a transform).
+QueryName = Literal["plain", "cropmix", "scalemix", "contrastive"]
 MAE_VIEWS = ("rrc", "cropmix_mixup", "cropmix_cutmix")
+SUPERVISED_VIEWS = ("cropmix", "rrc", "resizemix", "plain")
+AUTO_AUGMENTS = ("trivialaugment", "randaugment")
 #: Images at most this many pixels wide use the small-image (CIFAR) variants by default.
 SMALL_IMAGE_MAX = 64
 
@@ -203,7 +210,7 @@ class TwoViews:
 
 
 def moco_query(
-    query: str | Callable[[Any], Any] = "cropmix",
+    query: str | Callable[[Any], Any] = "contrastive",
     size: int = 224,
     small_image: bool | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -214,8 +221,11 @@ def moco_query(
     * ``"plain"``: the MoCo v2 key augmentation.
     * ``"cropmix"``: generic CropMix (crop_scale (0.2, 1), n in {2,3,4}, Mixup), then the
       MoCo v2 colour augmentation of the mixed image.
-    * ``"scalemix"``: ScaleMix (two crops from the shared range (0.2, 1), CutMix), then
-      the colour augmentation.
+    * ``"scalemix"``: the Asym-Siam ScaleMix baseline (Wang et al., 2022, Sec. 4.2 and
+      ``moco/loader.py``: ``scalemix(query_transform(x), query_transform(x))``): two crops
+      from the shared range (0.2, 1), *each* with its own MoCo v2 flip / colour jitter /
+      grayscale / blur draw, then CutMix; normalised once after mixing (normalisation is
+      per pixel, so it commutes with the paste).
     * ``"contrastive"``: the paper's contrastive preset: crops from (0.2, 0.6) and
       (0.6, 1.0), each with the full colour augmentation, CutMix; normalised once after
       mixing.
@@ -236,35 +246,34 @@ def moco_query(
     # Small images: crop + resize in one PIL call per crop for the CutMix queries (per-call
     # overhead dominates at 32 px; see CropMix's ``backend``). Large images keep the tensor path.
     backend = "pil" if small else "tensor"
-    if query == "contrastive":
+    if query in ("contrastive", "scalemix"):
         # Per-crop MoCo v2 colour augmentation, PIL in and out. With the PIL backend the crops,
         # their augmentation and the CutMix paste all stay PIL (keep_pil); the tensor backend
         # hands uint8 crops to _ToPIL and reads the augmented PIL views back.
         color = v2.Compose([_ToPIL(), *_colour_ops(blur)])
-        mix = contrastive_cropmix(
-            size, view_transform=color, output_dtype=None, backend=backend, keep_pil=backend == "pil"
-        )
+        kw = dict(view_transform=color, output_dtype=None, backend=backend, keep_pil=backend == "pil")
+        if query == "contrastive":
+            mix = contrastive_cropmix(size, **kw)
+        else:
+            mix = ScaleMix(size, crop_scale=(0.2, 1.0), **kw)
         return v2.Compose([mix, norm])
-    # keep_pil: the mixed image stays PIL for the colour ops (no tensor round trip)
-    if query == "cropmix":
-        # small images: every crop's resize and the Mixup as two matrix products (CropMix's
-        # "numpy" backend), a fixed number of calls whatever n is
-        mix = CropMix(
-            size,
-            crop_scale=(0.2, 1.0),
-            num_crops=(2, 3, 4),
-            mixing="mixup",
-            output_dtype=None,
-            backend="numpy" if small else "tensor",
-            keep_pil=True,
-        )
-    else:
-        mix = ScaleMix(size, crop_scale=(0.2, 1.0), output_dtype=None, backend=backend, keep_pil=True)
+    # "cropmix": keep_pil: the mixed image stays PIL for the colour ops (no tensor round trip).
+    # Small images: every crop's resize and the Mixup as two matrix products (CropMix's
+    # "numpy" backend), a fixed number of calls whatever n is.
+    mix = CropMix(
+        size,
+        crop_scale=(0.2, 1.0),
+        num_crops=(2, 3, 4),
+        mixing="mixup",
+        output_dtype=None,
+        backend="numpy" if small else "tensor",
+        keep_pil=True,
+    )
     return v2.Compose([mix, *_colour_ops(blur), norm])  # PIL colour ops -> float
 
 
 def moco_views(
-    query: str | Callable[[Any], Any] = "cropmix",
+    query: str | Callable[[Any], Any] = "contrastive",
     size: int = 224,
     small_image: bool | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -283,17 +292,25 @@ def moco_views(
 
 
 def mae_view(
-    kind: Literal["rrc", "cropmix_mixup", "cropmix_cutmix"] = "rrc",
+    kind: Literal["rrc", "cropmix_mixup", "cropmix_cutmix"] = "cropmix_mixup",
     size: int = 224,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> v2.Compose:
-    """The MAE pretraining view (He et al., 2022; Han et al., 2022, Sec. 4.3).
+    """The MAE pretraining view (He et al., 2022; Han et al., 2022, Sec. 6 and App. B.3).
 
-    * ``"rrc"``: RandomResizedCrop (0.2, 1) bicubic + flip + normalize (MAE's recipe).
-    * ``"cropmix_mixup"``: CropMix (0.2, 1), n in {2, 3, 4}, Mixup, no intermediate
-      augmentation, bicubic, + flip (the paper's 10 %-data recipe).
-    * ``"cropmix_cutmix"``: CropMix (0.2, 1), n = 2, CutMix (the full-data recipe).
+    * ``"cropmix_mixup"`` (default): CropMix (0.2, 1), n in {2, 3, 4}, Mixup alpha 0.4, no
+      intermediate augmentation, + flip: the official CropMix MAE code's defaults
+      (``mae/main_pretrain.py``: ``--scale 0.2 --mix_ratio 0.4 --number 234 --operation 0``)
+      and the paper's 10 %-data recipe (Table 9's Mixup row, Table 4's "+CropMix").
+    * ``"cropmix_cutmix"``: CropMix (0.2, 1), n = 2, CutMix (Table 9's CutMix row).
+    * ``"rrc"``: RandomResizedCrop (0.2, 1) bicubic + flip + normalize (plain MAE).
+
+    The CropMix crops are resized bilinearly, as torchvision's ``RandomResizedCrop`` default
+    in the official CropMix MAE code for ``n = 2`` (``mae/cropmix.py``; its ``n = 3, 4``
+    branches pass ``interpolation=3``, bicubic: one interpolation for all ``n`` is ours, so
+    that ``n`` is the only thing that changes between draws); plain MAE's RRC keeps MAE's
+    bicubic.
 
     Shape:
         PIL image -> ``(3, size, size)`` float32, normalised.
@@ -311,12 +328,88 @@ def mae_view(
             crop_scale=(0.2, 1.0),
             num_crops=(2, 3, 4) if mixup else 2,
             mixing="mixup" if mixup else "cutmix",
-            interpolation=InterpolationMode.BICUBIC,
+            alpha=0.4,
+            interpolation=InterpolationMode.BILINEAR,
             output_dtype=None,
         )
     else:
         raise ValueError(f"kind must be one of {MAE_VIEWS}, got {kind!r}")
     return v2.Compose([first, v2.RandomHorizontalFlip(), norm])
+
+
+def supervised_view(
+    kind: Literal["cropmix", "rrc", "resizemix", "plain"] = "cropmix",
+    size: int = 224,
+    small_image: bool | None = None,
+    crop_scale: tuple[float, float] | None = None,
+    num_crops: int | Sequence[int] | None = None,
+    auto_augment: Literal["trivialaugment", "randaugment"] | None = None,
+    random_erasing: float = 0.0,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> v2.Compose:
+    """The supervised-classification training view (Han et al., 2022, Sec. 4).
+
+    * ``"cropmix"``: CropMix on ``crop_scale`` (default (0.01, 1)), Mixup alpha 0.4 with
+      channel permutation as the intermediate augmentation, ``num_crops`` (default 2 for
+      small images / CIFAR, n in {2, 3, 4} otherwise / ImageNet), then flip.
+    * ``"rrc"``: the RandomResizedCrop baseline on ``crop_scale`` (default (0.08, 1), the
+      ImageNet baseline; the CIFAR table uses the same range as CropMix), then flip.
+    * ``"resizemix"``: CropMix with the ResizeMix mixing op (the donor resized by
+      ``tau ~ U(0.1, 0.8)`` and pasted), otherwise as ``"cropmix"``.
+    * ``"plain"``: the probe-train augmentation (:func:`probe_views`; pad-crop + flip for
+      small images).
+
+    ``auto_augment`` (TrivialAugmentWide / RandAugment(2, 9), torchvision) runs after the
+    crop and flip on uint8 pixels, ``random_erasing`` (probability) after normalisation: the
+    extra augmentations of the stronger ImageNet recipes (R2, R3).
+
+    Shape:
+        PIL image -> ``(3, size, size)`` float32, normalised.
+    """
+    size = _check_size(size)
+    small = size <= SMALL_IMAGE_MAX if small_image is None else bool(small_image)
+    if kind not in SUPERVISED_VIEWS:
+        raise ValueError(f"kind must be one of {SUPERVISED_VIEWS}, got {kind!r}")
+    if auto_augment is not None and auto_augment not in AUTO_AUGMENTS:
+        raise ValueError(f"auto_augment must be one of {AUTO_AUGMENTS} or None, got {auto_augment!r}")
+    if not isinstance(random_erasing, (int, float)) or not 0.0 <= random_erasing <= 1.0:
+        raise ValueError(f"random_erasing must be a probability in [0, 1], got {random_erasing!r}")
+    norm = ToNormalizedTensor(mean, std)
+    if kind == "plain":
+        if crop_scale is not None or num_crops is not None:
+            raise ValueError(
+                f"kind='plain' takes no crop_scale / num_crops, got crop_scale={crop_scale!r}, num_crops={num_crops!r}"
+            )
+        first: list[Any] = list(probe_views(size, small, mean, std)[0].transforms[:-1])
+    elif kind == "rrc":
+        if num_crops is not None:
+            raise ValueError(f"kind='rrc' takes no num_crops, got {num_crops!r}")
+        scale = tuple(crop_scale) if crop_scale is not None else (0.08, 1.0)
+        first = [v2.RandomResizedCrop(size, scale=scale, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        from ssl_cropmix.transforms import CropMix
+
+        n = num_crops if num_crops is not None else (2 if small else (2, 3, 4))
+        mix = CropMix(
+            size,
+            crop_scale=tuple(crop_scale) if crop_scale is not None else (0.01, 1.0),
+            num_crops=n,
+            mixing="mixup" if kind == "cropmix" else "resizemix",
+            alpha=0.4,
+            intermediate="channel_permute",
+            output_dtype=None,
+        )
+        first = [mix, v2.RandomHorizontalFlip()]
+    extra: list[Any] = []
+    if auto_augment == "trivialaugment":
+        extra.append(v2.TrivialAugmentWide(interpolation=InterpolationMode.BILINEAR))
+    elif auto_augment == "randaugment":
+        extra.append(v2.RandAugment(num_ops=2, magnitude=9, interpolation=InterpolationMode.BILINEAR))
+    if extra:  # torchvision's auto-augment ops take uint8 tensors (or PIL)
+        extra = [v2.PILToTensor(), *extra]
+    after = [v2.RandomErasing(p=float(random_erasing), value=0)] if random_erasing > 0 else []
+    return v2.Compose([*first, *extra, norm, *after])
 
 
 def probe_views(

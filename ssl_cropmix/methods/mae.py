@@ -24,10 +24,6 @@ from ssl_cropmix.losses.reconstruction import masked_reconstruction_loss
 from ssl_cropmix.methods.scaling import log_lr_scaling, scaled_lr, warmup_cosine
 from ssl_cropmix.models.vit import build_vit
 
-#: parameter names (last component) never weight-decayed, besides norms and biases
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token", "mask_token", "dist_token")
-
-
 def random_patch_mask(
     batch_size: int,
     num_patches: int,
@@ -75,8 +71,10 @@ class MAECropMix(pl.LightningModule):
             effective = per-device batch x world size x ``accumulate_grad_batches``.
         lr: absolute learning rate; overrides the ``base_lr`` scaling when given.
         betas: AdamW betas ((0.9, 0.95)).
-        weight_decay: AdamW weight decay (0.05), not applied to norms, biases, position
-            embeddings and class/mask tokens.
+        weight_decay: AdamW weight decay (0.05). As MAE (``main_pretrain.py``: timm 0.3.2's
+            ``add_weight_decay`` with no skip list): every trainable parameter is decayed
+            except 1-d ones (norms) and biases; the class and mask tokens *are* decayed, the
+            position embeddings are fixed sine-cosine (not trained).
         warmup_epochs: linear warmup length (per step) before the cosine decay.
 
     Shape:
@@ -151,6 +149,11 @@ class MAECropMix(pl.LightningModule):
             num_prefix_tokens=self.num_prefix_tokens,
         )
         self.decoder_pred = nn.Linear(decoder_dim, self.patch_size**2 * 3)
+        # MAE's ``_init_weights`` for every nn.Linear (lightly already does it for the encoder
+        # and decoder blocks): xavier-uniform weights, zero biases.
+        for layer in (self.decoder_embed, self.decoder_pred):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
         self.effective_batch_size: int | None = None
         self.scaled_lr: float | None = None
 
@@ -281,12 +284,11 @@ class MAECropMix(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW groups: no decay for norms, biases (1-D), position embeddings and tokens."""
-        no_decay = [n for n, p in self.named_parameters() if n.rsplit(".", 1)[-1] in NO_DECAY_NAMES]
-        groups = param_groups_weight_decay(self, weight_decay, no_weight_decay_list=no_decay)
-        for g in groups:  # frozen parameters (fixed decoder pos-embed, unused mask token)
-            g["params"] = [p for p in g["params"] if p.requires_grad]
-        return [g for g in groups if g["params"]]
+        """AdamW groups as MAE's: no decay for 1-d parameters (norms) and biases, decay for
+        everything else that is trained (including ``cls_token`` and ``mask_token``).
+        Frozen parameters (the fixed position embeddings, the encoder's unused mask token)
+        are left out."""
+        return [g for g in param_groups_weight_decay(self, weight_decay) if g["params"]]
 
     def configure_optimizers(self) -> Any:
         effective, lr = scaled_lr("MAECropMix", self.trainer, self.hparams.base_lr, self.hparams.lr)

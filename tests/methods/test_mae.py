@@ -135,23 +135,97 @@ def test_few_cpu_steps_lower_the_loss_on_a_fixed_batch():
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_no_weight_decay_for_norms_biases_pos_embed_and_tokens():
+def _mae_reference_groups(model) -> tuple[set[str], set[str]]:
+    """MAE's groups (``main_pretrain.py`` calls timm 0.3.2's ``add_weight_decay(model, wd)``
+    with no skip list), written out: trainable 1-d parameters and biases are not decayed,
+    everything else trainable is."""
+    decay, no_decay = set(), set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if len(p.shape) == 1 or name.endswith(".bias") else decay).add(name)
+    return decay, no_decay
+
+
+def test_weight_decay_groups_match_mae():
     m = tiny_mae()
     groups = m.parameter_groups(0.05)
     names = {id(p): n for n, p in m.named_parameters()}
     decay = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     no_decay = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
-    for n in no_decay:
-        assert n.endswith(("bias", "pos_embed", "cls_token", "mask_token")) or ".norm" in n, n
-    assert {"backbone.vit.cls_token", "decoder.mask_token",
-            "backbone.vit.blocks.0.norm1.weight", "decoder_embed.bias"} <= no_decay
-    assert all(n.endswith("weight") and "norm" not in n for n in decay)
-    assert "backbone.vit.patch_embed.proj.weight" in decay and "decoder_pred.weight" in decay
+    assert all(g["weight_decay"] in (0.0, 0.05) for g in groups)
+    assert (decay, no_decay) == _mae_reference_groups(m)
+    # MAE decays its tokens (3-d parameters); norms and biases are not decayed
+    assert {"backbone.vit.cls_token", "decoder.mask_token", "decoder_pred.weight",
+            "backbone.vit.patch_embed.proj.weight"} <= decay
+    assert {"backbone.vit.blocks.0.norm1.weight", "decoder_embed.bias", "decoder.norm.weight"} <= no_decay
     # frozen (MAE): the fixed sin-cos position embeddings, and the encoder's unused mask token
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert decay | no_decay == trainable
     frozen = {"decoder.pos_embed", "backbone.vit.pos_embed", "backbone.mask_token"}
     assert not frozen & trainable
+
+
+@pytest.mark.parametrize("name", ["decoder_embed", "decoder_pred"])
+def test_decoder_linear_layers_use_maes_xavier_init(name):
+    """MAE's ``_init_weights``: xavier-uniform weight on U(-b, b), b = sqrt(6 / (fan_in +
+    fan_out)), zero bias (PyTorch's default is U(+-1/sqrt(fan_in)) with a non-zero bias)."""
+    torch.manual_seed(0)
+    layer = getattr(tiny_mae(), name)
+    fan_out, fan_in = layer.weight.shape
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    w = layer.weight.detach()
+    assert torch.equal(layer.bias.detach(), torch.zeros_like(layer.bias))
+    assert w.abs().max() <= bound and w.abs().max() > 0.97 * bound
+    # a uniform on (-b, b) has std b / sqrt(3); 4 standard errors of the sample std
+    n = w.numel()
+    assert abs(w.std().item() - bound / math.sqrt(3)) < 4 * (bound / math.sqrt(3)) / math.sqrt(2 * n) * 1.2
+
+
+def _patchify_ref(x: torch.Tensor, p: int) -> torch.Tensor:
+    """MAE's ``patchify``: (B, 3, H, W) -> (B, L, p*p*3), patches in row-major order,
+    pixels in (p, q, c) order."""
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, h // p, p, w // p, p)
+    return torch.einsum("nchpwq->nhwpqc", x).reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def test_loss_equals_maes_forward_loss_on_the_same_mask():
+    """The whole decoder pass and MAE's ``forward_loss`` written out here on the same mask:
+    mask tokens at every masked position, fixed position embeddings, blocks, norm,
+    prediction of *all* patches, then ``(loss * mask).sum() / mask.sum()`` with per-patch
+    normalised targets. The mask token is set to a large random vector (not a constant one,
+    which the blocks' LayerNorms would erase) so that a decoder that left masked positions
+    empty (or used another token) gives another loss."""
+    m = tiny_mae().eval()
+    with torch.no_grad():
+        m.decoder.mask_token.copy_(3.0 * torch.randn_like(m.decoder.mask_token))
+    x = torch.rand(3, 3, 32, 32)
+    keep, mask_idx = _fixed_mask(m, 3)
+    b, n = 3, m.num_patches
+    with torch.no_grad():
+        latent = m.decoder_embed(m.backbone.encode(x, idx_keep=keep))  # (B, 1 + K, Dd)
+        full = m.decoder.mask_token.expand(b, n + 1, -1).clone()
+        for i in range(b):
+            full[i, keep[i]] = latent[i]
+        full = full + m.decoder.pos_embed
+        for blk in m.decoder.blocks:
+            full = blk(full)
+        pred = m.decoder_pred(m.decoder.norm(full))[:, 1:]  # drop the class token: (B, L, p*p*3)
+        mask = torch.zeros(b, n)
+        for i in range(b):
+            mask[i, mask_idx[i] - 1] = 1.0
+        for norm_pix in (True, False):
+            target = _patchify_ref(x, 4)
+            if norm_pix:
+                mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+                target = (target - mean) / (var + 1.0e-6) ** 0.5
+            per_patch = ((pred - target) ** 2).mean(dim=-1)
+            ref = (per_patch * mask).sum() / mask.sum()
+            mm = m if norm_pix else tiny_mae(norm_pix_loss=False).eval()
+            if not norm_pix:
+                mm.load_state_dict(m.state_dict())
+            torch.testing.assert_close(mm.reconstruction_loss(x, keep, mask_idx), ref, rtol=1e-5, atol=1e-6)
 
 
 def test_lr_scaled_by_effective_batch_with_warmup_and_cosine(tmp_path, caplog):

@@ -41,12 +41,19 @@ def test_step_loss_queue_and_momentum_update_match_references():
     # momentum update: k <- m k + (1 - m) q, exactly
     for pk, ok, oq in zip(model.backbone_momentum.parameters(), old_k, old_q):
         assert torch.allclose(pk, 0.9 * ok + 0.1 * oq, atol=1e-7)
-    # reference loss from the same encoders and the queue before the step
+    # reference loss: MoCo's builder step written out (moco/builder.py, Chen et al. 2020):
+    # q, k L2-normalised, l_pos = q.k, l_neg = q @ queue^T, logits / T, positive at index 0
     with torch.no_grad():
         q = model.projection_head(model.backbone(xq))
         k = model.projection_head_momentum(model.backbone_momentum(xk))
-    ref = infonce_queue_loss(q, k, queue_before, 0.2)
+        qn, kn = q / q.norm(dim=1, keepdim=True), k / k.norm(dim=1, keepdim=True)
+        l_pos = (qn * kn).sum(dim=1, keepdim=True)
+        l_neg = qn @ queue_before.T
+        logits = torch.cat([l_pos, l_neg], dim=1) / 0.2
+        ref = (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()  # CE with label 0
     assert torch.allclose(out["loss"], ref, atol=1e-6)
+    # and the package's loss agrees on the same inputs (it is used by the symmetric path)
+    assert torch.allclose(infonce_queue_loss(q, k, queue_before, 0.2), ref, atol=1e-6)
     # queue: exactly the new keys, L2-normalised as in the reference MoCo, at [0, 4); the rest
     # untouched
     k_unit = k / k.norm(dim=1, keepdim=True)
@@ -290,3 +297,52 @@ def test_bn_mode_choice(mode, world, expect_sync, expect_shuffle):
     n_bn = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     assert (n_sync == n_bn == 4) if expect_sync else n_sync == 0  # BN2d + BN1d in both encoders
     assert model._shuffle_distributed is expect_shuffle
+
+
+@pytest.mark.slow
+def test_shuffle_bn_keeps_keys_aligned_across_two_processes(tmp_path):
+    """2 gloo processes, shuffle-BN on: every key (and the queue) stays matched to its own
+    image after the cross-process shuffle / unshuffle (see ddp_shuffle_alignment.py)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("ddp_shuffle_alignment.py")
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "pg_init")], capture_output=True, text=True, timeout=240,
+        env=env, cwd=root,
+    )
+    assert proc.returncode == 0 and "aligned" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_fit_with_default_datamodule_uses_the_papers_contrastive_query(tmp_path):
+    """``Trainer.fit(MoCoCropMix(), CropMixDataModule(data_dir))`` with no query given trains
+    on the paper's contrastive preset (App. A): crops from (0.2, 0.6) and (0.6, 1), each
+    MoCo-v2-augmented, CutMix-pasted; not the generic Mixup CropMix."""
+    import numpy as np
+
+    from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.transforms import CropMix
+
+    dm = CropMixDataModule(data_dir=str(_write_folder(tmp_path / "data")), image_size=32, batch_size=4, num_workers=0)
+    seen = {}
+
+    class Grab(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen["query"] = trainer.train_dataloader.dataset.transform.query
+            seen["shapes"] = [t.shape for t in batch[0]]
+
+    model = MoCoCropMix()  # every default: ResNet-50, K 65536, m 0.999, T 0.2, base lr 0.03
+    hp = model.hparams
+    assert (hp.backbone, hp.queue_size, hp.momentum, hp.temperature, hp.base_lr) == ("resnet50", 65536, 0.999, 0.2, 0.03)
+    _trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[Grab()], deterministic=False).fit(model, dm)
+    assert int(model.queue.ptr) == 4
+    mix = seen["query"].transforms[0]
+    assert isinstance(mix, CropMix) and mix.mixing == "cutmix" and mix.paste == "into_mix"
+    assert np.allclose(mix.scale_ranges(2), ((0.2, 0.6), (0.6, 1.0))) and mix.view_transform is not None
+    assert seen["shapes"] == [(4, 3, 32, 32), (4, 3, 32, 32)]
