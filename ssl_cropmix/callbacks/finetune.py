@@ -117,10 +117,11 @@ class SemiSupervisedFineTune(EvaluationLauncher):
         p = resolve_provider(self.provider, trainer)
         c = self.check_num_classes(self.num_classes, p)
         frac = None if self.subset_file is not None else self.recipe.label_fraction
+        full = _full_count(p)
         train = p.labeled_train_dataloader(augment=True, label_fraction=frac, subset_file=self.subset_file)
         res = finetune(
             copy_feature_module(pl_module), train, p.labeled_val_dataloader(), c, self.recipe, self.preset,
-            trainer=trainer, key=self.key, full_train_count=_full_count(p), seed=self.seed, checkpoint=self.checkpoint,
+            trainer=trainer, key=self.key, full_train_count=full, seed=self.seed, checkpoint=self.checkpoint,
             trainer_kwargs=trainer_kwargs,
         )
         if self.subset_file is not None:
@@ -193,12 +194,13 @@ class MAEFineTune(EvaluationLauncher):
 
         p = resolve_provider(self.provider, trainer)
         c = self.check_num_classes(self.num_classes, p)
+        full = _full_count(p)
         train = p.labeled_train_dataloader(augment=True, label_fraction=self.recipe.label_fraction)
         return mae_finetune(
             get_backbone(pl_module), train, p.labeled_val_dataloader(), c, self.recipe,
             image_size=getattr(p, "image_size", None), mean=getattr(p, "mean", (0.485, 0.456, 0.406)),
             std=getattr(p, "std", (0.229, 0.224, 0.225)), trainer=trainer, key=self.key,
-            full_train_count=_full_count(p), seed=self.seed, checkpoint=self.checkpoint, trainer_kwargs=trainer_kwargs,
+            full_train_count=full, seed=self.seed, checkpoint=self.checkpoint, trainer_kwargs=trainer_kwargs,
         )
 
 

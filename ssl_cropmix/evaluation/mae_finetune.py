@@ -3,7 +3,7 @@
 Built from timm parts: ``timm.data.create_transform`` (RandAugment ``rand-m9-mstd0.5-inc1``,
 bicubic, random erasing 0.25), ``timm.data.Mixup`` (Mixup 0.8 / CutMix 1.0, label smoothing
 0.1), ``timm.loss.SoftTargetCrossEntropy``, ``timm.optim.param_groups_layer_decay`` (layer
-decay 0.65 with MAE's layer ids) and ``timm.layers.DropPath`` (stochastic depth 0.1, linear
+decay 0.65) and ``timm.layers.DropPath`` (stochastic depth 0.1, linear
 in depth). AdamW (0.9, 0.999), wd 0.05, ``lr = blr x effective batch / 256`` with blr 5e-4,
 5 warm-up epochs of 100, cosine to ``min_lr``, effective batch 1024 through
 ``accumulate_grad_batches``. Global average pooling + ``fc_norm`` as MAE's default.
@@ -75,14 +75,6 @@ def find_vit(backbone: nn.Module) -> nn.Module:
     raise TypeError(f"MAE fine-tuning needs a timm VisionTransformer backbone, got {type(backbone).__name__}")
 
 
-def _mae_group_matcher(coarse: bool = False) -> dict[str, Any]:
-    """MAE's ``lr_decay.get_layer_id_for_vit``: embeddings 0, ``blocks.i`` i+1, everything
-    else (norms, head) depth+1 (timm's own matcher only places ``norm`` last, so an
-    average-pool ViT whose ``norm`` is empty would be one layer short)."""
-    return dict(stem=r"^cls_token|^reg_token|^pos_embed|^patch_embed|^norm_pre",
-                blocks=[(r"^blocks\.(\d+)", None), (r"^norm|^fc_norm|^head", (99999,))])
-
-
 def prepare_vit(backbone: nn.Module, num_classes: int, drop_path: float, global_pool: str = "avg") -> nn.Module:
     """A deep copy of ``backbone``'s ViT made a classifier: head ``Linear(D, num_classes)``
     (trunc-normal std 2e-5, MAE), global pooling (``avg``: ``norm`` removed and a new
@@ -107,17 +99,17 @@ def prepare_vit(backbone: nn.Module, num_classes: int, drop_path: float, global_
 
 
 def layer_decay_groups(vit: nn.Module, lr: float, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
-    """``timm.optim.param_groups_layer_decay`` with MAE's layer ids; each group's ``lr`` is
-    ``lr x lr_scale`` (``lr_scale = layer_decay ** (depth + 1 - layer_id)``); 1-d parameters
-    and ``vit.no_weight_decay()`` get no weight decay."""
+    """``timm.optim.param_groups_layer_decay``; each group's ``lr`` is ``lr x lr_scale``.
+
+    timm's ViT grouping gives MAE's ``lr_decay.py`` layer ids (embeddings 0, ``blocks.i``
+    i+1, norms and head depth+1), so ``lr_scale = layer_decay ** (depth + 1 - layer_id)``
+    (tested against a hand computation of MAE's rule); 1-d parameters and
+    ``vit.no_weight_decay()`` get no weight decay.
+    """
     from timm.optim import param_groups_layer_decay
 
-    vit.group_matcher = _mae_group_matcher  # instance attribute shadows the method
-    try:
-        groups = param_groups_layer_decay(vit, weight_decay=weight_decay, no_weight_decay_list=tuple(vit.no_weight_decay()),
-                                          layer_decay=layer_decay)
-    finally:
-        del vit.group_matcher
+    groups = param_groups_layer_decay(vit, weight_decay=weight_decay, no_weight_decay_list=tuple(vit.no_weight_decay()),
+                                      layer_decay=layer_decay)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     return groups
