@@ -73,6 +73,14 @@ def _make_cli_class():
                 "(default: the first config file's stem).",
             )
 
+        def instantiate_trainer(self, **kwargs: Any):  # every fit ends with a RunSummary
+            from ssl_cropmix.callbacks.summary import RunSummary
+
+            trainer = super().instantiate_trainer(**kwargs)
+            if not any(isinstance(c, RunSummary) for c in trainer.callbacks):
+                trainer.callbacks.append(RunSummary())
+            return trainer
+
         def before_instantiate_classes(self) -> None:
             sub = self.config.get("subcommand")
             cfg = self.config.get(sub) if sub else self.config

@@ -36,6 +36,8 @@ class RunSummary(pl.Callback):
         ck = trainer.checkpoint_callback
         last = getattr(ck, "last_model_path", "") if ck is not None else ""
         best = getattr(ck, "best_model_path", "") if ck is not None else ""
+        if not last and ck is not None and getattr(ck, "monitor", None) is None:
+            last = best  # without a monitored metric the "best" checkpoint is the latest one
         lines.append(f"last checkpoint: {last or '(none)'}")
         lines.append(f"best checkpoint: {best or '(none)'}")
         for k in sorted(trainer.callback_metrics):
