@@ -101,6 +101,7 @@ class KNNMonitor(pl.Callback):
         self.provider, self.num_classes, self.batch_size, self.name = provider, num_classes, batch_size, name
         self.train_loader, self.val_loader = train_dataloader, val_dataloader
         self.history: list[tuple[int, float]] = []
+        self.last_device: str | None = None  # where the last evaluation computed its features
 
     def evaluate(self, pl_module: Any, trainer: pl.Trainer | None = None) -> float:
         """kNN top-1 (%) of ``pl_module``'s frozen features right now; call on every rank."""
@@ -115,6 +116,7 @@ class KNNMonitor(pl.Callback):
         if self.k > n_bank:
             raise ValueError(f"k={self.k} is larger than the kNN feature bank ({n_bank} samples): lower k")
         device = module_device(get_backbone(pl_module))
+        self.last_device = str(device)
         bank, bank_y = _shard_features(pl_module, shard_loader(bank_loader, world, rank), device)
         q, q_y = _shard_features(pl_module, shard_loader(val_loader, world, rank), device)
         if world > 1:
