@@ -373,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     if not a.cpu_smoke and not torch.cuda.is_available():
         print("gpu_acceptance: no CUDA GPU on this machine; run with --cpu-smoke for the CPU toy run", file=sys.stderr)
         return 2
+    if a.cpu_smoke:
+        torch.set_num_threads(1)  # toy sizes: one thread is fastest, and shared CI machines are not oversubscribed
     _optional_checks()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

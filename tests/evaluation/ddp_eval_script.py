@@ -25,6 +25,7 @@ from ssl_cropmix.callbacks import KNNMonitor, LinearProbe, SemiSupervisedFineTun
 
 def main(out: Path) -> None:
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # two processes on a small shared machine: no oversubscription
     provider = FakeProvider(n_per_class=25, num_classes=4, batch_size=16)  # 100 train, 32 val (odd per-rank splits)
     probe_periodic = LinearProbe(optimizer="sgd", base_lr=2.0, epochs=3, batch_size=32, cached_features=True,
                                  every_n_epochs=1, provider=provider, key="linear_cached")

@@ -26,6 +26,7 @@ def data(n: int, seed: int) -> TensorDataset:
 
 
 def main(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)  # two processes on a small shared machine: no oversubscription
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=90))
