@@ -12,6 +12,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one torch thread is fastest and does not oversubscribe a shared machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_readme_main_job_prints_the_summary(tmp_path, monkeypatch, capsys):
     from ssl_cropmix.cli import main
 
@@ -55,6 +66,3 @@ def test_summary_lists_evaluation_results(tmp_path):
     assert str(ckpt) in text and ckpt.is_file()
     assert f"run directory:   {tmp_path}" in text
 
-
-if __name__ == "__main__":  # pragma: no cover
-    pytest.main([__file__])

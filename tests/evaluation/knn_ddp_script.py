@@ -1,6 +1,7 @@
-"""kNN of one fixed module on fixed data, as rank RANK of WORLD (gloo) or alone (WORLD=1).
+"""kNN of one fixed module on fixed data: alone, then as 2 forked gloo ranks.
 
-``python knn_ddp_script.py RANK WORLD PORT OUT`` writes ``OUT`` = {"acc": ..., "bank": N}.
+``python knn_ddp_script.py PORT OUT_DIR`` writes ``single.json``, ``r0.json``, ``r1.json``
+(each ``{"acc": ...}``). One interpreter start; the ranks are forked after the single run.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import json
 import os
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,22 +27,25 @@ def data(n: int, seed: int) -> TensorDataset:
     return TensorDataset(x, y)
 
 
-def main(rank: int, world: int, port: int, out: str) -> None:
-    torch.set_num_threads(1)  # two processes on a small shared machine: no oversubscription
-    if world > 1:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        torch.distributed.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=90))
+def knn_acc() -> float:
     torch.manual_seed(0)
     holder = nn.Module()
     holder.backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     knn = KNNMonitor(k=7, train_dataloader=DataLoader(data(101, 1), batch_size=10),
                      val_dataloader=DataLoader(data(37, 2), batch_size=6), num_classes=5)
-    acc = knn.evaluate(holder)
-    with open(out, "w") as f:
-        json.dump({"acc": acc}, f)
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    return knn.evaluate(holder)
+
+
+def rank_main(rank: int, port: int, out: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=90))
+    acc = knn_acc()
+    (out / f"r{rank}.json").write_text(json.dumps({"acc": acc}))
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    torch.set_num_threads(1)
+    port, out = int(sys.argv[1]), Path(sys.argv[2])
+    (out / "single.json").write_text(json.dumps({"acc": knn_acc()}))
+    torch.multiprocessing.start_processes(rank_main, args=(port, out), nprocs=2, start_method="fork")
