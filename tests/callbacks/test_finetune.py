@@ -131,3 +131,21 @@ def test_validation():
         SemiSupervisedFineTune(bn_mode="global")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"num_classes=2 is below the data's class count \(4\)"):
         SemiSupervisedFineTune(num_classes=2, provider=FakeProvider()).run(None, UserModule())
+
+
+def test_sync_bn_only_with_a_live_multi_process_group():
+    """bn_mode="sync" converts the copy's BatchNorm only when more than one process runs in a
+    live process group (a CPU run, or a trainer that claims two devices without a group,
+    keeps plain BatchNorm, which SyncBatchNorm would refuse on the CPU)."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from ssl_cropmix.evaluation.finetune import SemiSupervisedFineTuneModule
+
+    recipe = replace(FINETUNE_PRESETS["10pct"], bn_mode="sync")
+    for world in (1, 2):
+        m = SemiSupervisedFineTuneModule(copy_feature_module(UserModule()), 16, 4, recipe)
+        m._trainer = SimpleNamespace(world_size=world)
+        m.setup("fit")
+        assert not any(isinstance(x, torch.nn.SyncBatchNorm) for x in m.modules())
+        assert any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
