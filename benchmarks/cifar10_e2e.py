@@ -82,8 +82,9 @@ def main() -> None:
                         weight_decay=5e-4, temperature=0.2, proj_hidden_dim=512)
     random_model = copy.deepcopy(model)  # same initialisation, never trained
     knn = KNNMonitor(every_n_epochs=a.epochs, provider=provider)
-    probe = LinearProbe("moco", epochs=a.probe_epochs, cached_features=True, head_norm=True, provider=provider,
-                        results_path=f"{a.out}/linear_probe.json", seed=a.seed)
+    probe = LinearProbe("moco", optimizer="sgd", base_lr=0.1, batch_size=256, epochs=a.probe_epochs,
+                        cached_features=True, head_norm=True, provider=provider,
+                        results_path=f"{a.out}/eval_results.json", seed=a.seed)
     trainer = pl.Trainer(max_epochs=a.epochs, callbacks=[knn, probe], logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                          default_root_dir=a.out)
@@ -98,8 +99,8 @@ def main() -> None:
     print(f"\nprotocol: {pre.protocol}\nkNN: k=200, T=0.1, cosine; bank = {a.train_images} train images, queries = 10000 test images\n")
     print("| backbone | kNN top-1 (%) | linear probe top-1 (%) | probe top-5 (%) | probe time (s) |")
     print("|---|---|---|---|---|")
-    print(f"| MoCo+CropMix, {a.epochs} ep on {a.train_images} imgs | {knn.history[-1][1]:.2f} | {pre.top1:.2f} | {pre.top5:.2f} | {pre.total_seconds:.1f} |")
-    print(f"| random init (same arch) | {knn_rand:.2f} | {rand.top1:.2f} | {rand.top5:.2f} | {rand.total_seconds:.1f} |")
+    print(f"| MoCo+CropMix, {a.epochs} ep on {a.train_images} imgs | {knn.history[-1][1]:.2f} | {pre.top1:.2f} | {pre.top5:.2f} | {pre.wall_seconds:.1f} |")
+    print(f"| random init (same arch) | {knn_rand:.2f} | {rand.top1:.2f} | {rand.top5:.2f} | {rand.wall_seconds:.1f} |")
     print("| chance | 10.00 | 10.00 | 50.00 | |")
     print(f"\nwall time: pretraining + kNN + probe inside fit {t_total:.0f}s; random-init kNN {t_knn_rand:.0f}s")
 

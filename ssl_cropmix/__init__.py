@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "KNNMonitor": "ssl_cropmix.callbacks.knn",
     "SemiSupervisedFineTune": "ssl_cropmix.callbacks.finetune",
     "finetune_from_checkpoint": "ssl_cropmix.callbacks.finetune",
+    "MAEFineTune": "ssl_cropmix.callbacks.finetune",
+    "RunSummary": "ssl_cropmix.callbacks.summary",
     "ReconstructionGrid": "ssl_cropmix.callbacks.reconstruction",
     # checkpoints and export
     "load_backbone": "ssl_cropmix.checkpoints",

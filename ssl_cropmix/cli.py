@@ -53,9 +53,10 @@ DEBUG_ENV = "SSL_CROPMIX_DEBUG"
 def default_callbacks() -> list[Any]:
     """Callbacks every ``ssl-cropmix`` Lightning run gets in addition to the config's (the
     one place to add more)."""
+    from ssl_cropmix.callbacks.summary import RunSummary
     from ssl_cropmix.runs import LogLastStep
 
-    return [LogLastStep()]
+    return [LogLastStep(), RunSummary()]
 
 
 def import_package_classes() -> None:

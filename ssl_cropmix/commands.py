@@ -5,7 +5,13 @@ also usable from Python:
 
 * ``show-views``: PNG grid of key / crops / mixed / query views (``data.grid.show_views``).
 * ``probe``: linear probe of a checkpoint's backbone (``callbacks.linear_probe.LinearProbe``).
-* ``finetune``: 1 % / 10 % semi-supervised fine-tuning (``callbacks.finetune``).
+* ``finetune``: 1 % / 10 % semi-supervised or MAE fine-tuning (``callbacks.finetune``).
+
+``probe`` and ``finetune`` run the same evaluation LightningModules as the callbacks, take
+``--trainer.accelerator|devices|num_nodes|precision|strategy`` and ``--config``, read the
+image size, small-image flag and normalisation from the checkpoint's recorded datamodule
+hyper-parameters, and append their JSON record to the checkpoint's run directory
+(``eval_results.json``) unless ``--out`` is given.
 * ``export``: the backbone as a timm-loadable safetensors file (``export.export_backbone``).
 """
 
@@ -14,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
-
-from ssl_cropmix.checkpoints import load_module
 
 
 def run(cmd: str, argv: list[str]) -> int:
@@ -29,28 +33,127 @@ def run(cmd: str, argv: list[str]) -> int:
 # ---------------------------------------------------------------------------- helpers
 _MODEL_CLASS_HELP = ("module.Class of your own LightningModule to rebuild from the checkpoint (only this "
                      "package's classes are built from a checkpoint's own record)")
+#: Trainer options the evaluation commands accept, as ``--trainer.<name>`` (as ``fit``).
+TRAINER_OPTIONS = {"accelerator": str, "devices": str, "num_nodes": int, "precision": str, "strategy": str}
 
 
 def _data_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("labelled data (CropMixDataModule arguments)")
+    g = p.add_argument_group("labelled data (CropMixDataModule arguments; unset ones come from the "
+                             "checkpoint's recorded datamodule hyper-parameters)")
     g.add_argument("--data-dir", default=None, help="ImageFolder root with train/ and val/, or the "
                    "CIFAR-10 JPEG archive (then --val-split test)")
-    g.add_argument("--dataset", default="folder", choices=["folder", "demo", "cifar10", "cifar100", "stl10"])
-    g.add_argument("--train-split", default="train")
-    g.add_argument("--val-split", default="val")
-    g.add_argument("--image-size", type=int, default=224)
-    g.add_argument("--batch-size", type=int, default=256)
+    g.add_argument("--dataset", default=None, choices=["folder", "demo", "cifar10", "cifar100", "stl10"])
+    g.add_argument("--train-split", default=None)
+    g.add_argument("--val-split", default=None)
+    g.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's, else 224")
+    g.add_argument("--small-image", default=None, type=_bool, help="CIFAR-style stem / views (default: the checkpoint's)")
+    g.add_argument("--loader-batch-size", type=int, default=256, help="images per loader batch for feature extraction / evaluation")
     g.add_argument("--num-workers", type=int, default=8)
 
 
-def _datamodule(a: argparse.Namespace):
+def _trainer_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("trainer (as for `ssl-cropmix fit`)")
+    for name, typ in TRAINER_OPTIONS.items():
+        g.add_argument(f"--trainer.{name}", dest=f"trainer.{name}", type=typ, default=None)
+    g.add_argument("--device", default=None, choices=["cpu", "cuda", "gpu", "mps", "auto"],
+                   help="shorthand for --trainer.accelerator")
+    g.add_argument("--out", default=None, help="JSON results file (appended; default: "
+                   "<the checkpoint's run directory>/eval_results.json)")
+    g.add_argument("--config", default=None, help="YAML file with any of these options (`trainer:` as a mapping)")
+
+
+def _bool(v: str) -> bool:
+    if v.lower() in ("1", "true", "yes"):
+        return True
+    if v.lower() in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+
+
+def _parse(p: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``p.parse_args(argv)`` with defaults from ``--config`` (command line wins)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        import yaml
+
+        with open(known.config) as f:
+            cfg = yaml.safe_load(f) or {}
+        if not isinstance(cfg, dict):
+            p.error(f"--config {known.config}: expected a mapping of options, got {type(cfg).__name__}")
+        flat: dict[str, Any] = {}
+        for k, v in cfg.items():
+            if isinstance(v, dict):
+                flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+            else:
+                flat[str(k).replace("-", "_")] = v
+        dests = {a.dest for a in p._actions}
+        unknown = sorted(set(flat) - dests)
+        if unknown:
+            p.error(f"--config {known.config}: unknown option(s) {unknown}")
+        p.set_defaults(**flat)
+    return p.parse_args(argv)
+
+
+def _trainer_kwargs(a: argparse.Namespace, prog: str) -> dict[str, Any]:
+    """``pl.Trainer`` arguments from ``--trainer.*`` / ``--device``; one clear line when a
+    GPU is asked for on a machine without one."""
+    kw: dict[str, Any] = {n: getattr(a, f"trainer.{n}") for n in TRAINER_OPTIONS if getattr(a, f"trainer.{n}") is not None}
+    if a.device is not None:
+        kw.setdefault("accelerator", a.device)
+    if "devices" in kw:
+        d = str(kw["devices"])
+        kw["devices"] = int(d) if d.lstrip("-").isdigit() else d
+    acc = str(kw.get("accelerator", "auto"))
+    if acc in ("cuda", "gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"{prog}: the accelerator {acc!r} needs a CUDA GPU, but none is available on this machine "
+                             "(torch.cuda.is_available() is False); use --device cpu")
+    return kw
+
+
+def _datamodule(a: argparse.Namespace, ckpt: dict[str, Any] | None = None):
+    """The labelled data: command-line values, else the checkpoint's recorded datamodule
+    hyper-parameters (image size, small-image flag, normalisation, dataset and paths)."""
     from ssl_cropmix.data.datamodule import CropMixDataModule
 
-    return CropMixDataModule(
-        a.data_dir, dataset=a.dataset, train_split=a.train_split, val_split=a.val_split,
-        views="supervised", image_size=a.image_size, batch_size=a.batch_size,
+    rec = dict((ckpt or {}).get("datamodule_hyper_parameters") or {})
+    pick = lambda cli, key, default: cli if cli is not None else rec.get(key, default)  # noqa: E731
+    kw: dict[str, Any] = dict(
+        data_dir=pick(a.data_dir, "data_dir", None), dataset=pick(a.dataset, "dataset", "folder"),
+        train_split=pick(a.train_split, "train_split", "train"), val_split=pick(a.val_split, "val_split", "val"),
+        image_size=pick(a.image_size, "image_size", 224), views="supervised", supervised_view="plain", batch_size=a.loader_batch_size,
         num_workers=a.num_workers, persistent_workers=False,
     )
+    si = pick(a.small_image, "small_image", None)
+    if si is not None:
+        kw["small_image"] = bool(si)
+    for key in ("mean", "std", "fraction_seed", "on_bad_image"):
+        if key in rec:
+            kw[key] = tuple(rec[key]) if key in ("mean", "std") else rec[key]
+    return CropMixDataModule(**kw)
+
+
+def _load(a: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The module to evaluate and the raw checkpoint (read through ``ssl_cropmix.checkpoints``)."""
+    from ssl_cropmix.checkpoints import load_checkpoint, load_module
+
+    ckpt = load_checkpoint(a.ckpt)
+    return load_module(a.ckpt, a.backbone, model_class=a.model_class), ckpt if isinstance(ckpt, dict) else {}
+
+
+def _out_path(a: argparse.Namespace) -> Any:
+    from ssl_cropmix.evaluation.results import RESULTS_FILE, checkpoint_run_directory
+
+    return a.out if a.out is not None else checkpoint_run_directory(a.ckpt) / RESULTS_FILE
+
+
+def _data_record(dm: Any) -> dict[str, Any]:
+    return {"dataset": dm.dataset, "data_dir": dm.data_dir, "image_size": dm.image_size, "small_image": dm.small_image,
+            "mean": list(dm.mean), "std": list(dm.std)}
 
 
 # ---------------------------------------------------------------------------- commands
@@ -62,56 +165,76 @@ def _show_views(argv: list[str]) -> int:
 
 def _probe(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ssl-cropmix probe",
-                                description="Linear probe of a pretrained backbone (frozen, eval mode).")
+                                description="Linear probe of a pretrained backbone (frozen, eval mode), on the "
+                                "hardware given by --trainer.* (as `fit`).")
     p.add_argument("--ckpt", required=True, help="MoCo / MAE / Lightning checkpoint or state dict")
     p.add_argument("--backbone", default=None, help="architecture name when the checkpoint names none")
     p.add_argument("--model-class", default=None, help=_MODEL_CLASS_HELP)
-    p.add_argument("--preset", default="moco", choices=["moco", "mae"])
+    p.add_argument("--preset", default="moco", choices=["moco", "moco_simsiam_code", "mae"])
     p.add_argument("--epochs", type=int, default=None, help="override the preset's 90 epochs")
-    p.add_argument("--cached-features", action="store_true",
+    p.add_argument("--batch-size", type=int, default=None, help="the probe's global batch (preset: 4096 / 16384)")
+    p.add_argument("--device-batch-size", type=int, default=None, help="images per device step (accumulates the rest)")
+    p.add_argument("--base-lr", type=float, default=None)
+    p.add_argument("--optimizer", default=None, choices=["sgd", "lars"])
+    p.add_argument("--cached-features", action="store_true", default=False,
                    help="fast path: extract features once (no augmentation), train the head on them")
-    p.add_argument("--out", default="linear_probe.json", help="JSON results file (appended)")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    _trainer_arguments(p)
     _data_arguments(p)
-    a = p.parse_args(argv)
-    _check_device(p, a.device)
+    a = _parse(p, argv)
+    kw = _trainer_kwargs(a, p.prog)
     from ssl_cropmix.callbacks.linear_probe import LinearProbe
+    from ssl_cropmix.evaluation.results import publish
 
-    module = load_module(a.ckpt, a.backbone, model_class=a.model_class).to(a.device)
-    dm = _datamodule(a)
+    module, ckpt = _load(a)
+    dm = _datamodule(a, ckpt)
     dm.setup("fit")
-    res = LinearProbe(preset=a.preset, epochs=a.epochs, cached_features=a.cached_features, provider=dm,
-                      results_path=a.out).run(None, module)
+    probe = LinearProbe(preset=a.preset, epochs=a.epochs, batch_size=a.batch_size, device_batch_size=a.device_batch_size,
+                        base_lr=a.base_lr, optimizer=a.optimizer, cached_features=a.cached_features, provider=dm)
+    probe.checkpoint = str(a.ckpt)
+    res = probe.evaluate(None, module, trainer_kwargs=kw)
+    res.hparams["data"] = _data_record(dm)
+    path = publish(res, None, _out_path(a))
     print(json.dumps(res.as_dict(), indent=2))
+    print(f"appended to {path}")
     return 0
 
 
 def _finetune(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="ssl-cropmix finetune",
-                                description="Semi-supervised fine-tuning (1 % / 10 % labels).")
+                                description="Semi-supervised fine-tuning (1 % / 10 % labels), or MAE's ViT fine-tuning "
+                                "(--preset mae), on the hardware given by --trainer.* (as `fit`).")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--backbone", default=None)
     p.add_argument("--model-class", default=None, help=_MODEL_CLASS_HELP)
-    p.add_argument("--preset", default="10pct", choices=["10pct", "1pct"])
+    p.add_argument("--preset", default="10pct", choices=["10pct", "1pct", "mae"])
+    p.add_argument("--label-fraction", type=float, default=None, help="override the preset's fraction")
     p.add_argument("--subset-file", default=None, help="SimCLR list file (1percent.txt / 10percent.txt)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--out", default="finetune.json")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--epochs", type=int, default=None, help="override the preset's 100 epochs (milestones scale)")
+    p.add_argument("--batch-size", type=int, default=None, help="global (effective) batch of the fine-tuning")
+    _trainer_arguments(p)
     _data_arguments(p)
-    a = p.parse_args(argv)
-    _check_device(p, a.device)
-    from ssl_cropmix.callbacks.finetune import SemiSupervisedFineTune
+    a = _parse(p, argv)
+    kw = _trainer_kwargs(a, p.prog)
+    from ssl_cropmix.callbacks.finetune import MAEFineTune, SemiSupervisedFineTune
+    from ssl_cropmix.evaluation.results import publish
 
-    over: dict[str, Any] = {"results_path": a.out}
-    if a.epochs is not None:
-        over["epochs"] = a.epochs
-    if a.subset_file is not None:
-        over["subset_file"] = a.subset_file
-    module = load_module(a.ckpt, a.backbone, model_class=a.model_class).to(a.device)  # read once
-    dm = _datamodule(a)
+    module, ckpt = _load(a)
+    dm = _datamodule(a, ckpt)
     dm.setup("fit")
-    res = SemiSupervisedFineTune(a.preset, provider=dm, **over).run(None, module)
+    if a.preset == "mae":
+        if a.subset_file is not None:
+            p.error("--subset-file is not supported with --preset mae; use --label-fraction")
+        cb: Any = MAEFineTune(label_fraction=a.label_fraction, epochs=a.epochs, batch_size=a.batch_size, provider=dm,
+                              warmup_epochs=min(5, a.epochs) if a.epochs is not None else None)
+    else:
+        cb = SemiSupervisedFineTune(a.preset, label_fraction=a.label_fraction, subset_file=a.subset_file, epochs=a.epochs,
+                                    batch_size=a.batch_size, provider=dm)
+    cb.checkpoint = str(a.ckpt)
+    res = cb.evaluate(None, module, trainer_kwargs=kw)
+    res.hparams["data"] = _data_record(dm)
+    path = publish(res, None, _out_path(a))
     print(json.dumps(res.as_dict(), indent=2, default=str))
+    print(f"appended to {path}")
     return 0
 
 
@@ -126,25 +249,6 @@ def _export(argv: list[str]) -> int:
     out = export_backbone(a.ckpt, a.out)
     print(f"wrote {out}")
     return 0
-
-
-def _check_device(p: argparse.ArgumentParser, device: str) -> None:
-    """One clear line (argparse's usage error, exit 2) for a device this machine lacks,
-    instead of torch's traceback ending in 'Found no NVIDIA driver'."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as e:
-        p.error(f"--device {device!r}: {e}")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        p.error(f"--device {device!r}: no CUDA device is available on this machine (use --device cpu)")
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 _HANDLERS = {"show-views": _show_views, "probe": _probe, "finetune": _finetune, "export": _export}

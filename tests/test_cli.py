@@ -208,17 +208,3 @@ def test_16_mixed_on_cpu_is_reported_once(tmp_path, monkeypatch):
     assert cli.trainer.precision == "bf16-mixed"
 
 
-@pytest.mark.parametrize("cmd", ["probe", "finetune"])
-def test_task_command_missing_cuda_is_one_line(cmd, capsys, tmp_path):
-    """``probe --device cuda`` on a machine without CUDA: argparse's one-line error (exit 2)
-    naming the device, before any checkpoint is read."""
-    if torch.cuda.is_available():
-        pytest.skip("the machine has CUDA")
-    from ssl_cropmix.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main([cmd, "--ckpt", str(tmp_path / "missing.ckpt"), "--device", "cuda"])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].endswith("--device 'cuda': no CUDA device is available on this machine (use --device cpu)")
-    assert not any("Traceback" in line for line in err)

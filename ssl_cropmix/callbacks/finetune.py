@@ -1,216 +1,65 @@
-"""Semi-supervised fine-tuning on 1% / 10% of the labels (paper Appendix B.2.3).
+"""Fine-tuning launched at the end of ``fit``: semi-supervised (1 % / 10 % labels, paper App.
+B.2.3) and MAE's ViT fine-tuning (App. B.3.2).
 
-The whole backbone and a new linear head are trained with SGD (momentum 0.9, no weight
-decay) and **separate learning rates** for trunk and head, decayed x0.1 at epochs 30, 60, 90
-of 100. One ``MultiStepLR`` scales both parameter groups, so their ratio is kept through the
-whole schedule (the public reference code overwrote the head lr with the trunk lr every
-epoch). Like ``LinearProbe``, the fine-tuning is a small plain-PyTorch loop, never a
-recursive ``trainer.fit``; as a callback it works on a deep copy of the backbone, so the
-pretrained module is left untouched.
+The protocols are LightningModules in :mod:`ssl_cropmix.evaluation` run by their own
+``Trainer`` on the pretraining's hardware; the callbacks hand over a deep copy of the
+backbone (the pretrained module is left untouched) on every rank, in ``on_train_end``.
 """
 
 from __future__ import annotations
 
-import copy
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ssl_cropmix.callbacks.utils import (
-    report_result,
-    get_backbone,
-    module_device,
-    resolve_provider,
-    topk_accuracies,
+from ssl_cropmix.callbacks.launch import EvaluationLauncher
+from ssl_cropmix.callbacks.utils import resolve_provider
+from ssl_cropmix.evaluation.base import copy_feature_module
+from ssl_cropmix.evaluation.finetune import (
+    FINETUNE_PRESETS,
+    PRESET_EPOCHS,
+    FineTuneRecipe,
+    finetune,
+    fraction_key,
+    scale_milestones,
 )
+from ssl_cropmix.evaluation.mae_finetune import MAEFineTuneRecipe, mae_finetune
+from ssl_cropmix.evaluation.results import EvalResult
+
+__all__ = ["FINETUNE_PRESETS", "FineTuneRecipe", "MAEFineTune", "SemiSupervisedFineTune", "copy_feature_module",
+           "finetune", "finetune_from_checkpoint"]
 
 
-@dataclass(frozen=True)
-class FineTuneRecipe:
-    """Hyper-parameters of semi-supervised fine-tuning (paper App. B.2.3)."""
-
-    label_fraction: float | None
-    trunk_lr: float
-    head_lr: float
-    epochs: int = 100
-    milestones: tuple[int, ...] = (30, 60, 90)
-    gamma: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 256
-
-
-#: 10%: trunk 0.01 / head 0.2; 1%: trunk 0.02 / head 5.0.
-FINETUNE_PRESETS: dict[str, FineTuneRecipe] = {
-    "10pct": FineTuneRecipe(label_fraction=0.1, trunk_lr=0.01, head_lr=0.2),
-    "1pct": FineTuneRecipe(label_fraction=0.01, trunk_lr=0.02, head_lr=5.0),
-}
-
-
-@dataclass
-class FineTuneResult:
-    """Outcome; ``lr_history[e] = (trunk_lr, head_lr)`` used during epoch ``e``."""
-
-    protocol: str
-    top1: float
-    top5: float
-    train_samples: int
-    samples_seen_per_epoch: int
-    val_samples: int
-    total_seconds: float
-    lr_history: list[tuple[float, float]] = field(default_factory=list)
-    pretrain_epoch: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-serialisable dict."""
-        return asdict(self)
-
-
-def _features(trunk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``trunk(x)`` flattened to ``(B, D)``.
-
-    Always the trunk's ``forward``: a backbone's ``forward_features`` may be something else
-    (timm's returns the unpooled ``(B, C, h, w)`` map); modules probed through their own
-    ``forward_features`` are wrapped by :func:`copy_feature_module`.
-    """
-    f = trunk(x)
-    return f.flatten(1) if f.ndim > 2 else f
-
-
-class _ForwardFeatures(nn.Module):
-    """Makes ``module.forward_features`` the forward (a probed module with no ``backbone``)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module.forward_features(x)
-
-
-class _Classifier(nn.Module):
-    """``features -> linear`` following the backbone protocol (flattens (B,D,1,1))."""
-
-    def __init__(self, trunk: nn.Module, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.trunk = trunk
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(_features(self.trunk, x))
-
-
-def copy_feature_module(pl_module: nn.Module) -> nn.Module:
-    """A deep copy of what computes ``pl_module``'s features, detached from any trainer.
-
-    ``backbone`` modules are copied alone (called through their ``forward``); a module
-    with ``forward_features`` is copied whole (its trainer reference is dropped for the
-    copy) and wrapped so that calling it calls ``forward_features``.
-    """
-    backbone = get_backbone(pl_module)
-    if backbone is not pl_module:
-        return copy.deepcopy(backbone)
-    trainer = pl_module.__dict__.get("_trainer")
+def _full_count(p: Any) -> int | None:
+    """Images in the provider's whole labelled training split (for the real fraction)."""
     try:
-        if trainer is not None:
-            pl_module._trainer = None  # type: ignore[assignment]
-        return _ForwardFeatures(copy.deepcopy(pl_module))
-    finally:
-        if trainer is not None:
-            pl_module._trainer = trainer  # type: ignore[assignment]
+        return len(p.labeled_train_dataloader(augment=False, shuffle=False).dataset)
+    except Exception:  # a provider without a full split: the fraction is not stated
+        return None
 
 
-def finetune(
-    trunk: nn.Module,
-    train_loader: Any,
-    val_loader: Any,
-    num_classes: int,
-    recipe: FineTuneRecipe,
-    name: str = "custom",
-) -> FineTuneResult:
-    """Fine-tune ``trunk`` (modified in place: pass a copy) + a new linear head.
-
-    Args:
-        trunk: feature module, called as ``trunk(x)``: ``(B,3,H,W) -> (B,D)`` (or
-            ``(B,D,1,1)``); :func:`copy_feature_module` makes one from a probed module.
-        train_loader: the labelled subset, augmented, ``(images, labels)``.
-        val_loader: validation batches.
-        num_classes: head width.
-        recipe: learning rates and schedule.
-        name: preset name, stated in ``FineTuneResult.protocol``.
-    """
-    t0 = time.perf_counter()
-    device = module_device(trunk)
-    was_training = trunk.training
-    trunk.eval()
-    with torch.no_grad():
-        x0, _ = next(iter(train_loader))
-        dim = _features(trunk, x0[:2].to(device)).shape[1]
-    model = _Classifier(trunk, dim, num_classes).to(device)
-    opt = torch.optim.SGD(
-        [
-            {"params": list(trunk.parameters()), "lr": recipe.trunk_lr},
-            {"params": list(model.head.parameters()), "lr": recipe.head_lr},
-        ],
-        lr=recipe.trunk_lr,
-        momentum=recipe.momentum,
-        weight_decay=recipe.weight_decay,
-    )
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(recipe.milestones), gamma=recipe.gamma)
-    history: list[tuple[float, float]] = []
-    seen = 0
-    for _ in range(recipe.epochs):
-        history.append((opt.param_groups[0]["lr"], opt.param_groups[1]["lr"]))
-        model.train()
-        seen = 0
-        for x, y in train_loader:
-            loss = F.cross_entropy(model(x.to(device, non_blocking=True)), y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seen += len(y)
-        sched.step()
-    model.eval()
-    logits, labels = [], []
-    with torch.no_grad():
-        for x, y in val_loader:
-            logits.append(model(x.to(device)).float())
-            labels.append(y.to(device))
-    top1, top5 = topk_accuracies(torch.cat(logits), torch.cat(labels), (1, 5))
-    trunk.train(was_training)
-    frac = "all labels" if recipe.label_fraction is None else f"{100 * recipe.label_fraction:g}% labels"
-    protocol = (
-        f"finetune[{name}]: {frac}, SGD m={recipe.momentum:g} wd={recipe.weight_decay:g}, trunk lr {recipe.trunk_lr:g} / "
-        f"head lr {recipe.head_lr:g}, x{recipe.gamma:g} at {list(recipe.milestones)} of {recipe.epochs} epochs"
-    )
-    n = len(train_loader.dataset) if hasattr(train_loader, "dataset") else seen
-    return FineTuneResult(
-        protocol=protocol, top1=top1, top5=top5, train_samples=n, samples_seen_per_epoch=seen,
-        val_samples=int(sum(len(t) for t in labels)), total_seconds=round(time.perf_counter() - t0, 3),
-        lr_history=history,
-    )
-
-
-class SemiSupervisedFineTune(pl.Callback):
-    """Fine-tune a copy of the pretrained backbone at the end of ``fit`` (rank 0 only).
+class SemiSupervisedFineTune(EvaluationLauncher):
+    """Fine-tune a copy of the pretrained backbone at the end of training, on every rank.
 
     Data: ``provider`` or ``trainer.datamodule`` (provider protocol): the labelled subset is
-    ``labeled_train_dataloader(augment=True, label_fraction=..., subset_file=...)`` (SimCLR
-    list file by path, or the provider's seeded class-balanced fraction).
+    ``labeled_train_dataloader(augment=True, label_fraction=..., subset_file=...)``. The
+    result key is ``finetune_<pct>pct`` (``eval/finetune_10pct/top1``, ...).
 
     Args:
         preset: ``"10pct"`` (trunk 0.01, head 0.2) or ``"1pct"`` (trunk 0.02, head 5.0).
         label_fraction, subset_file: override the preset's fraction (``subset_file`` wins).
-        trunk_lr, head_lr, epochs, milestones, gamma, batch_size: override the preset.
+        trunk_lr, head_lr, epochs, milestones, gamma, batch_size: override the preset;
+            ``epochs`` without ``milestones`` scales the preset's milestones (30/60/90 of 100).
+        bn_mode: ``"local"`` or ``"sync"`` (SyncBatchNorm when running on several processes).
+        every_n_epochs: also fine-tune every N pretraining epochs (0: only at the end).
         provider, num_classes: labelled data.
-        results_path: JSON list file; ``None``: ``trainer.log_dir/finetune.json``.
-        prefix: metric-name prefix.
+        results_path: JSON list file; ``None``: ``<run directory>/eval_results.json``.
+        key: metric key (default from the fraction).
+        seed: seeds head init and shuffling.
     """
 
     def __init__(
@@ -224,53 +73,135 @@ class SemiSupervisedFineTune(pl.Callback):
         milestones: tuple[int, ...] | list[int] | None = None,
         gamma: float | None = None,
         batch_size: int | None = None,
+        bn_mode: Literal["local", "sync"] = "local",
+        every_n_epochs: int = 0,
         provider: Any = None,
         num_classes: int | None = None,
         results_path: str | Path | None = None,
-        prefix: str = "finetune",
+        key: str | None = None,
+        seed: int = 0,
     ) -> None:
+        super().__init__(every_n_epochs, results_path)
         if preset not in FINETUNE_PRESETS:
             raise ValueError(f"preset must be one of {sorted(FINETUNE_PRESETS)}, got {preset!r}")
         if label_fraction is not None and not 0 < label_fraction <= 1:
             raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction!r}")
-        for pname, v in (("trunk_lr", trunk_lr), ("head_lr", head_lr)):
+        for pname, v in (("trunk_lr", trunk_lr), ("head_lr", head_lr), ("gamma", gamma)):
             if v is not None and not v > 0:
                 raise ValueError(f"{pname} must be > 0, got {v!r}")
         for pname, v in (("epochs", epochs), ("batch_size", batch_size)):
-            if v is not None and (not isinstance(v, int) or v < 1):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"{pname} must be a positive int, got {v!r}")
+        if bn_mode not in ("local", "sync"):
+            raise ValueError(f"bn_mode must be 'local' or 'sync', got {bn_mode!r}")
         base = FINETUNE_PRESETS[preset]
-        over = dict(
-            label_fraction=label_fraction, trunk_lr=trunk_lr, head_lr=head_lr, epochs=epochs,
-            milestones=tuple(milestones) if milestones is not None else None, gamma=gamma, batch_size=batch_size,
-        )
+        if milestones is not None:
+            ms = tuple(int(m) for m in milestones)
+        elif epochs is not None and epochs != PRESET_EPOCHS:
+            ms = scale_milestones(base.milestones, epochs)
+        else:
+            ms = None
+        if ms is not None and (list(ms) != sorted(ms) or any(m < 1 for m in ms)):
+            raise ValueError(f"milestones must be increasing positive epochs, got {list(ms)}")
+        over = dict(label_fraction=label_fraction, trunk_lr=trunk_lr, head_lr=head_lr, epochs=epochs, milestones=ms,
+                    gamma=gamma, batch_size=batch_size, bn_mode=bn_mode)
         self.recipe = FineTuneRecipe(**{**asdict(base), **{k: v for k, v in over.items() if v is not None}})
         self.preset, self.subset_file = preset, subset_file
         self.provider, self.num_classes = provider, num_classes
-        self.results_path, self.prefix = results_path, prefix
-        self.results: list[FineTuneResult] = []
+        self.key = key or fraction_key("finetune", self.recipe.label_fraction if subset_file is None else None, subset_file)
+        self.seed = seed
+        self.checkpoint: str | None = None
 
-    def run(self, trainer: pl.Trainer | None, pl_module: nn.Module) -> FineTuneResult:
-        """Fine-tune a deep copy of ``pl_module``'s features; log, write JSON, return."""
+    def evaluate(self, trainer: pl.Trainer | None, pl_module: Any, trainer_kwargs: dict[str, Any] | None = None) -> EvalResult:
+        """Fine-tune a deep copy of ``pl_module``'s features now (every rank)."""
         p = resolve_provider(self.provider, trainer)
+        c = self.check_num_classes(self.num_classes, p)
         frac = None if self.subset_file is not None else self.recipe.label_fraction
-        train = p.labeled_train_dataloader(
-            augment=True, batch_size=self.recipe.batch_size, label_fraction=frac, subset_file=self.subset_file
-        )
+        full = _full_count(p)
+        train = p.labeled_train_dataloader(augment=True, label_fraction=frac, subset_file=self.subset_file)
         res = finetune(
-            copy_feature_module(pl_module), train, p.labeled_val_dataloader(),
-            int(self.num_classes or p.num_classes), self.recipe, self.preset,
+            copy_feature_module(pl_module), train, p.labeled_val_dataloader(), c, self.recipe, self.preset,
+            trainer=trainer, key=self.key, full_train_count=full, seed=self.seed, checkpoint=self.checkpoint,
+            trainer_kwargs=trainer_kwargs,
         )
         if self.subset_file is not None:
             res.protocol += f" (subset file {self.subset_file})"
-        report_result(res, trainer, self.prefix, self.results_path)
-        self.results.append(res)
         return res
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Fine-tune after pretraining."""
-        if trainer.is_global_zero:
-            self.run(trainer, pl_module)
+
+class MAEFineTune(EvaluationLauncher):
+    """MAE's end-to-end ViT fine-tuning (paper App. B.3.2) at the end of training, every rank.
+
+    Needs a ViT backbone (``MAECropMix``). The training images get MAE's timm transform
+    (RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25) in place of the provider's
+    augmentation; Mixup 0.8 / CutMix 1.0 with label smoothing 0.1 on the batch; AdamW with
+    layer-wise lr decay 0.65, drop path 0.1; 100 epochs, 5 warm-up, effective batch 1024.
+
+    Args:
+        label_fraction: fine-tune on a fraction (the paper: 10 % and 100 %); ``None``: all.
+        epochs, warmup_epochs, batch_size, device_batch_size, blr, layer_decay, drop_path,
+        mixup, cutmix, label_smoothing, re_prob, auto_augment: override MAE's values.
+        every_n_epochs, provider, num_classes, results_path, key, seed: as for the others.
+    """
+
+    def __init__(
+        self,
+        label_fraction: float | None = None,
+        epochs: int | None = None,
+        warmup_epochs: int | None = None,
+        batch_size: int | None = None,
+        device_batch_size: int | None = None,
+        blr: float | None = None,
+        layer_decay: float | None = None,
+        drop_path: float | None = None,
+        mixup: float | None = None,
+        cutmix: float | None = None,
+        label_smoothing: float | None = None,
+        re_prob: float | None = None,
+        auto_augment: str | None = None,
+        every_n_epochs: int = 0,
+        provider: Any = None,
+        num_classes: int | None = None,
+        results_path: str | Path | None = None,
+        key: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(every_n_epochs, results_path)
+        if label_fraction is not None and not 0 < label_fraction <= 1:
+            raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction!r}")
+        for pname, v in (("epochs", epochs), ("batch_size", batch_size), ("device_batch_size", device_batch_size)):
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{pname} must be a positive int, got {v!r}")
+        if layer_decay is not None and not 0 < layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay!r}")
+        for pname, v in (("drop_path", drop_path), ("re_prob", re_prob), ("label_smoothing", label_smoothing)):
+            if v is not None and not 0 <= v < 1:
+                raise ValueError(f"{pname} must be in [0, 1), got {v!r}")
+        over = dict(label_fraction=label_fraction, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
+                    device_batch_size=device_batch_size, blr=blr, layer_decay=layer_decay, drop_path=drop_path, mixup=mixup,
+                    cutmix=cutmix, label_smoothing=label_smoothing, re_prob=re_prob, auto_augment=auto_augment)
+        self.recipe = MAEFineTuneRecipe(**{**asdict(MAEFineTuneRecipe()), **{k: v for k, v in over.items() if v is not None}})
+        if self.recipe.warmup_epochs > self.recipe.epochs:
+            raise ValueError(f"warmup_epochs={self.recipe.warmup_epochs} exceeds epochs={self.recipe.epochs}")
+        self.provider, self.num_classes = provider, num_classes
+        self.key = key or fraction_key("mae_finetune", self.recipe.label_fraction)
+        self.seed = seed
+        self.checkpoint: str | None = None
+
+    def evaluate(self, trainer: pl.Trainer | None, pl_module: Any, trainer_kwargs: dict[str, Any] | None = None) -> EvalResult:
+        """Fine-tune a copy of ``pl_module``'s ViT now (every rank)."""
+        from ssl_cropmix.callbacks.utils import get_backbone
+
+        p = resolve_provider(self.provider, trainer)
+        c = self.check_num_classes(self.num_classes, p)
+        full = _full_count(p)
+        train = p.labeled_train_dataloader(augment=True, label_fraction=self.recipe.label_fraction)
+        return mae_finetune(
+            get_backbone(pl_module), train, p.labeled_val_dataloader(), c, self.recipe,
+            image_size=getattr(p, "image_size", None), mean=getattr(p, "mean", (0.485, 0.456, 0.406)),
+            std=getattr(p, "std", (0.229, 0.224, 0.225)), trainer=trainer, key=self.key,
+            full_train_count=full, seed=self.seed, checkpoint=self.checkpoint, trainer_kwargs=trainer_kwargs,
+        )
 
 
 def finetune_from_checkpoint(
@@ -278,9 +209,10 @@ def finetune_from_checkpoint(
     datamodule: Any,
     preset: Literal["10pct", "1pct"] = "10pct",
     backbone: nn.Module | str | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
+    trainer_kwargs: dict[str, Any] | None = None,
     **overrides: Any,
-) -> FineTuneResult:
+) -> EvalResult:
     """Standalone entry point: load a backbone (``checkpoints.load_backbone``) and fine-tune.
 
     Args:
@@ -288,16 +220,22 @@ def finetune_from_checkpoint(
         datamodule: labelled-data provider (e.g. ``CropMixDataModule``).
         preset: ``"10pct"`` or ``"1pct"``.
         backbone: architecture for the weights (see ``load_backbone``).
-        device: where to train.
+        device: ``"cpu"`` / ``"cuda"`` (sets the trainer's accelerator; ``None``: Lightning's choice).
+        trainer_kwargs: other ``pl.Trainer`` arguments (devices, precision, strategy).
         **overrides: ``SemiSupervisedFineTune`` arguments (``epochs``, ``trunk_lr``, ...).
     """
     from ssl_cropmix.checkpoints import load_backbone
 
-    trunk = load_backbone(ckpt_path, backbone).to(device)
+    trunk = load_backbone(ckpt_path, backbone)
     cb = SemiSupervisedFineTune(preset, provider=datamodule, **overrides)
+    cb.checkpoint = str(ckpt_path)
     if hasattr(datamodule, "setup"):
         datamodule.setup("fit")
-
     holder = nn.Module()
     holder.backbone = trunk
-    return cb.run(None, holder)
+    kw = dict(trainer_kwargs or {})
+    if device is not None:
+        kw.setdefault("accelerator", "gpu" if str(device).startswith("cuda") else str(device))
+    res = cb.evaluate(None, holder, trainer_kwargs=kw)
+    cb.results.append(res)
+    return res

@@ -1,4 +1,10 @@
-"""Weighted kNN monitor during pretraining (InstDisc / MoCo protocol: k=200, T=0.1)."""
+"""Weighted kNN monitor during pretraining (InstDisc / MoCo protocol: k=200, T=0.1).
+
+Under DDP every rank extracts an unpadded shard of the bank and of the queries; the bank
+shards are all-gathered (so each rank holds the whole bank, in dataset order), each rank
+classifies its own queries and the hit counts are summed: the value equals the
+single-process value on the same data, on every rank.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,8 @@ import torch.nn.functional as F
 from lightly.utils.benchmarking import knn_predict
 from torch.utils.data import DataLoader
 
-from ssl_cropmix.callbacks.linear_probe import collect_features
-from ssl_cropmix.callbacks.utils import resolve_provider
+from ssl_cropmix.callbacks.utils import extract_features, frozen, get_backbone, module_device, resolve_provider
+from ssl_cropmix.evaluation.data import all_gather_rows, dist_world_rank, shard_loader
 
 
 def knn_classify(
@@ -32,9 +38,13 @@ def knn_classify(
 
     Shape:
         query ``(Q, D)``, bank ``(N, D)``, bank_labels ``(N,)`` -> ``(Q,)`` long.
+
+    Raises:
+        ValueError: ``k`` is larger than the bank (no silent clamping).
     """
+    if k > bank.shape[0]:
+        raise ValueError(f"k={k} is larger than the kNN feature bank ({bank.shape[0]} samples): lower k")
     bank_t = F.normalize(bank.float(), dim=1).t().contiguous()
-    k = min(k, bank.shape[0])
     out = []
     for q in query.split(chunk_size):
         pred = knn_predict(F.normalize(q.float(), dim=1), bank_t, bank_labels, num_classes, k, temperature)
@@ -48,8 +58,9 @@ class KNNMonitor(pl.Callback):
     The bank is the provider's labelled train split without augmentation
     (``labeled_train_dataloader(augment=False, shuffle=False)``), queries are
     ``labeled_val_dataloader()``; features stay on the module's device. Explicit loaders
-    override the provider. Under DDP every rank computes the same value on the full bank
-    (no sharding; fine for CIFAR-sized banks) and the value is logged with ``rank_zero_only``.
+    override the provider. Under DDP each rank extracts its shard of bank and queries (see
+    the module docstring); every rank gets the single-process value. ``k`` larger than the
+    bank raises ``ValueError``.
 
     Args:
         k: neighbours (200).
@@ -90,22 +101,34 @@ class KNNMonitor(pl.Callback):
         self.provider, self.num_classes, self.batch_size, self.name = provider, num_classes, batch_size, name
         self.train_loader, self.val_loader = train_dataloader, val_dataloader
         self.history: list[tuple[int, float]] = []
+        self.last_device: str | None = None  # where the last evaluation computed its features
 
     def evaluate(self, pl_module: Any, trainer: pl.Trainer | None = None) -> float:
-        """kNN top-1 (%) of ``pl_module``'s frozen features right now."""
+        """kNN top-1 (%) of ``pl_module``'s frozen features right now; call on every rank."""
         if self.train_loader is not None:
             bank_loader, val_loader, c = self.train_loader, self.val_loader, int(self.num_classes)  # type: ignore[arg-type]
         else:
             p = resolve_provider(self.provider, trainer)
             bank_loader = p.labeled_train_dataloader(augment=False, batch_size=self.batch_size, shuffle=False)
             val_loader, c = p.labeled_val_dataloader(batch_size=self.batch_size), int(self.num_classes or p.num_classes)
-        bank, bank_y = collect_features(pl_module, bank_loader)
-        q, q_y = collect_features(pl_module, val_loader)
-        pred = knn_classify(q, bank, bank_y, c, self.k, self.temperature, self.chunk_size)
-        return 100.0 * (pred == q_y).float().mean().item()
+        world, rank = dist_world_rank()
+        n_bank = len(bank_loader.dataset)
+        if self.k > n_bank:
+            raise ValueError(f"k={self.k} is larger than the kNN feature bank ({n_bank} samples): lower k")
+        device = module_device(get_backbone(pl_module))
+        self.last_device = str(device)
+        bank, bank_y = _shard_features(pl_module, shard_loader(bank_loader, world, rank), device)
+        q, q_y = _shard_features(pl_module, shard_loader(val_loader, world, rank), device)
+        if world > 1:
+            bank, bank_y = _gather_in_order(bank, bank_y, world, rank)
+        pred = knn_classify(q, bank, bank_y, c, self.k, self.temperature, self.chunk_size) if len(q) else q_y
+        hits = torch.tensor([float((pred == q_y).sum()), float(len(q_y))], dtype=torch.float64, device=device)
+        if world > 1:
+            torch.distributed.all_reduce(hits)
+        return 100.0 * float(hits[0]) / max(float(hits[1]), 1.0)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Evaluate and log every ``every_n_epochs`` epochs."""
+        """Evaluate and log every ``every_n_epochs`` epochs (every rank takes part)."""
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         from pytorch_lightning.utilities.seed import isolate_rng
@@ -113,4 +136,29 @@ class KNNMonitor(pl.Callback):
         with isolate_rng():  # its loaders draw seeds: keep the training RNG stream (exact resume)
             acc = self.evaluate(pl_module, trainer)
         self.history.append((trainer.current_epoch, acc))
-        pl_module.log(self.name, acc, rank_zero_only=True, prog_bar=True)
+        pl_module.log(self.name, acc, prog_bar=True, sync_dist=True)  # equal on every rank: the mean is the value
+
+
+def _shard_features(pl_module: Any, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    feats, labels = [], []
+    with frozen(get_backbone(pl_module)):
+        for x, y in loader:
+            feats.append(extract_features(pl_module, x.to(device, non_blocking=True)).float())
+            labels.append(y.to(device))
+    if not feats:  # fewer samples than ranks
+        return torch.zeros(0, 0, device=device), torch.zeros(0, dtype=torch.long, device=device)
+    return torch.cat(feats), torch.cat(labels)
+
+
+def _gather_in_order(f: torch.Tensor, y: torch.Tensor, world: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All ranks' :class:`ShardSampler` shards (rank r holds r, r+w, ...) back in dataset order."""
+    fs, ys = all_gather_rows(f, world), all_gather_rows(y, world)
+    n = sum(len(t) for t in ys)
+    dim = max(t.shape[1] if t.ndim == 2 else 0 for t in fs)
+    out_f = torch.empty(n, dim, dtype=torch.float32, device=f.device)
+    out_y = torch.empty(n, dtype=torch.long, device=f.device)
+    for r, (fr, yr) in enumerate(zip(fs, ys)):
+        if len(yr):
+            out_f[r::world] = fr
+            out_y[r::world] = yr
+    return out_f, out_y

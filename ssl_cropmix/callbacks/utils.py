@@ -66,7 +66,8 @@ def frozen(module: nn.Module) -> Iterator[nn.Module]:
 
 
 # ---------------------------------------------------------------------------------------
-# Shared by the offline evaluation callbacks (linear probe, kNN, fine-tuning).
+# Shared by the evaluation callbacks (linear probe, kNN, fine-tuning); results are in
+# ``ssl_cropmix.evaluation.results``.
 # ---------------------------------------------------------------------------------------
 
 
@@ -96,52 +97,3 @@ def module_device(module: nn.Module) -> torch.device:
     for t in module.buffers():
         return t.device
     return torch.device("cpu")
-
-
-def topk_accuracies(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[float]:
-    """Top-k accuracies in percent; ``k`` larger than the class count counts as the class count.
-
-    Shape:
-        logits ``(N, C)``, labels ``(N,)`` -> one float per ``k``.
-    """
-    from torchmetrics.functional.classification import multiclass_accuracy
-
-    c = logits.shape[1]
-    return [
-        100.0
-        * float(multiclass_accuracy(logits, labels, num_classes=c, top_k=min(k, c), average="micro"))
-        for k in ks
-    ]
-
-
-def append_json_result(path: Any, record: dict[str, Any]) -> None:
-    """Append ``record`` to the JSON list stored at ``path`` (created with its folder)."""
-    import json
-    from pathlib import Path
-
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    records = json.loads(p.read_text()) if p.exists() else []
-    records.append(record)
-    p.write_text(json.dumps(records, indent=2))
-
-
-def report_result(res: Any, trainer: Any, prefix: str, results_path: Any = None) -> None:
-    """Publish an evaluation result (``LinearProbe`` / ``SemiSupervisedFineTune``): log
-    ``{prefix}/top1`` and ``{prefix}/top5`` to every logger, append ``res.as_dict()`` to the
-    JSON list at ``results_path`` (default ``<log_dir>/<prefix>.json`` when a trainer is
-    given) and print one line naming the protocol. Sets ``res.pretrain_epoch``."""
-    from pathlib import Path
-
-    from pytorch_lightning.utilities import rank_zero_info
-
-    if trainer is not None:
-        res.pretrain_epoch = trainer.current_epoch
-        for lg in trainer.loggers:
-            lg.log_metrics({f"{prefix}/top1": res.top1, f"{prefix}/top5": res.top5}, step=trainer.global_step)
-    path = results_path
-    if path is None and trainer is not None:
-        path = Path(trainer.log_dir or trainer.default_root_dir) / f"{prefix}.json"
-    if path is not None:
-        append_json_result(path, res.as_dict())
-    rank_zero_info(f"{res.protocol}: top-1 {res.top1:.2f}%, top-5 {res.top5:.2f}% ({res.total_seconds:.1f}s)")

@@ -79,6 +79,21 @@ def _devices(strategy: Any) -> Any:
     return [d.index if d.index is not None else 0 for d in devs]
 
 
+def _accelerator_name(accelerator: Any) -> Any:
+    """The registry name of ``accelerator`` (``"cpu"``, ``"cuda"``, ``"mps"``), else a new
+    instance of its class. A name, not an instance: Lightning picks the autocast device of
+    ``*-mixed`` precision from the accelerator *name* (an instance means CUDA autocast)."""
+    from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
+
+    if isinstance(accelerator, CPUAccelerator):
+        return "cpu"
+    if isinstance(accelerator, CUDAAccelerator):
+        return "cuda"
+    if type(accelerator).__name__ == "MPSAccelerator":
+        return "mps"
+    return type(accelerator)()
+
+
 def inherited_trainer_kwargs(trainer: pl.Trainer | None) -> dict[str, Any]:
     """``accelerator``, ``devices``, ``num_nodes``, ``strategy`` and ``precision`` of ``trainer``.
 
@@ -97,7 +112,7 @@ def inherited_trainer_kwargs(trainer: pl.Trainer | None) -> dict[str, Any]:
         return {}
     strategy = trainer.strategy
     kwargs: dict[str, Any] = {
-        "accelerator": type(trainer.accelerator)(),
+        "accelerator": _accelerator_name(trainer.accelerator),
         "devices": _devices(strategy),
         "num_nodes": trainer.num_nodes,
         "precision": trainer.precision,

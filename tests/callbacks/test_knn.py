@@ -61,6 +61,17 @@ def test_monitor_logs_during_fit(tmp_path):
     assert provider.calls[-1]["augment"] is False and provider.calls[-1]["shuffle"] is False
 
 
+def test_k_larger_than_the_bank_is_refused_not_clamped():
+    g = torch.Generator().manual_seed(0)
+    bank, labels = torch.randn(10, 4, generator=g), torch.randint(0, 2, (10,), generator=g)
+    assert knn_classify(bank[:3], bank, labels, 2, k=10).shape == (3,)  # k == bank size is fine
+    with pytest.raises(ValueError, match=r"k=11 is larger than the kNN feature bank \(10 samples\)"):
+        knn_classify(bank[:3], bank, labels, 2, k=11)
+    provider = FakeProvider(n_per_class=4)  # 16-image bank
+    with pytest.raises(ValueError, match=r"k=200 is larger than the kNN feature bank \(16 samples\)"):
+        KNNMonitor(provider=provider).evaluate(UserModule())
+
+
 def test_validation():
     with pytest.raises(ValueError, match="k must.*0"):
         KNNMonitor(k=0)

@@ -25,6 +25,8 @@ def test_single_device_hardware_is_inherited(precision: str) -> None:
     assert e.world_size == t.world_size == 1
     assert e.num_devices == t.num_devices
     assert e.max_epochs == 3 and e.logger is None and e.checkpoint_callback is None
+    if precision.endswith("-mixed"):  # autocast on the CPU, not CUDA (an accelerator instance would say cuda)
+        assert e.precision_plugin.device == t.precision_plugin.device == "cpu"
 
 
 def test_ddp_strategy_is_cloned_not_shared() -> None:

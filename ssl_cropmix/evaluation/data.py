@@ -1,0 +1,203 @@
+"""Sharded data for evaluation: no duplicated samples, features gathered on every rank.
+
+* :class:`ShardSampler`: rank ``r`` of ``w`` gets indices ``r, r + w, ...`` (no padding, so
+  every sample is counted exactly once; shards differ in length by at most one).
+* :func:`train_loader`: the labelled loader re-batched for one device of a global batch
+  (``DistributedSampler``: shuffled, padded to equal length as DDP training needs).
+* :func:`extract_features`: every rank extracts its shard with the evaluation ``Trainer``'s
+  ``predict`` (its device and precision), then the shards are all-gathered and put back in
+  dataset order, so every rank holds identical ``(N, D)`` features.
+* :class:`TensorBatches`: batches of in-memory features without per-sample indexing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
+
+
+def dist_world_rank() -> tuple[int, int]:
+    """``(world_size, rank)`` of the live default process group, ``(1, 0)`` without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
+
+
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, ...`` of ``range(n)``: an unpadded, in-order shard.
+
+    Args:
+        n: dataset length.
+        world: number of shards.
+        rank: this shard.
+    """
+
+    def __init__(self, n: int, world: int = 1, rank: int = 0) -> None:
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"need 0 <= rank < world, got rank={rank}, world={world}")
+        self.n, self.world, self.rank = int(n), int(world), int(rank)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.n, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+
+class _Indexed(Dataset):
+    """``(x, y, i)`` for ``(x, y) = dataset[i]``."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, Any, int]:
+        x, y = self.dataset[i]
+        return x, y, i
+
+
+def rebatch(loader: DataLoader, sampler: Sampler, batch_size: int | None = None, dataset: Any = None) -> DataLoader:
+    """``loader``'s dataset, workers and collate function with a new sampler / batch size."""
+    return DataLoader(
+        dataset if dataset is not None else loader.dataset,
+        batch_size=batch_size or loader.batch_size or 1,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=False,
+        worker_init_fn=loader.worker_init_fn,
+    )
+
+
+def train_loader(loader: DataLoader, device_batch: int, world: int, rank: int, seed: int = 0) -> DataLoader:
+    """``loader``'s dataset for one of ``world`` devices: shuffled (``seed``, re-shuffled every
+    epoch by Lightning's ``set_epoch``) and padded to equal shard lengths, ``device_batch``
+    images per step."""
+    sampler = DistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    return rebatch(loader, sampler, device_batch)
+
+
+def shard_loader(loader: DataLoader, world: int, rank: int, batch_size: int | None = None) -> DataLoader:
+    """``loader``'s dataset, unpadded in-order shard ``rank`` of ``world`` (evaluation)."""
+    return rebatch(loader, ShardSampler(len(loader.dataset), world, rank), batch_size)
+
+
+class _Extractor(pl.LightningModule):
+    """``predict_step`` returns ``(features float32, labels, indices)`` of a frozen trunk."""
+
+    def __init__(self, trunk: nn.Module) -> None:
+        super().__init__()
+        self.trunk = trunk
+
+    def predict_step(self, batch: Any, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y, i = batch
+        f = self.trunk(x)
+        return f.flatten(1).float() if f.ndim > 2 else f.float(), y, i
+
+
+def all_gather_rows(t: torch.Tensor, world: int) -> list[torch.Tensor]:
+    """Every rank's ``t`` (same trailing shape, any number of rows), in rank order."""
+    if world == 1:
+        return [t]
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    torch.distributed.all_gather(sizes, n)
+    m = int(max(int(s) for s in sizes))
+    padded = torch.zeros((m, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    out = [torch.empty_like(padded) for _ in range(world)]
+    torch.distributed.all_gather(out, padded.contiguous())
+    return [o[: int(s)] for o, s in zip(out, sizes)]
+
+
+def extract_features(
+    trainer: pl.Trainer, trunk: nn.Module, loader: DataLoader, batch_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels of every sample of ``loader.dataset``, identical on every rank.
+
+    Each rank extracts its :class:`ShardSampler` shard through ``trainer.predict`` (so the
+    evaluation trainer's device and precision apply; ``trunk`` is put in eval mode), then the
+    shards are all-gathered and ordered by dataset index. Call on every rank.
+
+    Shape:
+        returns ``(N, D)`` float32 features and ``(N,)`` long labels on the trainer's device.
+    """
+    world, rank = dist_world_rank()
+    shard = rebatch(loader, ShardSampler(len(loader.dataset), world, rank), batch_size, _Indexed(loader.dataset))
+    flags = {m: m.training for m in trunk.modules()}
+    trunk.eval()
+    try:
+        outs = trainer.predict(_Extractor(trunk), shard, return_predictions=True)
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+    device = trainer.strategy.root_device
+    if outs:
+        f = torch.cat([o[0] for o in outs]).to(device)
+        y = torch.cat([torch.as_tensor(o[1]) for o in outs]).to(device, torch.long)
+        i = torch.cat([torch.as_tensor(o[2]) for o in outs]).to(device, torch.long)
+    else:  # an empty shard (fewer samples than ranks): still take part in the gathers
+        dim = _probe_dim(trunk, loader, device)
+        f, y, i = torch.zeros(0, dim, device=device), torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, dtype=torch.long, device=device)
+    if world > 1:
+        fs, ys, is_ = all_gather_rows(f, world), all_gather_rows(y, world), all_gather_rows(i, world)
+        f, y, i = torch.cat(fs), torch.cat(ys), torch.cat(is_)
+    order = torch.argsort(i)
+    return f[order].contiguous(), y[order].contiguous()
+
+
+def _probe_dim(trunk: nn.Module, loader: DataLoader, device: torch.device) -> int:
+    x, _ = loader.dataset[0]
+    with torch.no_grad():
+        return int(trunk(x[None].to(device)).flatten(1).shape[1])
+
+
+class EpochBatchSampler(BatchSampler):
+    """``BatchSampler`` forwarding ``set_epoch`` to its sampler (Lightning calls it on
+    ``dataloader.sampler`` every epoch; with ``batch_size=None`` that is this object)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
+class TensorBatches(Dataset):
+    """``dataset[list_of_indices] -> (x[idx], y[idx])``: one tensor index per batch.
+
+    Used with ``DataLoader(TensorBatches(x, y), sampler=BatchSampler(...), batch_size=None)``
+    so cached features are batched without per-sample Python indexing.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i = torch.as_tensor(list(idx), device=self.x.device)
+        return self.x[i], self.y[i]
+
+
+def feature_loaders(
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    device_batch: int,
+    world: int,
+    rank: int,
+    seed: int = 0,
+) -> tuple[DataLoader, DataLoader]:
+    """Loaders over cached features: train shuffled + padded per rank, val unpadded shards."""
+    tr = TensorBatches(*train)
+    va = TensorBatches(*val)
+    tr_s = EpochBatchSampler(DistributedSampler(tr, num_replicas=world, rank=rank, shuffle=True, seed=seed), device_batch, False)
+    va_s = BatchSampler(ShardSampler(len(va), world, rank), max(device_batch, 1024), False)
+    return DataLoader(tr, sampler=tr_s, batch_size=None), DataLoader(va, sampler=va_s, batch_size=None)

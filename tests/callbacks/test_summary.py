@@ -1,0 +1,68 @@
+"""RunSummary: the README's main job (configs/smoke/moco_demo_cpu.yaml through the CLI)
+ends with a summary naming the run directory, checkpoints, probe / kNN values, evaluation
+results and wall time."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one torch thread is fastest and does not oversubscribe a shared machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_readme_main_job_prints_the_summary(tmp_path, monkeypatch, capsys):
+    from ssl_cropmix.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
+    config = REPO / "configs" / "smoke" / "moco_demo_cpu.yaml"
+    monkeypatch.setattr("sys.argv", [
+        "ssl-cropmix", "fit", "--config", str(config), "--experiment", "smoke", "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"])
+    main()
+    out = capsys.readouterr().out
+    assert out.count("ssl_cropmix run summary") == 1
+    text = out[out.index("ssl_cropmix run summary"):]
+    run_dir = Path(re.search(r"run directory:\s+(\S+)", text).group(1))
+    assert run_dir.is_dir() and (run_dir / "config.yaml").is_file()
+    last = re.search(r"last checkpoint:\s+(\S+)", text).group(1)
+    assert Path(last).is_file() and Path(last).resolve().is_relative_to(run_dir.resolve())
+    assert re.search(r"online_probe/val_top1: [0-9.]+", text)
+    assert re.search(r"wall time: [0-9.]+s \(1 epochs, 2 steps\)", text)
+
+
+def test_summary_lists_evaluation_results(tmp_path):
+    import pytorch_lightning as pl
+
+    from eval_fixtures import FakeProvider, UserModule
+    from ssl_cropmix.callbacks import KNNMonitor, LinearProbe, RunSummary
+
+    provider = FakeProvider()
+    summary = RunSummary()
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=2, default_root_dir=tmp_path, logger=False,
+        callbacks=[LinearProbe(optimizer="sgd", epochs=1, batch_size=32, cached_features=True, provider=provider),
+                   KNNMonitor(k=5, provider=provider), summary],
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(UserModule(), train_dataloaders=provider.labeled_train_dataloader())
+    text = "\n".join(summary.lines)
+    assert re.search(r"eval/linear: top-1 [0-9.]+%, top-5 100.00% \(after epoch 1", text)
+    assert re.search(r"knn_top1: [0-9.]+", text)
+    ckpt = Path(trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path)
+    assert str(ckpt) in text and ckpt.is_file()
+    assert f"run directory:   {tmp_path}" in text
+
