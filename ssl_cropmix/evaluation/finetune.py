@@ -80,6 +80,10 @@ class SemiSupervisedFineTuneModule(EvalModule):
         self.trunk = trunk
         trunk.requires_grad_(True)
         self.head = nn.Linear(feature_dim, num_classes)
+        # N(0, 0.01) weights and zero bias, the fine-tuning head init of the reference recipe
+        # (PyTorch's default uniform init would give std 1/sqrt(3 D), 0.026 for D = 512).
+        nn.init.normal_(self.head.weight, mean=0.0, std=0.01)
+        nn.init.zeros_(self.head.bias)
         self.recipe = recipe
         self.epoch_lrs: list[tuple[float, float]] = []
         self.samples_seen_per_epoch = 0

@@ -149,3 +149,18 @@ def test_sync_bn_only_with_a_live_multi_process_group():
         m.setup("fit")
         assert not any(isinstance(x, torch.nn.SyncBatchNorm) for x in m.modules())
         assert any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+
+
+def test_head_is_initialised_from_normal_0_01_with_zero_bias():
+    """The fine-tuning head starts from N(0, 0.01) weights and a zero bias (the reference
+    recipe), not PyTorch's default uniform(+-1/sqrt(D)), whose std is 1/sqrt(3 D) = 0.026 here."""
+    from ssl_cropmix.evaluation.finetune import SemiSupervisedFineTuneModule
+
+    torch.manual_seed(0)
+    m = SemiSupervisedFineTuneModule(torch.nn.Identity(), 512, 100, FINETUNE_PRESETS["10pct"])
+    w = m.head.weight.detach()
+    assert w.shape == (100, 512)
+    # 51,200 draws: the sample std of N(0, 0.01) is within 2 % of 0.01 with overwhelming probability
+    assert abs(float(w.std()) - 0.01) < 2e-4
+    assert abs(float(w.mean())) < 2e-4
+    assert torch.count_nonzero(m.head.bias) == 0
