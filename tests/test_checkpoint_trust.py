@@ -273,7 +273,7 @@ def test_probe_command_takes_a_torchvision_state_dict(tmp_path, monkeypatch):
                       "--cached-features", "--device", "cpu", "--out", str(tmp_path / "p.json"), *DATA]) == 0
     res = json.loads((tmp_path / "p.json").read_text())
     res = res[-1] if isinstance(res, list) else res
-    assert res["feature_dim"] == 512 and 0 <= res["top1"] <= 100
+    assert res["details"]["feature_dim"] == 512 and 0 <= res["top1"] <= 100
 
 
 @pytest.mark.slow

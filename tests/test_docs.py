@@ -147,16 +147,30 @@ _EXTERNAL = (
     "pytorch_lightning.strategies", "timm", "timm.models", "timm.optim", "safetensors.torch", "PIL.Image",
     "PIL.ImageFilter", "numpy", "lightly.loss", "lightly.models", "lightly.models.modules", "lightly.models.utils",
     "lightly.transforms", "lightly.models.modules.memory_bank", "torchmetrics", "jsonargparse", "torch.optim",
-    "torch.optim.lr_scheduler",
+    "torch.optim.lr_scheduler", "timm.data", "timm.layers", "timm.loss",
 )
 # external classes whose members the docs name (Trainer.fit, a timm ViT's forward_features)
 _EXTERNAL_CLASSES = (
     "pytorch_lightning.Trainer", "pytorch_lightning.LightningModule", "pytorch_lightning.LightningDataModule",
     "timm.models.vision_transformer.VisionTransformer", "torchvision.transforms.v2.Transform",
+    "PIL.Image.Image",
 )
 # attribute names of the package's protocols, set in __init__ (not visible on the class):
 # every method exposes ``backbone`` (docs/architecture.md, the backbone protocol)
 _PROTOCOL_ATTRIBUTES = {"backbone"}
+
+
+def _benchmark_names() -> set[str]:
+    """Top-level functions and classes of the scripts in benchmarks/ (read, not imported:
+    they are scripts, and some need a GPU or data to import their extras)."""
+    import ast
+
+    out: set[str] = set()
+    for p in sorted((REPO / "benchmarks").glob("*.py")):
+        for node in ast.parse(p.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                out.add(node.name)
+    return out
 
 
 @lru_cache(maxsize=None)
@@ -178,6 +192,7 @@ def _known_names() -> frozenset[str]:
             modules.append(importlib.import_module(ext))
         except ImportError:
             pass
+    names.update(_benchmark_names())
     for mod in modules:
         names.add(mod.__name__.rsplit(".", 1)[-1])
         for attr, obj in list(vars(mod).items()):
