@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 TASK_COMMANDS = ("show-views", "probe", "finetune", "export")
+TASK_COMMANDS += ("robustness",)  # ssl_cropmix/evaluation/robustness_cli.py
 
 
 def _linked_defaults(model_cfg: Any, data_cfg: Any) -> dict[str, Any]:
