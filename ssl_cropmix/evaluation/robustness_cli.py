@@ -91,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("give at least one test set (--val, --replace, --noise, --imagenet-a/-r/-sketch)")
     module = load_module(a.ckpt, a.backbone)
     classifier = resolve_classifier(module).eval()
-    with torch.no_grad():
-        probe = classifier(torch.zeros(2, 3, a.image_size, a.image_size))
+    try:  # a plain holder (backbone only) has no forward at all
+        with torch.no_grad():
+            probe = classifier(torch.zeros(2, 3, a.image_size, a.image_size))
+    except NotImplementedError:
+        probe = None
     if not isinstance(probe, torch.Tensor) or probe.ndim != 2:
         raise SystemExit(
             f"{a.ckpt}: the checkpoint's module ({type(module).__name__}) does not return logits (B, C); "

@@ -285,3 +285,19 @@ def test_run_robustness_validates_arguments():
     x, y = _separable(4, 0)
     with pytest.raises(ValueError, match="inference_mode"):
         run_robustness(nn.Identity(), [EvalSet("clean", TensorDataset(x, y))], trainer_kwargs={"inference_mode": True})
+
+
+def test_mixed_precision_trainer_attacks_in_autocast_and_calibrates_in_float32():
+    x, y = _separable(512, 0)
+    model = _train_tiny(x, y)
+    xt, yt = _separable(200, 1)
+    res = {}
+    for precision in ("32-true", "bf16-mixed"):
+        ev = RobustnessEvaluation(model, ["clean"], calibration_bin_size=50)
+        _trainer(precision=precision).test(ev, dataloaders=[indexed_dataloader(TensorDataset(xt, yt), 50)],
+                                           verbose=False)
+        res[precision] = ev.results["clean"]
+    full, bf16 = res["32-true"], res["bf16-mixed"]
+    assert bf16["top1"] == pytest.approx(full["top1"], abs=2.0)
+    assert bf16["fgsm_top1"] < 20  # the attack still works with bf16 autocast gradients
+    assert math.isfinite(bf16["rms"]) and bf16["rms"] == pytest.approx(full["rms"], abs=2.0)
