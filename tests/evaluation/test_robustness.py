@@ -301,3 +301,60 @@ def test_mixed_precision_trainer_attacks_in_autocast_and_calibrates_in_float32()
     assert bf16["top1"] == pytest.approx(full["top1"], abs=2.0)
     assert bf16["fgsm_top1"] < 20  # the attack still works with bf16 autocast gradients
     assert math.isfinite(bf16["rms"]) and bf16["rms"] == pytest.approx(full["rms"], abs=2.0)
+
+
+class _TinyClassifier(pl.LightningModule):
+    """A user's classifier: ``forward`` returns logits; nothing else is shared."""
+
+    def __init__(self, num_classes: int = 8) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class _SaveCallbackResults(pl.Callback):
+    def __init__(self, out_dir) -> None:
+        self.out_dir = str(out_dir)
+
+    def on_train_end(self, trainer, pl_module):
+        rob = next(c for c in trainer.callbacks if type(c).__name__ == "RobustnessCallback")
+        torch.save(rob.last_results, f"{self.out_dir}/cb_rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_callback_under_ddp_reports_the_single_process_numbers_of_the_trained_model(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from ssl_cropmix.callbacks.robustness import RobustnessCallback
+    from ssl_cropmix.data.datasets import ImageFolderDataset
+    from ssl_cropmix.data.demo import write_demo_folder
+    from ssl_cropmix.data.views import probe_views
+    from ssl_cropmix.evaluation.robustness import robustness_sets
+
+    demo = write_demo_folder(tmp_path / "demo")
+    train = ImageFolderDataset(demo / "train", transform=probe_views(32)[1])
+    model = _TinyClassifier()
+    cb = RobustnessCallback(val=demo / "val", image_size=32, batch_size=8, calibration_bin_size=8,
+                            results_dir=tmp_path / "tables")
+    trainer = _trainer(devices=2, strategy="ddp_spawn", max_steps=3, callbacks=[cb, _SaveCallbackResults(tmp_path)],
+                       inference_mode=True)
+    trainer.fit(model, DataLoader(train, batch_size=8, shuffle=True))
+    r0, r1 = (torch.load(tmp_path / f"cb_rank{r}.pt") for r in (0, 1))
+    assert r0 == r1 and r0["clean"]["n"] == 64
+    single = run_robustness(model.eval(), robustness_sets(demo / "val", image_size=32), batch_size=8,
+                            trainer_kwargs={"accelerator": "cpu", "devices": 1, "enable_progress_bar": False},
+                            calibration_bin_size=8)
+    for k, v in single.results["clean"].items():
+        assert r0["clean"][k] == pytest.approx(v, abs=1e-6), k
+    tables = list((tmp_path / "tables").glob("robustness-epoch*-step3.json"))
+    assert len(tables) == 1  # written once, by rank 0
