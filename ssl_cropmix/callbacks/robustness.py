@@ -22,6 +22,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
+from torch.utils.data import Dataset
 
 from ssl_cropmix.data.views import IMAGENET_MEAN, IMAGENET_STD
 from ssl_cropmix.evaluation.robustness import (
@@ -35,7 +36,8 @@ from ssl_cropmix.evaluation.robustness import (
 class RobustnessCallback(Callback):
     """Clean / RMS / FGSM / Replace / Noise / IN-A / IN-R / IN-S of the trained classifier.
 
-    The clean set is ``val`` when given, else the DataModule's ``labeled_val_dataloader()``
+    The clean set is ``val`` when given (an ImageFolder directory or a dataset of
+    ``(normalised image, label)``), else the DataModule's ``labeled_val_dataloader()``
     dataset (the labelled-data provider protocol). Sets left ``None`` are reported as
     "not given". The table is written to ``results_dir`` (default: ``trainer.log_dir``, else
     ``default_root_dir``) as ``robustness-epoch<E>-step<S>.md`` / ``.json``, by rank 0.
@@ -54,7 +56,7 @@ class RobustnessCallback(Callback):
 
     def __init__(
         self,
-        val: str | os.PathLike | None = None,
+        val: str | os.PathLike | Dataset | None = None,
         replace: str | os.PathLike | None = None,
         noise: str | os.PathLike | None = None,
         imagenet_a: str | os.PathLike | None = None,
