@@ -376,7 +376,8 @@ class RobustnessEvaluation(pl.LightningModule):
             self.results[name] = res
             for metric, v in res.items():
                 if metric != "n":
-                    self.log(f"robustness/{name}/{metric}", float(v), sync_dist=False, add_dataloader_idx=False)
+                    # identical on every rank already: the mean over ranks (sync_dist) keeps it
+                    self.log(f"robustness/{name}/{metric}", float(v), sync_dist=True, add_dataloader_idx=False)
         self._records = {}
 
     def protocol(self) -> dict[str, Any]:
