@@ -327,6 +327,11 @@ class RobustnessEvaluation(pl.LightningModule):
         name = self.set_names[dataloader_idx]
         with torch.no_grad():
             logits = self.logits(x, name)
+        if y.numel() and int(y.max()) >= logits.shape[1]:
+            raise ValueError(
+                f"set {name!r} has label {int(y.max())} but the classifier gives {logits.shape[1]} logits "
+                "(ImageNet-A/-R/-Sketch and Co-Mixup's sets need a 1000-class ImageNet classifier)"
+            )
         probs = logits.float().softmax(-1)
         conf, pred = probs.max(-1)
         k = min(5, logits.shape[1])

@@ -256,6 +256,10 @@ def test_run_robustness_validates_arguments():
     x, y = _separable(4, 0)
     with pytest.raises(ValueError, match="inference_mode"):
         run_robustness(nn.Identity(), [EvalSet("clean", TensorDataset(x, y))], trainer_kwargs={"inference_mode": True})
+    two_way = nn.Sequential(nn.Flatten(), nn.Linear(3 * 64, 2))
+    with pytest.raises(ValueError, match="label 999 but the classifier gives 2 logits"):
+        run_robustness(two_way, [EvalSet("imagenet-sketch", TensorDataset(x, torch.full((4,), 999)))],
+                       trainer_kwargs={"accelerator": "cpu", "logger": False, "enable_progress_bar": False})
 
 
 def test_mixed_precision_trainer_attacks_in_autocast_and_calibrates_in_float32():
