@@ -238,12 +238,12 @@ class RobustnessEvaluation(pl.LightningModule):
 
     Args:
         classifier: maps normalised images to logits.
-        set_names: one name per test dataloader, in order.
-        class_indices: per set name, the logits to keep (IN-A / IN-R); others keep all.
         mean, std: normalisation of the inputs (to attack in pixel space).
         fgsm_eps: FGSM budget in [0, 1] pixel units (paper: 8/255).
-        fgsm_sets: sets attacked with FGSM (paper: the clean validation set).
         calibration_bin_size: PixMix's adaptive bin size (100).
+        set_names: one name per test dataloader, in order.
+        class_indices: per set name, the logits to keep (IN-A / IN-R); others keep all.
+        fgsm_sets: sets attacked with FGSM (paper: the clean validation set).
         calibration_include_last_bin: see :func:`rms_calibration_error` (``False``: PixMix).
         ece_bins: equal-width bins of the ECE.
 
@@ -254,13 +254,13 @@ class RobustnessEvaluation(pl.LightningModule):
     def __init__(
         self,
         classifier: nn.Module,
-        set_names: Sequence[str],
-        class_indices: Mapping[str, Sequence[int] | None] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         fgsm_eps: float = 8 / 255,
-        fgsm_sets: Sequence[str] = ("clean",),
         calibration_bin_size: int = 100,
+        set_names: Sequence[str] = ("clean",),
+        class_indices: Mapping[str, Sequence[int] | None] | None = None,
+        fgsm_sets: Sequence[str] = ("clean",),
         calibration_include_last_bin: bool = False,
         ece_bins: int = 15,
     ) -> None:
@@ -425,7 +425,8 @@ def run_robustness(
     if not sets:
         raise ValueError("sets must name at least one test set")
     module = RobustnessEvaluation(
-        classifier, [s.name for s in sets], {s.name: s.class_indices for s in sets if s.class_indices}, **module_kwargs
+        classifier, set_names=[s.name for s in sets],
+        class_indices={s.name: s.class_indices for s in sets if s.class_indices}, **module_kwargs,
     )
     loaders = [indexed_dataloader(s.dataset, batch_size, num_workers) for s in sets]
     over = {"inference_mode": False, **dict(trainer_kwargs or {})}

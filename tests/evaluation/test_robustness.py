@@ -179,7 +179,7 @@ def test_trained_model_accuracy_drops_under_fgsm_through_the_trainer():
     x, y = _separable(512, 0)
     model = _train_tiny(x, y)
     xt, yt = _separable(300, 1)
-    ev = RobustnessEvaluation(model, ["clean"], mean=MEAN, std=STD, calibration_bin_size=50)
+    ev = RobustnessEvaluation(model, set_names=["clean"], mean=MEAN, std=STD, calibration_bin_size=50)
     _trainer().test(ev, dataloaders=[indexed_dataloader(TensorDataset(xt, yt), 64)], verbose=False)
     r = ev.results["clean"]
     with torch.no_grad():
@@ -191,7 +191,7 @@ def test_trained_model_accuracy_drops_under_fgsm_through_the_trainer():
 
 
 def test_inference_mode_trainer_is_refused_with_a_clear_error():
-    ev = RobustnessEvaluation(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2)), ["clean"])
+    ev = RobustnessEvaluation(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2)))
     x, y = _separable(8, 0)
     with pytest.raises(RuntimeError, match="inference_mode=False"):
         _trainer(inference_mode=True).test(ev, dataloaders=[indexed_dataloader(TensorDataset(x, y), 4)], verbose=False)
@@ -217,8 +217,8 @@ def test_subset_sets_mask_logits_before_argmax():
     table[:, 500] = 100.0  # ... but a class outside the subset wins overall
     x = torch.arange(n).float().view(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous()
     ds = TensorDataset(x, labels)
-    ev = RobustnessEvaluation(_FixedLogits(table), ["imagenet-r", "imagenet-sketch"],
-                              {"imagenet-r": cols}, fgsm_sets=(), calibration_bin_size=10)
+    ev = RobustnessEvaluation(_FixedLogits(table), set_names=["imagenet-r", "imagenet-sketch"],
+                              class_indices={"imagenet-r": cols}, fgsm_sets=(), calibration_bin_size=10)
     assert torch.equal(ev.logits(x, "imagenet-r"), table[:, list(cols)])
     _trainer().test(ev, dataloaders=[indexed_dataloader(ds, 16), indexed_dataloader(ds, 16)], verbose=False)
     assert ev.results["imagenet-r"]["top1"] == 100.0
@@ -248,11 +248,11 @@ def test_run_robustness_validates_arguments():
     with pytest.raises(ValueError, match="at least one"):
         run_robustness(nn.Identity(), [])
     with pytest.raises(ValueError, match="fgsm_eps"):
-        RobustnessEvaluation(nn.Identity(), ["clean"], fgsm_eps=8)
+        RobustnessEvaluation(nn.Identity(), fgsm_eps=8)
     with pytest.raises(ValueError, match="set_names"):
-        RobustnessEvaluation(nn.Identity(), ["clean", "clean"])
+        RobustnessEvaluation(nn.Identity(), set_names=["clean", "clean"])
     with pytest.raises(ValueError, match="not in set_names"):
-        RobustnessEvaluation(nn.Identity(), ["clean"], {"imagenet-a": (1, 2)})
+        RobustnessEvaluation(nn.Identity(), class_indices={"imagenet-a": (1, 2)})
     x, y = _separable(4, 0)
     with pytest.raises(ValueError, match="inference_mode"):
         run_robustness(nn.Identity(), [EvalSet("clean", TensorDataset(x, y))], trainer_kwargs={"inference_mode": True})
@@ -268,7 +268,7 @@ def test_mixed_precision_trainer_attacks_in_autocast_and_calibrates_in_float32()
     xt, yt = _separable(200, 1)
     res = {}
     for precision in ("32-true", "bf16-mixed"):
-        ev = RobustnessEvaluation(model, ["clean"], calibration_bin_size=50)
+        ev = RobustnessEvaluation(model, calibration_bin_size=50)
         _trainer(precision=precision).test(ev, dataloaders=[indexed_dataloader(TensorDataset(xt, yt), 50)],
                                            verbose=False)
         res[precision] = ev.results["clean"]
