@@ -337,3 +337,31 @@ def test_callback_under_ddp_reports_the_single_process_numbers_of_the_trained_mo
         assert r0["clean"][k] == pytest.approx(v, abs=1e-9), k
     tables = list((tmp_path / "tables").glob("robustness-epoch*-step3.json"))
     assert len(tables) == 1  # written once, by rank 0
+
+
+def test_robustness_sets_readers_and_views(tmp_path):
+    import pickle
+    import pkgutil
+
+    from PIL import Image
+
+    from ssl_cropmix.evaluation.robustness import robustness_sets
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    (tmp_path / "rep").mkdir()
+    with open(tmp_path / "rep" / "input.pkl", "wb") as f:
+        pickle.dump([arr], f)
+    with open(tmp_path / "rep" / "label.pkl", "wb") as f:
+        pickle.dump([7], f)
+    r_wnid = pkgutil.get_data("timm.data", "_info/imagenet_r_synsets.txt").decode().split()[3]
+    (tmp_path / "imr" / r_wnid).mkdir(parents=True)
+    Image.fromarray(arr).save(tmp_path / "imr" / r_wnid / "0.png")
+    sets = robustness_sets(replace=tmp_path / "rep", imagenet_r=tmp_path / "imr", image_size=32)
+    assert [s.name for s in sets] == ["replace", "imagenet-r"]
+    x, y = sets[0].dataset[0]
+    crop = torch.from_numpy(arr[4:36, 8:40]).permute(2, 0, 1).float() / 255  # centre crop, no resize (Co-Mixup)
+    assert y == 7 and torch.allclose(x, (crop - _M[0]) / _S[0], atol=1e-5)
+    assert sets[1].class_indices is not None and len(sets[1].class_indices) == 200
+    x, y = sets[1].dataset[0]
+    assert y == 3 and x.shape == (3, 32, 32)
