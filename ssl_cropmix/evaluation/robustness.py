@@ -248,7 +248,8 @@ class RobustnessEvaluation(pl.LightningModule):
         ece_bins: equal-width bins of the ECE.
 
     Raises:
-        RuntimeError: ``test_step`` under inference mode (``Trainer(inference_mode=True)``).
+        RuntimeError: ``test_step`` on a set in ``fgsm_sets`` under inference mode
+            (``Trainer(inference_mode=True)``, Lightning's default).
     """
 
     def __init__(
@@ -316,7 +317,8 @@ class RobustnessEvaluation(pl.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Records per sample: index, confidence, top-1 / top-5 hit, top-1 hit under FGSM."""
-        if torch.is_inference_mode_enabled():
+        if dataloader_idx < len(self.set_names) and self.set_names[dataloader_idx] in self.fgsm_sets \
+                and torch.is_inference_mode_enabled():
             raise RuntimeError(
                 "RobustnessEvaluation needs input gradients for FGSM: run it with "
                 "Trainer(inference_mode=False) (evaluation_trainer(..., inference_mode=False))"
