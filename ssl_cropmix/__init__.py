@@ -42,6 +42,8 @@ _EXPORTS: dict[str, str] = {
     "finetune_from_checkpoint": "ssl_cropmix.callbacks.finetune",
     "MAEFineTune": "ssl_cropmix.callbacks.finetune",
     "RunSummary": "ssl_cropmix.callbacks.summary",
+    "RobustnessCallback": "ssl_cropmix.callbacks.robustness",
+    "RobustnessEvaluation": "ssl_cropmix.evaluation.robustness",
     "ReconstructionGrid": "ssl_cropmix.callbacks.reconstruction",
     # checkpoints and export
     "load_backbone": "ssl_cropmix.checkpoints",

@@ -45,6 +45,8 @@ CLASS_MODULES = (
     "ssl_cropmix.callbacks.finetune",
     "ssl_cropmix.callbacks.reconstruction",
     "ssl_cropmix.callbacks.lars",
+    "ssl_cropmix.callbacks.robustness",
+    "ssl_cropmix.callbacks.summary",
 )
 
 #: Set ``SSL_CROPMIX_DEBUG=1`` to get the full traceback of configuration errors.
