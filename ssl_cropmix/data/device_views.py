@@ -47,7 +47,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from ssl_cropmix.transforms import functional as CF
 from ssl_cropmix.transforms.cropmix import CropMix
 
-RESIZE_METHODS = ("matrix", "roi_align", "interpolate")
+RESIZE_METHODS = ("auto", "matrix", "roi_align", "interpolate")
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
@@ -231,7 +231,8 @@ class CropSlots(NamedTuple):
         boxes: ``(B, c, 4)`` int64 ``(top, left, h, w)`` in source pixels; unused slots
             hold a valid dummy box.
         valid: ``(B, c)`` bool, which slots are real crops (``n_b`` of them).
-        scale_index: ``(B, c)`` int64, the scale range each crop was drawn from (-1 unused).
+        scale_index: ``(B, c)`` int64, the scale range each crop was drawn from (its index
+            in ``CropMixParams.boxes``; ScaleMix's crops share one range), -1 unused.
         target_scale: ``(B, c)`` float64, the sampled area fraction (nan: fallback / unused).
         weights: ``(B, c)`` float, Mixup fold weights (:func:`~ssl_cropmix.transforms.functional.mixup_fold_weights`),
             ``1`` for a single crop, ``0`` for unused slots; ``None`` for CutMix.
@@ -322,8 +323,6 @@ def sample_cropmix_slots(
     boxes[:] = torch.tensor(rows_boxes, dtype=torch.int64)
     if mixup:
         weights[:] = torch.tensor(rows_w)  # type: ignore[index]
-    if cropmix.shared_range:  # ScaleMix: one range for every crop
-        index = torch.where(valid, torch.zeros_like(index), index)
     return CropSlots(boxes, valid, index, target, weights, pboxes, from_mix)
 
 
@@ -387,12 +386,15 @@ def resized_crops(
     """Cut and resize ``c`` boxes of every image in one batched computation.
 
     Args:
-        images: ``(B, C, H, W)`` float (any scale; ``uint8`` is converted).
+        images: ``(B, C, H, W)`` float (taken as is) or uint8 (read as ``x / 255``).
         boxes: ``(B, c, 4)`` int64 ``(top, left, h, w)``, on ``images``' device.
         size: ``(oh, ow)``.
         method: ``"matrix"`` (exact antialiasing, two batched products), ``"roi_align"``
-            (``torchvision.ops.roi_align``, adaptive sampling) or ``"interpolate"`` (one
-            antialiased ``F.interpolate`` per crop).
+            (``torchvision.ops.roi_align``, adaptive sampling), ``"interpolate"`` (one
+            antialiased resize per crop; uint8 on CPU: the worker path's own native uint8
+            kernel, :func:`~ssl_cropmix.transforms.functional.resized_crop`, rounded to uint8)
+            or ``"auto"``: ``"interpolate"`` on CPU, ``"matrix"`` elsewhere (measured, see
+            ``docs/data.md``).
         bicubic: bicubic filter (``"matrix"`` and ``"interpolate"`` only).
         weights: optional ``(B, c)`` Mixup weights: return the weighted sum over the crops
             instead (folded into the horizontal matrices for ``"matrix"``).
@@ -402,13 +404,26 @@ def resized_crops(
     """
     if method not in RESIZE_METHODS:
         raise ValueError(f"method must be one of {RESIZE_METHODS}, got {method!r}")
-    x = images if images.is_floating_point() else images.to(torch.float32)
-    b, ch, hh, ww = x.shape
+    if method == "auto":
+        method = "interpolate" if images.device.type == "cpu" else "matrix"
+    u8 = images.dtype == torch.uint8
+    b, ch, hh, ww = images.shape
     c = boxes.shape[1]
     oh, ow = size
     flat = boxes.reshape(b * c, 4)
+    if method == "interpolate" and u8 and images.device.type == "cpu":
+        interp = InterpolationMode.BICUBIC if bicubic else InterpolationMode.BILINEAR
+        rows = flat.tolist()
+        out = torch.stack([CF.resized_crop(images[k // c], tuple(r), size, interp) for k, r in enumerate(rows)])
+        out = out.view(b, c, ch, oh, ow).to(torch.float32).mul_(1.0 / 255.0)
+        if weights is not None:
+            return (out * weights.to(out.dtype)[:, :, None, None, None]).sum(1)
+        return out
+    x = images.to(torch.float32) if u8 else images
     if method == "matrix":
         wv = crop_resize_weights(flat[:, 0], flat[:, 2], oh, hh, bicubic).to(x.dtype).view(b, c * oh, hh)
+        if u8:
+            wv = wv * (1.0 / 255.0)
         wh = crop_resize_weights(flat[:, 1], flat[:, 3], ow, ww, bicubic).to(x.dtype).view(b, c, ow, ww)
         y = torch.matmul(wv[:, None], x)  # (B, C, c*oh, W)
         if weights is not None:
@@ -424,6 +439,8 @@ def resized_crops(
         f = flat.to(x.dtype)
         rois = torch.stack([idx, f[:, 1], f[:, 0], f[:, 1] + f[:, 3], f[:, 0] + f[:, 2]], dim=1)
         out = roi_align(x, rois, (oh, ow), spatial_scale=1.0, sampling_ratio=-1, aligned=True).view(b, c, ch, oh, ow)
+        if u8:
+            out = out * (1.0 / 255.0)
     else:
         mode = "bicubic" if bicubic else "bilinear"
         rows = flat.tolist()
@@ -435,6 +452,8 @@ def resized_crops(
             for k, (t, l, h, w) in enumerate(rows)
         ]
         out = torch.cat(crops).view(b, c, ch, oh, ow)
+        if u8:
+            out = out * (1.0 / 255.0)
     if weights is not None:
         return (out * weights.to(x.dtype)[:, :, None, None, None]).sum(1)
     return out
@@ -499,19 +518,15 @@ def _hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
     h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
     h = torch.remainder(h + shift[:, 0], 1.0)
-    v = maxc
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.to(torch.int64) % 6
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
-    mask = i.unsqueeze(-3) == torch.arange(6, device=x.device).view(-1, 1, 1)  # (N, 6, H, W)
-    a1 = torch.stack((v, q, p, p, t, v), dim=-3)
-    a2 = torch.stack((t, v, v, q, p, p), dim=-3)
-    a3 = torch.stack((p, p, t, v, v, q), dim=-3)
-    a4 = torch.stack((a1, a2, a3), dim=-4)  # (N, 3, 6, H, W)
-    return torch.einsum("...ijk,...xijk->...xjk", mask.to(x.dtype), a4)
+    # HSV -> RGB as c_n = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6, n = 5, 3, 1:
+    # the same values as torchvision's sector table, without its (N, 3, 6, H, W) temporary
+    v, vs = maxc, maxc * s
+    h6 = h * 6.0
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(h6 + n, 6.0)
+        out.append(v - vs * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
+    return torch.stack(out, dim=-3).clamp_(0.0, 1.0)
 
 
 def _jitter_op(x: torch.Tensor, op: int, f: torch.Tensor) -> torch.Tensor:
@@ -642,7 +657,7 @@ class DeviceViews:
         small_image: bool | None = None,
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
-        resize: str = "matrix",
+        resize: str = "auto",
         output_dtype: torch.dtype = torch.float32,
         generator: torch.Generator | None = None,
     ) -> None:
@@ -775,7 +790,7 @@ class DeviceViews:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
         with torch.autocast(images.device.type, enabled=False):
-            x = images.to(torch.float32).mul_(1.0 / 255.0) if images.dtype == torch.uint8 else images.float()
+            x = images if images.dtype == torch.uint8 else images.float()
             key = self._view(x, params.key, params.key_colour, self.key_spec, False)
             if self.views == "mae":
                 return key
