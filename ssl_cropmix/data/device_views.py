@@ -234,7 +234,7 @@ class CropSlots(NamedTuple):
         scale_index: ``(B, c)`` int64, the scale range each crop was drawn from (its index
             in ``CropMixParams.boxes``; ScaleMix's crops share one range), -1 unused.
         target_scale: ``(B, c)`` float64, the sampled area fraction (nan: fallback / unused).
-        weights: ``(B, c)`` float, Mixup fold weights (:func:`~ssl_cropmix.transforms.functional.mixup_fold_weights`),
+        weights: ``(B, c)`` float64, Mixup fold weights (:func:`~ssl_cropmix.transforms.functional.mixup_fold_weights`),
             ``1`` for a single crop, ``0`` for unused slots; ``None`` for CutMix.
         paste_boxes: ``(B, c - 1, 4)`` int64 CutMix boxes in output pixels (step ``k`` mixes
             slot ``k + 1`` into the running mix); ``None`` for Mixup / one crop.
@@ -276,7 +276,7 @@ def sample_rrc_slots(
         valid=torch.ones((b, 1), dtype=torch.bool),
         scale_index=torch.zeros((b, 1), dtype=torch.int64),
         target_scale=torch.tensor(targets, dtype=torch.float64).view(b, 1),
-        weights=torch.ones((b, 1)),
+        weights=torch.ones((b, 1), dtype=torch.float64),
         paste_boxes=None,
         paste_from_mix=None,
     )
@@ -302,7 +302,7 @@ def sample_cropmix_slots(
     index = torch.full((b, c), -1, dtype=torch.int64)
     target = torch.full((b, c), float("nan"), dtype=torch.float64)
     mixup = cropmix.mixing == "mixup"
-    weights = torch.zeros((b, c)) if mixup else None
+    weights = torch.zeros((b, c), dtype=torch.float64) if mixup else None
     pboxes = None if mixup else torch.zeros((b, c - 1, 4), dtype=torch.int64)
     from_mix = None if mixup else torch.zeros((b, c - 1), dtype=torch.bool)
     rows_boxes, rows_w = [], []
@@ -322,7 +322,7 @@ def sample_cropmix_slots(
                 from_mix[i, k] = s.donor == "mix"  # type: ignore[index]
     boxes[:] = torch.tensor(rows_boxes, dtype=torch.int64)
     if mixup:
-        weights[:] = torch.tensor(rows_w)  # type: ignore[index]
+        weights[:] = torch.tensor(rows_w, dtype=torch.float64)  # type: ignore[index]
     return CropSlots(boxes, valid, index, target, weights, pboxes, from_mix)
 
 

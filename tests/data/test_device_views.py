@@ -319,7 +319,7 @@ def test_cropmix_parameters_match_worker_path(query):
         wf = torch.tensor([mixup_fold_weights([s.lam for s in p.steps])[0] for p in wp], dtype=torch.float64)
         check_ks("Mixup max weight", ww, slots.weights.max(1).values)
         check_ks("Mixup first-crop weight", wf, slots.weights[:, 0])
-        torch.testing.assert_close(slots.weights.sum(1), torch.ones(len(sizes)))
+        torch.testing.assert_close(slots.weights.sum(1), torch.ones(len(sizes), dtype=torch.float64))
     else:
         wa = torch.tensor([s.box[2] * s.box[3] / 32**2 for p in wp for s in p.steps], dtype=torch.float64)
         masks = box_masks(slots.paste_boxes, (32, 32))  # the masks the device path applies
