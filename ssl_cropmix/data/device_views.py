@@ -393,8 +393,8 @@ def resized_crops(
             (``torchvision.ops.roi_align``, adaptive sampling), ``"interpolate"`` (one
             antialiased resize per crop; uint8 on CPU: the worker path's own native uint8
             kernel, :func:`~ssl_cropmix.transforms.functional.resized_crop`, rounded to uint8)
-            or ``"auto"``: ``"interpolate"`` on CPU, ``"matrix"`` elsewhere (measured, see
-            ``docs/data.md``).
+            or ``"auto"``: ``"interpolate"`` for uint8 on CPU at >= 128 px, ``"matrix"``
+            elsewhere (measured, see ``docs/data.md``).
         bicubic: bicubic filter (``"matrix"`` and ``"interpolate"`` only).
         weights: optional ``(B, c)`` Mixup weights: return the weighted sum over the crops
             instead (folded into the horizontal matrices for ``"matrix"``).
@@ -404,8 +404,8 @@ def resized_crops(
     """
     if method not in RESIZE_METHODS:
         raise ValueError(f"method must be one of {RESIZE_METHODS}, got {method!r}")
-    if method == "auto":
-        method = "interpolate" if images.device.type == "cpu" else "matrix"
+    if method == "auto":  # measured (docs/data.md): per-call overhead dominates small crops on CPU
+        method = "interpolate" if images.device.type == "cpu" and min(size) >= 128 else "matrix"
     u8 = images.dtype == torch.uint8
     b, ch, hh, ww = images.shape
     c = boxes.shape[1]

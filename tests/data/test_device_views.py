@@ -351,13 +351,14 @@ OUTPUT_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", OUTPUT_CASES, ids=[c[1] or c[0] for c in OUTPUT_CASES])
 def test_output_mean_and_std_per_image_match_worker_path(case):
     """Per-image mean and std of the final (normalised) views: worker path vs device path
     on the same real photos (various sizes), >= 2,000 views each."""
     what, mae = case
-    images = photos()
-    size = 32
+    images = photos(((24, 32), (32, 20), (28, 28), (20, 36)))
+    size = 16
     if what == "mae":
         worker_tf = V.mae_view(mae, size)
         dv = DeviceViews("mae", mae_view=mae, size=size, generator=torch.Generator().manual_seed(1))
