@@ -192,6 +192,7 @@ class CropMixDataModule(pl.LightningDataModule):
         self.augment_on = augment_on
         self.device_max_size = device_max_size
         self._device_views: Any = None
+        self._device_params: Any = None
         self._sources: dict[str, _Source] = {}
         self._num_classes: int | None = None
         # ``small_image=None`` (derived from image_size) is left out of the hparams: Lightning
@@ -430,20 +431,36 @@ class CropMixDataModule(pl.LightningDataModule):
             )
         return self._device_views
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """``augment_on="device"``: turn a decoded training batch (already on the training
-        device) into ``((query, key), labels)`` / ``(images, labels)``; other batches pass.
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """``augment_on="device"``: draw the batch's view parameters on the CPU while the
+        sizes are still there (no host-device synchronisation); other batches pass.
         The generator is seeded on first use from torch's global RNG and the global rank, so
         each DDP rank augments its own batch differently and a seeded run repeats."""
+        from ssl_cropmix.data.device_views import RawImages
+
+        if isinstance(batch, RawImages):
+            dv = self.device_views
+            if dv.generator is None:
+                trainer = getattr(self, "trainer", None)
+                dv.seed_for_rank(int(getattr(trainer, "global_rank", 0) or 0))
+            self._device_params = dv.sample(batch.sizes)
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """``augment_on="device"``: turn a decoded training batch (already on the training
+        device) into ``((query, key), labels)`` / ``(images, labels)`` with the parameters
+        drawn in :meth:`on_before_batch_transfer`; other batches pass."""
         from ssl_cropmix.data.device_views import RawImages
 
         if not isinstance(batch, RawImages):
             return batch
         dv = self.device_views
-        if dv.generator is None:
-            trainer = getattr(self, "trainer", None)
-            dv.seed_for_rank(int(getattr(trainer, "global_rank", 0) or 0))
-        return dv.batch(batch)
+        params, self._device_params = getattr(self, "_device_params", None), None
+        if params is None:  # called without the "before" hook (e.g. by hand)
+            if dv.generator is None:
+                dv.seed_for_rank(int(getattr(getattr(self, "trainer", None), "global_rank", 0) or 0))
+            params = dv.sample(batch.sizes)
+        return dv.apply(batch.images, params), batch.labels
 
     def val_dataloader(self) -> DataLoader | list:
         """``(images, labels)`` of ``val_split`` with the evaluation transform (no shuffle);

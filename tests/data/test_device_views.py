@@ -485,7 +485,13 @@ def test_datamodule_device_path_batches(tree):
     raw = next(iter(dm.train_dataloader()))
     assert isinstance(raw, RawImages) and raw.images.dtype == torch.uint8
     assert raw.sizes.unique(dim=0).shape[0] > 1  # the tree's images have different sizes
+    before = dm.on_before_batch_transfer(raw, 0)
+    assert before is raw and dm._device_params is not None  # drawn on the CPU before the transfer
+    params = dm._device_params
     (q, k), y = dm.on_after_batch_transfer(raw, 0)
+    assert dm._device_params is None
+    q_ref, k_ref = dm.device_views.apply(raw.images, params)  # exactly the pre-drawn parameters
+    assert torch.equal(q, q_ref) and torch.equal(k, k_ref)
     assert q.shape == k.shape == (5, 3, 24, 24) and q.dtype == torch.float32 and torch.equal(y, raw.labels)
     val = next(iter(dm.val_dataloader()))  # evaluation batches: normalised by the workers, passed through
     assert dm.on_after_batch_transfer(val, 0) is val and val[0].dtype == torch.float32
