@@ -533,3 +533,25 @@ def test_short_fit_on_device_views_with_online_probe(tmp_path, monkeypatch):
     assert "online_probe/train_loss" in m and torch.isfinite(m["online_probe/train_loss"])
     assert "online_probe/val_top1" in m
     assert dm.device_views.generator is not None  # seeded for this rank on first use
+
+
+def test_datamodule_hook_seeds_per_global_rank(tree):
+    """Simulated DDP: the same global seed on every rank, the hook mixes in the trainer's
+    global rank, so ranks draw different views and a rank repeats itself."""
+    from types import SimpleNamespace
+
+    from ssl_cropmix.data.datamodule import CropMixDataModule
+
+    def params(rank: int):
+        torch.manual_seed(42)  # seed_everything: the same on every rank
+        dm = CropMixDataModule(str(tree.parent), val_split=None, image_size=24, batch_size=5, num_workers=0,
+                               query="contrastive", augment_on="device", persistent_workers=False)
+        dm.trainer = SimpleNamespace(global_rank=rank)
+        raw = pad_collate([(pil_to_uint8(im).contiguous(), 0) for im in photos()])
+        dm.on_before_batch_transfer(raw, 0)
+        return dm._device_params
+
+    r0, r0_again, r1 = params(0), params(0), params(1)
+    assert torch.equal(r0.key.boxes, r0_again.key.boxes) and torch.equal(r0.query.boxes, r0_again.query.boxes)
+    assert not torch.equal(r0.key.boxes, r1.key.boxes)
+    assert not torch.equal(r0.query_colour.factors, r1.query_colour.factors)
