@@ -26,10 +26,15 @@ Sampling is split from applying (STYLE principles 1 and 13):
   colour jitter runs per sample in each sample's own random order of the four ops, blur is a
   grouped separable convolution with a per-sample sigma, and normalisation is last.
 
-Choice of the crop + resize kernel (measured, see ``docs/data.md``): ``"matrix"``
-(default, exact antialiasing), ``"roi_align"`` (``torchvision.ops.roi_align`` with adaptive
-sampling: one call, an average of bilinear samples per output pixel, close to but not
-torchvision's filter) and ``"interpolate"`` (one ``F.interpolate(antialias=True)`` per crop).
+Choice of the crop + resize kernel (measured, see ``docs/data.md``): ``"matrix"`` (the
+default off CPU, exact antialiasing), ``"roi_align"`` (``torchvision.ops.roi_align`` with
+adaptive sampling: one call, an average of bilinear samples per output pixel, close to but
+not torchvision's filter) and ``"interpolate"`` (one antialiased resize per crop; ``"auto"``
+picks it for uint8 on CPU at >= 128 px).
+
+The parameters are drawn by :meth:`DeviceViews.sample` before the batch goes to the device
+(``CropMixDataModule.on_before_batch_transfer``), so reading image sizes never waits for the
+GPU.
 """
 
 from __future__ import annotations
