@@ -16,6 +16,9 @@ is picked up automatically):
     then the end-of-fit linear probe and kNN; **asserts that both evaluations ran on the GPU**
     (the device of the probe module's parameters during its training steps, and the kNN
     feature device), on the pretraining's accelerator and precision; reports accuracy and time.
+(d) ``device_views`` (from ``benchmarks/device_views.py``): the ``augment_on="device"`` views,
+    contrastive MoCo pairs/s at 224 px, batch 256, decode excluded (target >= 5,000), and a
+    ResNet-50 ``MoCoCropMix`` step fed by them vs the step on pre-made tensors (>= 0.95x).
 
 Writes ``<out>/gpu_acceptance.md`` (markdown table) and ``<out>/gpu_acceptance.json``.
 

@@ -11,6 +11,7 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     "BadImageCounter": "ssl_cropmix.data.datamodule",
     "CropMixDataModule": "ssl_cropmix.data.datamodule",
+    "DeviceViews": "ssl_cropmix.data.device_views",
     "BadImageError": "ssl_cropmix.data.datasets",
     "BadImageWarning": "ssl_cropmix.data.datasets",
     "DEFAULT_MAX_PIXELS": "ssl_cropmix.data.datasets",

@@ -11,6 +11,11 @@ Batches (``docs/architecture.md``):
   DataModule only needs these three members to work with every callback.
 
 All images are ``(B, 3, image_size, image_size)`` float32, normalised once.
+
+``augment_on="device"``: the training loader's workers only decode (uint8, padded batches,
+:class:`~ssl_cropmix.data.device_views.RawImages`) and the MoCo / MAE views are built batched
+on the training device in :meth:`CropMixDataModule.on_after_batch_transfer`
+(:class:`~ssl_cropmix.data.device_views.DeviceViews`); the val / labelled loaders are unchanged.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from ssl_cropmix.data.datasets import (
 
 DATASETS = ("folder", "demo", "cifar10", "cifar100", "stl10")
 VIEWS = ("moco", "mae", "supervised")
+AUGMENT_ON = ("workers", "device")
 _TV_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10}
 _TV_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}
 
@@ -128,6 +134,11 @@ class CropMixDataModule(pl.LightningDataModule):
         max_image_pixels: folder images whose header claims more pixels (width x height) are
             skipped (or raise) without being decoded; ``None``: no limit of ours. Default
             ``datasets.DEFAULT_MAX_PIXELS`` (89.5 Mpx, PIL's warning threshold).
+        augment_on: ``"workers"`` (every view built per image in the loader workers) or
+            ``"device"`` (workers only decode; the training views are built batched on the
+            training device, see :mod:`ssl_cropmix.data.device_views`; MoCo and MAE views).
+        device_max_size: ``augment_on="device"``: longest image side the workers keep
+            (larger images are downscaled, aspect kept; default ``2 * image_size``).
 
     Raises:
         ValueError: invalid argument values (the message names the argument and value).
@@ -163,8 +174,17 @@ class CropMixDataModule(pl.LightningDataModule):
         mean: tuple[float, float, float] = V.IMAGENET_MEAN,
         std: tuple[float, float, float] = V.IMAGENET_STD,
         max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
+        augment_on: Literal["workers", "device"] = "workers",
+        device_max_size: int | None = None,
     ) -> None:
         super().__init__()
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
+        if augment_on == "device" and (views == "supervised" or callable(query)):
+            what = f"views={views!r}" if views == "supervised" else f"query={query!r}"
+            raise ValueError(f"augment_on='device' builds MoCo and MAE views with the named queries, got {what}")
+        if device_max_size is not None:
+            _check_int("device_max_size", device_max_size, 1)
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
         if views not in VIEWS:
@@ -213,6 +233,10 @@ class CropMixDataModule(pl.LightningDataModule):
         self.drop_last = bool(drop_last)
         self.mean = V._check_stats("mean", mean)
         self.std = V._check_stats("std", std)
+        self.augment_on = augment_on
+        self.device_max_size = device_max_size
+        self._device_views: Any = None
+        self._device_params: Any = None
         if views == "supervised":  # build once: invalid combinations fail at construction
             self.train_transform()
         self._sources: dict[str, _Source] = {}
@@ -361,7 +385,8 @@ class CropMixDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------ transforms
     def train_transform(self) -> Callable[[Any], Any]:
-        """The training view of ``views`` (see :mod:`ssl_cropmix.data.views`)."""
+        """The training view of ``views`` (see :mod:`ssl_cropmix.data.views`); with
+        ``augment_on="device"`` the device path draws from the same distributions."""
         kw = dict(mean=self.mean, std=self.std)
         if self.views == "moco":
             return V.moco_views(self.query, self.image_size, self.small_image, **kw)
@@ -393,6 +418,10 @@ class CropMixDataModule(pl.LightningDataModule):
     def train_dataset(self) -> ViewDataset:
         src = self.source(self.train_split)
         idx = self._subset(src, self.label_fraction, self.subset_file)
+        if self.augment_on == "device":  # workers only decode; views in on_after_batch_transfer
+            from ssl_cropmix.data.device_views import DecodeToUint8
+
+            return ViewDataset(src, DecodeToUint8(self.device_max_size or 2 * self.image_size), idx)
         return ViewDataset(src, self.train_transform(), idx)
 
     def val_dataset(self) -> ViewDataset:
@@ -401,7 +430,13 @@ class CropMixDataModule(pl.LightningDataModule):
         return ViewDataset(self.source(self.val_split), self.eval_transforms()[1])
 
     def _loader(
-        self, ds: ViewDataset, batch_size: int, shuffle: bool, drop_last: bool, persistent: bool
+        self,
+        ds: ViewDataset,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        persistent: bool,
+        collate_fn: Callable | None = None,
     ) -> DataLoader:
         import torch
 
@@ -414,6 +449,7 @@ class CropMixDataModule(pl.LightningDataModule):
             pin_memory=pin,
             drop_last=drop_last,
             persistent_workers=persistent and self.num_workers > 0,
+            collate_fn=collate_fn,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -424,7 +460,64 @@ class CropMixDataModule(pl.LightningDataModule):
                 f"batch_size={self.batch_size} is larger than the training set ({len(ds)} images) "
                 "and drop_last=True would give no batch: lower batch_size"
             )
-        return self._loader(ds, self.batch_size, True, self.drop_last, self.persistent_workers)
+        collate = None
+        if self.augment_on == "device":
+            from ssl_cropmix.data.device_views import pad_collate
+
+            collate = pad_collate
+        return self._loader(ds, self.batch_size, True, self.drop_last, self.persistent_workers, collate)
+
+    # ------------------------------------------------------------------ device views
+    @property
+    def device_views(self) -> Any:
+        """The :class:`~ssl_cropmix.data.device_views.DeviceViews` of ``augment_on="device"``
+        (``None`` on the worker path)."""
+        if self.augment_on != "device":
+            return None
+        if self._device_views is None:
+            from ssl_cropmix.data.device_views import DeviceViews
+
+            self._device_views = DeviceViews(
+                views=self.views,  # type: ignore[arg-type]
+                query=self.query,
+                mae_view=self.mae_view,
+                size=self.image_size,
+                small_image=self.small_image,
+                mean=self.mean,
+                std=self.std,
+            )
+        return self._device_views
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """``augment_on="device"``: draw the batch's view parameters on the CPU while the
+        sizes are still there (no host-device synchronisation); other batches pass.
+        The generator is seeded on first use from torch's global RNG and the global rank, so
+        each DDP rank augments its own batch differently and a seeded run repeats."""
+        from ssl_cropmix.data.device_views import RawImages
+
+        if isinstance(batch, RawImages):
+            dv = self.device_views
+            if dv.generator is None:
+                trainer = getattr(self, "trainer", None)
+                dv.seed_for_rank(int(getattr(trainer, "global_rank", 0) or 0))
+            self._device_params = dv.sample(batch.sizes)
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """``augment_on="device"``: turn a decoded training batch (already on the training
+        device) into ``((query, key), labels)`` / ``(images, labels)`` with the parameters
+        drawn in :meth:`on_before_batch_transfer`; other batches pass."""
+        from ssl_cropmix.data.device_views import RawImages
+
+        if not isinstance(batch, RawImages):
+            return batch
+        dv = self.device_views
+        params, self._device_params = getattr(self, "_device_params", None), None
+        if params is None:  # called without the "before" hook (e.g. by hand)
+            if dv.generator is None:
+                dv.seed_for_rank(int(getattr(getattr(self, "trainer", None), "global_rank", 0) or 0))
+            params = dv.sample(batch.sizes)
+        return dv.apply(batch.images, params), batch.labels
 
     def val_dataloader(self) -> DataLoader | list:
         """``(images, labels)`` of ``val_split`` with the evaluation transform (no shuffle);

@@ -422,10 +422,12 @@ class CropMix(Transform):
 
         Args:
             image_size: ``(H, W)`` of the source image.
-            generator: overrides ``self.generator`` when given.
+            generator: overrides ``self.generator`` when given; a
+                :class:`~ssl_cropmix.transforms.functional.RandomStream` is used as is (the
+                device path shares one stream over a batch).
             num_channels: channels of the image (for ``intermediate="channel_permute"``).
         """
-        g = CF.RandomStream(generator if generator is not None else self.generator)
+        g = CF.as_stream(generator if generator is not None else self.generator)
         height, width = int(image_size[0]), int(image_size[1])
         n = self.num_crops[g.randint(0, len(self.num_crops))]
         ranges = self.scale_ranges(n)

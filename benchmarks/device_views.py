@@ -1,0 +1,322 @@
+"""MoCo pairs/s: worker path (per image, PIL / uint8) vs device path (batched torch), one run.
+
+* ``measure(device, image_size, batch, query)``: contrastive (or other) MoCo pairs per second
+  of :class:`~ssl_cropmix.data.device_views.DeviceViews` on ``device`` from a decoded uint8
+  batch already there (decode excluded), the share of that time spent drawing parameters on
+  the CPU, and, when ``worker=True``, the worker path's pairs/s on the same images in this
+  process (one core, as one loader worker) and the ratio device / worker.
+* ``resize_candidates(device, ...)``: ms per batch of the crop + resize kernels
+  (``matrix``, ``roi_align``, ``interpolate`` and, when importable, kornia's
+  ``crop_and_resize``) on the same boxes, and their mean absolute difference from
+  torchvision's antialiased ``resized_crop``.
+* ``step_ratio(device, ...)``: a ``MoCoCropMix`` training step fed by the device path
+  (views built from a uint8 batch on the device, then the step) vs the same step on
+  pre-made tensors; the ratio ``premade / fed`` (1.0: the views cost nothing).
+
+``benchmarks/gpu_acceptance.py`` calls these with ``device="cuda"`` (targets: >= 5,000
+contrastive pairs/s at 224 px; step ratio >= 0.95 with ResNet-50).
+
+Usage:
+    python benchmarks/device_views.py                                   # CPU, 224 px, batch 32
+    python benchmarks/device_views.py --image-size 32 --batch 256
+    python benchmarks/device_views.py --device cuda --batch 256 --step  # one GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from typing import Any
+
+import PIL.Image
+import torch
+
+from ssl_cropmix.data import views as V
+from ssl_cropmix.data.device_views import DecodeToUint8, DeviceViews, pad_collate, resized_crops
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def source_images(n: int, image_size: int, seed: int = 0) -> list[PIL.Image.Image]:
+    """``n`` photo crops with ImageNet-like sizes (about 1.15-2x ``image_size`` per side,
+    varied aspect): the scikit-image demo photos when installed, else smooth noise."""
+    g = torch.Generator().manual_seed(seed)
+    try:
+        from ssl_cropmix.data.demo import demo_images
+
+        photos = demo_images()
+    except Exception:  # pragma: no cover - scikit-image missing
+        photos = [
+            PIL.Image.fromarray(
+                (torch.nn.functional.interpolate(torch.rand(1, 3, 16, 16, generator=g), size=(512, 512),
+                                                 mode="bilinear")[0] * 255).byte().permute(1, 2, 0).numpy()
+            )
+        ]
+    out = []
+    for i in range(n):
+        p = photos[i % len(photos)]
+        s = float(1.15 + 0.85 * torch.rand(1, generator=g))
+        h = int(image_size * s)
+        w = int(image_size * s * float(0.75 + 0.6 * torch.rand(1, generator=g)))
+        out.append(p.resize((w, h), PIL.Image.Resampling.BILINEAR))
+    return out
+
+
+def measure(
+    device: str | torch.device = "cpu",
+    image_size: int = 224,
+    batch: int = 64,
+    query: str = "contrastive",
+    steps: int = 3,
+    repeats: int = 3,
+    worker: bool = True,
+    worker_pairs: int = 64,
+    resize: str = "auto",
+) -> dict[str, Any]:
+    """Pairs/s of the device path (decode excluded) and of the worker path, same images.
+
+    Returns:
+        ``{"device_pairs_per_s", "sample_ms_per_batch", "apply_ms_per_batch", "worker_pairs_per_s"
+        (if worker), "ratio" (device / worker), ...}``.
+    """
+    dev = torch.device(device)
+    imgs = source_images(batch, image_size)
+    decode = DecodeToUint8(2 * image_size)
+    raw = pad_collate([(decode(im), 0) for im in imgs])
+    x, sizes = raw.images.to(dev), raw.sizes
+    dv = DeviceViews("moco", query, size=image_size, resize=resize, generator=torch.Generator().manual_seed(0))
+    for _ in range(2):  # warm-up (kernels, caches)
+        dv(x, sizes)
+    _sync(dev)
+    sample_t, apply_t = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        params = [dv.sample(sizes) for _ in range(steps)]
+        t1 = time.perf_counter()
+        for p in params:
+            dv.apply(x, p)
+        _sync(dev)
+        t2 = time.perf_counter()
+        sample_t.append((t1 - t0) / steps)
+        apply_t.append((t2 - t1) / steps)
+    s, a = statistics.median(sample_t), statistics.median(apply_t)
+    out: dict[str, Any] = {
+        "device": str(dev),
+        "image_size": image_size,
+        "batch": batch,
+        "query": query,
+        "resize": resize,
+        "sample_ms_per_batch": s * 1e3,
+        "apply_ms_per_batch": a * 1e3,
+        "device_pairs_per_s": batch / (s + a),
+        "torch_threads": torch.get_num_threads(),
+    }
+    if worker:
+        tf = V.moco_views(query, image_size)
+        pool = imgs[: max(1, min(worker_pairs, len(imgs)))]
+        for im in pool[:4]:
+            tf(im)
+        times = []
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one loader worker = one core
+        try:
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for im in pool:
+                    tf(im)
+                times.append((time.perf_counter() - t0) / len(pool))
+        finally:
+            torch.set_num_threads(threads)
+        out["worker_pairs_per_s"] = 1.0 / statistics.median(times)
+        out["ratio"] = out["device_pairs_per_s"] / out["worker_pairs_per_s"]
+    return out
+
+
+def resize_candidates(
+    device: str | torch.device = "cpu", image_size: int = 224, batch: int = 32, crops: int = 3, repeats: int = 3
+) -> dict[str, dict[str, float]]:
+    """ms per batch of ``batch * crops`` crop + resizes per kernel, same boxes, and the mean
+    absolute difference (0-255 scale) from torchvision's antialiased ``resized_crop``."""
+    from torchvision.transforms.v2 import functional as F
+
+    from ssl_cropmix.data.device_views import sample_rrc_slots
+
+    dev = torch.device(device)
+    imgs = source_images(batch, image_size)
+    decode = DecodeToUint8(2 * image_size)
+    raw = pad_collate([(decode(im), 0) for im in imgs])
+    g = torch.Generator().manual_seed(0)
+    boxes = torch.cat([sample_rrc_slots(raw.sizes, (0.2, 1.0), (3 / 4, 4 / 3), g).boxes for _ in range(crops)], 1)
+    x = raw.images.to(dev).float()
+    bx = boxes.to(dev)
+    size = (image_size, image_size)
+    ref = torch.stack([
+        torch.stack([F.resized_crop(raw.images[b].float(), *boxes[b, c].tolist(), list(size), antialias=True)
+                     for c in range(crops)]) for b in range(min(batch, 4))
+    ])
+    fns: dict[str, Any] = {
+        f"{m} (float32)": (lambda m=m: resized_crops(x, bx, size, m)) for m in ("matrix", "roi_align", "interpolate")
+    }
+    if dev.type == "cpu":  # the worker path's native uint8 kernel, one call per crop
+        x8 = raw.images.to(dev)
+        fns["interpolate (uint8, native CPU kernel)"] = lambda: resized_crops(x8, bx, size, "interpolate") * 255.0
+    try:
+        from kornia.geometry.transform import crop_and_resize
+
+        def kornia_fn() -> torch.Tensor:
+            f = bx.reshape(-1, 4).float()
+            t, l, h, w = f.unbind(1)
+            corners = torch.stack([torch.stack([l, t], 1), torch.stack([l + w - 1, t], 1),
+                                   torch.stack([l + w - 1, t + h - 1], 1), torch.stack([l, t + h - 1], 1)], 1)
+            src = x.repeat_interleave(crops, 0)
+            return crop_and_resize(src, corners, size).view(batch, crops, 3, *size)
+
+        fns["kornia crop_and_resize"] = kornia_fn
+    except ImportError:
+        pass
+    out: dict[str, dict[str, float]] = {}
+    for name, fn in fns.items():
+        y = fn()
+        _sync(dev)
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            _sync(dev)
+            ts.append(time.perf_counter() - t0)
+        err = (y[: ref.shape[0]].float().cpu() - ref).abs().mean().item()
+        out[name] = {"ms_per_batch": statistics.median(ts) * 1e3, "mean_abs_err_vs_torchvision": err}
+    return out
+
+
+def step_ratio(
+    device: str | torch.device = "cuda",
+    backbone: str = "resnet50",
+    image_size: int = 224,
+    batch: int = 256,
+    query: str = "contrastive",
+    queue_size: int = 65536,
+    steps: int = 10,
+    repeats: int = 3,
+    amp: bool = True,
+) -> dict[str, Any]:
+    """``MoCoCropMix`` step fed by the device path vs the step on pre-made tensors.
+
+    One *fed* step: :meth:`DeviceViews.sample` (CPU) + :meth:`DeviceViews.apply` on a uint8
+    batch already on ``device`` + ``training_step`` + backward + SGD step; the *premade* step
+    skips the views (inputs made once). Timed interleaved, synchronised on CUDA.
+
+    Returns:
+        ``{"premade_ms", "fed_ms", "ratio" (premade / fed; target >= 0.95), ...}``.
+    """
+    from timing import interleaved_times
+
+    from ssl_cropmix.methods.moco import MoCoCropMix
+
+    warnings.filterwarnings("ignore", message=".*self.log.*")
+    dev = torch.device(device)
+    small = image_size <= 64
+    model = MoCoCropMix(backbone=backbone, small_image=small, queue_size=queue_size, cosine_lr=False, lr=0.03).to(dev)
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.03, momentum=0.9)
+    imgs = source_images(batch, image_size)
+    raw = pad_collate([(DecodeToUint8(2 * image_size)(im), 0) for im in imgs])
+    x_u8, sizes = raw.images.to(dev), raw.sizes
+    dv = DeviceViews("moco", query, size=image_size, generator=torch.Generator().manual_seed(0))
+    q0, k0 = dv(x_u8, sizes)
+    y = torch.zeros(batch, dtype=torch.long, device=dev)
+
+    def step(q: torch.Tensor, k: torch.Tensor) -> None:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            loss = model.training_step(((q, k), y), 0)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def fed() -> None:
+        q, k = dv(x_u8, sizes)
+        step(q, k)
+
+    times = interleaved_times({"premade": lambda: step(q0, k0), "fed": fed}, steps, repeats, 2,
+                              lambda: _sync(dev))
+    pre, fd = statistics.median(times["premade"]), statistics.median(times["fed"])
+    return {"device": str(dev), "backbone": backbone, "batch": batch, "image_size": image_size, "query": query,
+            "amp": amp, "premade_ms": pre * 1e3, "fed_ms": fd * 1e3, "ratio": pre / fd}
+
+
+#: GPU targets of the device path (issue 17): contrastive pairs/s at 224 px on one GPU,
+#: decode excluded, and the ResNet-50 step fed by it relative to the step on pre-made tensors.
+GPU_MIN_PAIRS_PER_S = 5000.0
+GPU_MIN_STEP_RATIO = 0.95
+
+
+def acceptance_check(ctx: Any) -> Any:
+    """The device-views check of ``benchmarks/gpu_acceptance.py`` (picked up by name).
+
+    On the GPU: contrastive (and plain) MoCo pairs/s of the device path at 224 px, batch
+    256, against :data:`GPU_MIN_PAIRS_PER_S`, and :func:`step_ratio` of a ResNet-50
+    ``MoCoCropMix`` step (bf16) against :data:`GPU_MIN_STEP_RATIO`. With ``ctx.smoke``
+    (CPU): the same code at 32 px, batch 8, ResNet-18, targets reported but not enforced.
+    """
+    from gpu_acceptance import CheckResult, _row
+
+    smoke = bool(ctx.smoke)
+    size, batch = (32, 8) if smoke else (224, 256)
+    rows, ok = [], True
+    for q in ("plain", "contrastive"):
+        r = measure(ctx.device, size, batch, q, steps=1 if smoke else 5, repeats=1 if smoke else 3, worker=False)
+        pps = r["device_pairs_per_s"]
+        good = pps > 0 and (smoke or q != "contrastive" or pps >= GPU_MIN_PAIRS_PER_S)
+        ok &= good
+        rows.append(_row(f"device {q} pairs/s, {size}px b{batch} (sample {r['sample_ms_per_batch']:.1f} ms + "
+                         f"apply {r['apply_ms_per_batch']:.1f} ms)", round(pps, 1),
+                         f">= {GPU_MIN_PAIRS_PER_S:.0f}" + (" (not enforced in smoke)" if smoke else "")
+                         if q == "contrastive" else "", good))
+    bb = "resnet18" if smoke else "resnet50"
+    s = step_ratio(ctx.device, bb, size, batch, queue_size=64 if smoke else 65536, steps=1 if smoke else 10,
+                   repeats=1 if smoke else 3, amp=not smoke)
+    good = s["ratio"] > 0 and (smoke or s["ratio"] >= GPU_MIN_STEP_RATIO)
+    ok &= good
+    rows.append(_row(f"MoCoCropMix {bb} step fed by device views / on pre-made tensors "
+                     f"({s['fed_ms']:.1f} vs {s['premade_ms']:.1f} ms)", round(s["ratio"], 3),
+                     f">= {GPU_MIN_STEP_RATIO}" + (" (not enforced in smoke)" if smoke else ""), good))
+    return CheckResult("device_views", ok, rows)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--queries", default="plain,contrastive", help="comma-separated MoCo queries")
+    p.add_argument("--resize", default="auto", help="auto | matrix | roi_align | interpolate")
+    p.add_argument("--candidates", action="store_true", help="also time the crop + resize kernels")
+    p.add_argument("--step", action="store_true", help="also the MoCoCropMix step ratio (ResNet-50 on cuda)")
+    p.add_argument("--backbone", default=None, help="step backbone (default: resnet50 on cuda, resnet18 on cpu)")
+    a = p.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}\n")
+    print("| query | device pairs/s | sample ms/batch | apply ms/batch | worker pairs/s (1 core) | ratio |")
+    print("|---|---|---|---|---|---|")
+    for q in a.queries.split(","):
+        r = measure(a.device, a.image_size, a.batch, q, resize=a.resize)
+        print(f"| {q} | {r['device_pairs_per_s']:.0f} | {r['sample_ms_per_batch']:.1f} | "
+              f"{r['apply_ms_per_batch']:.1f} | {r['worker_pairs_per_s']:.0f} | {r['ratio']:.2f} |")
+    if a.candidates:
+        print("\n| crop + resize kernel | ms / batch | mean abs err vs torchvision (0-255) |\n|---|---|---|")
+        for name, r in resize_candidates(a.device, a.image_size, a.batch).items():
+            print(f"| {name} | {r['ms_per_batch']:.1f} | {r['mean_abs_err_vs_torchvision']:.2f} |")
+    if a.step:
+        bb = a.backbone or ("resnet50" if a.device.startswith("cuda") else "resnet18")
+        r = step_ratio(a.device, bb, a.image_size, a.batch, queue_size=4096 if a.device == "cpu" else 65536,
+                       steps=2 if a.device == "cpu" else 10, amp=a.device.startswith("cuda"))
+        print(f"\nstep ({bb}, batch {a.batch}): premade {r['premade_ms']:.0f} ms, fed {r['fed_ms']:.0f} ms, "
+              f"ratio {r['ratio']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
