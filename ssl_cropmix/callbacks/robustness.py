@@ -1,4 +1,4 @@
-"""Run the paper's robustness protocol (Sec. 4.2, Table 7) when training ends.
+"""Run the paper's robustness protocol (Tables 2 / 7) when training ends.
 
 The callback only decides *when* and *on what*; the protocol is
 :class:`~ssl_cropmix.evaluation.robustness.RobustnessEvaluation`, run by a new ``Trainer`` on the

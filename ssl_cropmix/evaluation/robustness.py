@@ -9,7 +9,7 @@ gradients; ``Trainer.test`` runs under ``torch.inference_mode`` by default, wher
 ``torch.enable_grad()`` cannot turn gradients back on) or :func:`run_robustness`, which builds
 the dataloaders and such a Trainer with
 :func:`~ssl_cropmix.evaluation.runner.evaluation_trainer`. The results table of the paper's
-Table 7 (Clean, RMS, FGSM, Replace, Noise, IN-A, IN-R, IN-S) is written by
+Tables 2 / 7 (Clean, RMS, FGSM, Replace, Noise, IN-A, IN-R, IN-S) is written by
 :func:`write_robustness_table`.
 
 Distributed runs: every sample carries its dataset index; at the end of the test epoch each
@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ssl_cropmix.data.views import IMAGENET_MEAN, IMAGENET_STD
 
-#: The paper's Table 7 columns, and the (set, metric) each is read from.
+#: The paper's Table 2 / 7 columns, and the (set, metric) each is read from.
 TABLE_COLUMNS: dict[str, tuple[str, str]] = {
     "Clean": ("clean", "top1"),
     "RMS": ("clean", "rms"),
@@ -441,14 +441,14 @@ def run_robustness(
 # --------------------------------------------------------------------------- table
 @dataclass
 class RobustnessTable:
-    """One checkpoint's row of the paper's Table 7, plus per-set details and the protocol."""
+    """One checkpoint's row of the paper's Table 2 / 7, plus per-set details and the protocol."""
 
     checkpoint: str
     results: dict[str, dict[str, float]]
     protocol: dict[str, Any] = field(default_factory=dict)
 
     def columns(self) -> dict[str, float | None]:
-        """Table 7 columns; ``None`` where the set was not given (never 0)."""
+        """Table 2 / 7 columns; ``None`` where the set was not given (never 0)."""
         out: dict[str, float | None] = {}
         for col, (set_name, metric) in TABLE_COLUMNS.items():
             v = self.results.get(set_name, {}).get(metric)

@@ -1,4 +1,4 @@
-"""``ssl-cropmix robustness``: the paper's robustness table (Table 7) for one checkpoint.
+"""``ssl-cropmix robustness``: the paper's robustness table (Tables 2 / 7) for one checkpoint.
 
     ssl-cropmix robustness --ckpt run/checkpoints/last.ckpt --val imagenet/val \\
         --imagenet-a imagenet-a --imagenet-r imagenet-r --imagenet-sketch sketch \\
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ssl-cropmix robustness",
         description="Clean top-1, RMS calibration error (PixMix), FGSM (8/255 in pixel space), Co-Mixup's "
         "Replace / Noise sets, ImageNet-A / -R (200-class logits) and ImageNet-Sketch for one checkpoint "
-        "(paper Table 7). Sets left out are reported as 'not given'.",
+        "(paper Tables 2 / 7). Sets left out are reported as 'not given'.",
     )
     p.add_argument("--ckpt", required=True, help="checkpoint of a module returning logits (e.g. CropMixClassifier)")
     p.add_argument("--backbone", default=None, help="architecture name, passed to load_module")
