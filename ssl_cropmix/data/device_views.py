@@ -696,7 +696,6 @@ class DeviceViews:
             self.query_spec = colour_spec(worker.query)
             # contrastive and ScaleMix (Asym-Siam) augment every crop before mixing
             self.per_crop = query in ("contrastive", "scalemix")
-            self.bicubic = False
         else:
             worker = V.mae_view(mae_view, self.size)
             rrc = _find(worker, v2.RandomResizedCrop)
@@ -704,11 +703,12 @@ class DeviceViews:
             self.key_spec = colour_spec(worker)  # flip only
             self.query_spec = self.key_spec
             self.per_crop = False
-            self.bicubic = True
         self.rrc_scale: tuple[float, float] = tuple(rrc.scale) if rrc is not None else (0.2, 1.0)  # type: ignore[assignment]
         self.rrc_ratio: tuple[float, float] = tuple(rrc.ratio) if rrc is not None else (3 / 4, 4 / 3)  # type: ignore[assignment]
-        if self.cropmix is not None and self.cropmix.interpolation == InterpolationMode.BICUBIC:
-            self.bicubic = True
+        # the worker recipe's interpolation: MAE's RRC is bicubic, its CropMix inputs bilinear
+        # (as the official MAE + CropMix code for n = 2), the MoCo views bilinear
+        resizer = self.cropmix if self.cropmix is not None else rrc
+        self.bicubic = getattr(resizer, "interpolation", InterpolationMode.BILINEAR) == InterpolationMode.BICUBIC
 
     # ------------------------------------------------------------------ RNG
     def seed_for_rank(self, rank: int, seed: int | None = None) -> torch.Generator:
