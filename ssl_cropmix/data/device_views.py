@@ -629,8 +629,8 @@ class DeviceViews:
       ``"cropmix"`` (generic CropMix Mixup, then the colour ops), ``"contrastive"`` (per-crop
       colour ops, then CutMix of the large-scale crop into the small-scale one) and
       ``"scalemix"`` (Asym-Siam: two crops of one shared range, each colour-augmented, CutMix).
-    * ``views="mae"``: RRC or CropMix (Mixup / CutMix) without intermediate augmentation,
-      bicubic, flip, normalise.
+    * ``views="mae"``: RRC (bicubic) or CropMix (Mixup / CutMix, bilinear) without
+      intermediate augmentation, flip, normalise; the interpolation is the worker recipe's.
 
     Args:
         views: ``"moco"`` or ``"mae"``.
