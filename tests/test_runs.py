@@ -105,6 +105,7 @@ def test_eight_runs_started_at_once_get_eight_directories(tmp_path):
     deleted" warning from the loggers sharing a folder."""
     recipe = write_tiny_recipe(tmp_path)
     env = subprocess_env(tmp_path)
+    env["OMP_NUM_THREADS"] = "1"  # eight processes on a small machine: no thread oversubscription
     ready = tmp_path / "ready"
     ready.mkdir()
     procs = [
