@@ -18,7 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_cropmix.evaluation.base import EvalModule, copy_feature_module, isolated_rng, protocol_trainer, trunk_device
+from ssl_cropmix.evaluation.base import (
+    EvalModule,
+    copy_feature_module,
+    isolated_rng,
+    protocol_result,
+    protocol_trainer,
+    trunk_device,
+)
 from ssl_cropmix.evaluation.data import dist_world_rank, shard_loader, train_loader as sharded_train_loader
 from ssl_cropmix.evaluation.linear import _feature_dim, check_labels, split_batch
 from ssl_cropmix.evaluation.results import EvalResult
@@ -198,10 +205,9 @@ def finetune(
     )
     hp = {**asdict(recipe), "preset": name, "per_device_batch": device_batch, "seed": seed, "num_classes": num_classes,
           "real_label_fraction": (n / full_train_count) if full_train_count else None}
-    return EvalResult(
-        key=key or fraction_key("finetune", recipe.label_fraction), protocol=protocol, top1=module.val_top1,
-        top5=module.val_top5, epochs=recipe.epochs, train_samples=n, val_samples=module.val_count, hparams=hp,
-        hardware=dict(module.ran_under), wall_seconds=round(time.perf_counter() - t0, 3), checkpoint=checkpoint,
+    return protocol_result(
+        module, t0, key=key or fraction_key("finetune", recipe.label_fraction), protocol=protocol,
+        epochs=recipe.epochs, train_samples=n, hparams=hp, checkpoint=checkpoint,
         details={"lr_history": [list(p) for p in module.epoch_lrs], "samples_seen_per_epoch": module.samples_seen_per_epoch,
                  "feature_dim": dim},
     )

@@ -20,7 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_cropmix.callbacks.lars import LARS
-from ssl_cropmix.evaluation.base import EvalModule, copy_feature_module, isolated_rng, protocol_trainer, trunk_device
+from ssl_cropmix.evaluation.base import (
+    EvalModule,
+    copy_feature_module,
+    isolated_rng,
+    protocol_result,
+    protocol_trainer,
+    trunk_device,
+)
 from ssl_cropmix.evaluation.data import (
     dist_world_rank,
     extract_features,
@@ -254,10 +261,9 @@ def run_linear_probe(
           "per_device_batch": device_batch, "accumulate_grad_batches": accumulate, "seed": seed,
           "num_classes": num_classes}
     lrs = [h[0] for h in module.lr_history]
-    return EvalResult(
-        key=key, protocol=protocol, top1=module.val_top1, top5=module.val_top5, epochs=recipe.epochs,
-        train_samples=n_train, val_samples=module.val_count, hparams=hp, hardware=dict(module.ran_under),
-        wall_seconds=round(time.perf_counter() - t0, 3), checkpoint=checkpoint,
+    return protocol_result(
+        module, t0, key=key, protocol=protocol, epochs=recipe.epochs, train_samples=n_train, hparams=hp,
+        checkpoint=checkpoint,
         details={"feature_dim": dim, "extract_seconds": round(extract_s, 3), "train_seconds": round(train_s, 3),
                  "optimizer_steps": len(lrs), "lr_first": lrs[0] if lrs else None, "lr_last": lrs[-1] if lrs else None},
     )

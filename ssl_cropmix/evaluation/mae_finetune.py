@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from ssl_cropmix.evaluation.base import EvalModule, isolated_rng, protocol_trainer, trunk_device
+from ssl_cropmix.evaluation.base import EvalModule, isolated_rng, protocol_result, protocol_trainer, trunk_device
 from ssl_cropmix.evaluation.data import dist_world_rank, shard_loader
 from ssl_cropmix.evaluation.finetune import fraction_key
 from ssl_cropmix.evaluation.linear import check_labels, split_batch
@@ -271,10 +271,9 @@ def mae_finetune(
     hp = {**asdict(recipe), "lr": lr, "per_device_batch": device_batch, "accumulate_grad_batches": accumulate,
           "image_size": image_size, "seed": seed, "num_classes": num_classes,
           "real_label_fraction": (n / full_train_count) if full_train_count else None}
-    return EvalResult(
-        key=key or fraction_key("mae_finetune", recipe.label_fraction), protocol=protocol, top1=module.val_top1,
-        top5=module.val_top5, epochs=recipe.epochs, train_samples=n, val_samples=module.val_count, hparams=hp,
-        hardware=dict(module.ran_under), wall_seconds=round(time.perf_counter() - t0, 3), checkpoint=checkpoint,
+    return protocol_result(
+        module, t0, key=key or fraction_key("mae_finetune", recipe.label_fraction), protocol=protocol,
+        epochs=recipe.epochs, train_samples=n, hparams=hp, checkpoint=checkpoint,
         details={"optimizer_steps": len(module.lr_history)},
     )
 
