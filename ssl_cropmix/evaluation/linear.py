@@ -171,6 +171,13 @@ def check_labels(labels: torch.Tensor | Any, num_classes: int, what: str) -> Non
         raise ValueError(f"num_classes={num_classes} is below the data's class count ({what} has label {mx}, so >= {mx + 1} classes)")
 
 
+def check_dataset_labels(loader: Any, num_classes: int, what: str) -> None:
+    """:func:`check_labels` on ``loader.dataset.targets`` when the dataset lists its labels."""
+    targets = getattr(loader.dataset, "targets", None)
+    if targets is not None and len(targets):
+        check_labels(list(targets), num_classes, what)
+
+
 def run_linear_probe(
     pl_module: nn.Module,
     train_loader: Any,
@@ -213,9 +220,7 @@ def run_linear_probe(
     if generator is not None:
         seed = int(generator.initial_seed())
     world, rank = dist_world_rank()
-    targets = getattr(train_loader.dataset, "targets", None)
-    if targets is not None and len(targets):
-        check_labels(list(targets), num_classes, "the labelled training set")
+    check_dataset_labels(train_loader, num_classes, "the labelled training set")
     trunk = copy_feature_module(pl_module)
     dev = trunk_device(trunk)
     if cached_features:
