@@ -109,11 +109,10 @@ def protocol_result(module: EvalModule, t0: float, **fields: Any) -> EvalResult:
 
 
 def trunk_device(trunk: nn.Module) -> torch.device:
-    for t in trunk.parameters():
-        return t.device
-    for t in trunk.buffers():
-        return t.device
-    return torch.device("cpu")
+    """Device of the trunk's first parameter or buffer (CPU for an empty module)."""
+    from ssl_cropmix.callbacks.utils import module_device  # lazy: callbacks import this module
+
+    return module_device(trunk)
 
 
 def protocol_trainer(

@@ -275,15 +275,11 @@ def run_linear_probe(
 
 
 def _feature_dim(trunk: nn.Module, loader: Any, device: torch.device) -> int:
+    from ssl_cropmix.callbacks.utils import frozen
+
     x, _ = loader.dataset[0]
-    flags = {m: m.training for m in trunk.modules()}
-    trunk.eval()
-    try:
-        with torch.no_grad():
-            return int(trunk(torch.as_tensor(x)[None].to(device)).flatten(1).shape[1])
-    finally:
-        for m, f in flags.items():
-            m.training = f
+    with frozen(trunk):
+        return int(trunk(torch.as_tensor(x)[None].to(device)).flatten(1).shape[1])
 
 
 def recipe_with(base: ProbeRecipe, **over: Any) -> ProbeRecipe:
