@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_cropmix.callbacks.lars import LARS
 from ssl_cropmix.evaluation.base import (
     EvalModule,
     copy_feature_module,
@@ -138,6 +137,8 @@ class LinearProbeModule(EvalModule):
         lr = r.base_lr * r.batch_size / 256
         params = list(self.head.parameters())
         if r.optimizer == "lars":
+            from ssl_cropmix.callbacks.lars import LARS  # lazy: the callbacks package imports this module
+
             opt: torch.optim.Optimizer = LARS(params, lr=lr, weight_decay=r.weight_decay, momentum=r.momentum)
         else:
             opt = torch.optim.SGD(params, lr=lr, momentum=r.momentum, weight_decay=r.weight_decay)
