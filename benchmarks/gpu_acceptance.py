@@ -163,6 +163,45 @@ def _step_rows(label: str, times: dict[str, list[float]], peak: dict[str, int], 
     ], ok
 
 
+def _compare_training(
+    ctx: Context,
+    label: str,
+    method: str,
+    amp: dict[str, Any],
+    steps: int,
+    repeats: int,
+    ref: tuple[torch.nn.Module, Callable[[], torch.Tensor], torch.optim.Optimizer],
+    ours: tuple[torch.nn.Module, Callable[[], torch.Tensor], torch.optim.Optimizer],
+) -> tuple[list[dict[str, Any]], bool]:
+    """Time full training steps (autocast forward, backward, optimiser step) of the reference
+    and of ours, interleaved; rows of :func:`_step_rows` plus "<method> losses finite".
+
+    ``ref`` / ``ours``: ``(module, loss_fn, optimizer)``; the modules are put in train mode.
+    Our losses are kept on the device (no host sync inside the timed steps) and checked
+    once at the end.
+    """
+    losses: list[torch.Tensor] = []
+
+    def step(loss_fn: Callable[[], torch.Tensor], opt: torch.optim.Optimizer, keep: bool) -> Callable[[], None]:
+        def run() -> None:
+            with torch.autocast(**amp):
+                loss = loss_fn()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if keep:
+                losses.append(loss.detach())
+
+        return run
+
+    ref[0].train()
+    ours[0].train()
+    times, peak = _time_pair(ctx, step(ref[1], ref[2], False), step(ours[1], ours[2], True), steps, repeats)
+    rows, ok = _step_rows(label, times, peak, ctx.smoke)
+    finite = bool(torch.isfinite(torch.stack(losses).float()).all())
+    return rows + [_row(f"{method} losses finite", finite, "True", finite)], ok and finite
+
+
 def check_steps(ctx: Context) -> CheckResult:
     from mae_step import ReferenceMAE
     from moco_step import ReferenceMoCo
@@ -193,30 +232,12 @@ def check_steps(ctx: Context) -> CheckResult:
     xq = torch.rand(bs, 3, size, size, generator=g).to(dev).contiguous(memory_format=cl)
     xk = torch.rand(bs, 3, size, size, generator=g).to(dev).contiguous(memory_format=cl)
     y = torch.zeros(bs, dtype=torch.long, device=dev)
-    losses: list[torch.Tensor] = []  # kept on the device: no host sync inside the timed steps
-
-    def moco_ref() -> None:
-        with torch.autocast(**amp):
-            loss = ref.step(xq, xk)
-        opt_r.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_r.step()
-
-    def moco_ours() -> None:
-        with torch.autocast(**amp):
-            loss = ours.training_step(((xq, xk), y), 0)["loss"]
-        opt_o.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_o.step()
-        losses.append(loss.detach())
-
-    ref.train()
-    ours.train()
-    times, peak = _time_pair(ctx, moco_ref, moco_ours, steps, repeats)
-    r, ok = _step_rows(f"MoCoCropMix {bb} {size}px b{bs} bf16 channels_last", times, peak, ctx.smoke)
-    finite = bool(torch.isfinite(torch.stack(losses).float()).all())
-    rows += r + [_row("MoCo losses finite", finite, "True", finite)]
-    ok_all &= ok and finite
+    r, ok = _compare_training(
+        ctx, f"MoCoCropMix {bb} {size}px b{bs} bf16 channels_last", "MoCo", amp, steps, repeats,
+        (ref, lambda: ref.step(xq, xk), opt_r), (ours, lambda: ours.training_step(((xq, xk), y), 0)["loss"], opt_o),
+    )
+    rows += r
+    ok_all &= ok
     del ref, ours, opt_r, opt_o, xq, xk
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -235,30 +256,12 @@ def check_steps(ctx: Context) -> CheckResult:
     opt_om = torch.optim.AdamW(ours_m.parameter_groups(0.05), lr=1e-4, betas=(0.9, 0.95))
     x = torch.rand(bs, 3, img, img, generator=g).to(dev)
     labels = torch.zeros(bs, dtype=torch.long, device=dev)
-    mlosses: list[torch.Tensor] = []
-
-    def mae_ref() -> None:
-        with torch.autocast(**amp):
-            loss = ref_m.step(x)
-        opt_rm.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_rm.step()
-
-    def mae_ours() -> None:
-        with torch.autocast(**amp):
-            loss = ours_m.training_step((x, labels), 0)["loss"]
-        opt_om.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_om.step()
-        mlosses.append(loss.detach())
-
-    ref_m.train()
-    ours_m.train()
-    times, peak = _time_pair(ctx, mae_ref, mae_ours, steps, repeats)
-    r, ok = _step_rows(f"MAECropMix {model} {img}px b{bs} bf16", times, peak, ctx.smoke)
-    finite = bool(torch.isfinite(torch.stack(mlosses).float()).all())
-    rows += r + [_row("MAE losses finite", finite, "True", finite)]
-    ok_all &= ok and finite
+    r, ok = _compare_training(
+        ctx, f"MAECropMix {model} {img}px b{bs} bf16", "MAE", amp, steps, repeats,
+        (ref_m, lambda: ref_m.step(x), opt_rm), (ours_m, lambda: ours_m.training_step((x, labels), 0)["loss"], opt_om),
+    )
+    rows += r
+    ok_all &= ok
     return CheckResult("steps", ok_all, rows)
 
 

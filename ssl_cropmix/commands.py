@@ -156,6 +156,20 @@ def _data_record(dm: Any) -> dict[str, Any]:
             "mean": list(dm.mean), "std": list(dm.std)}
 
 
+def _evaluate_and_publish(evaluator: Any, module: Any, dm: Any, a: argparse.Namespace, trainer_kwargs: dict[str, Any]) -> int:
+    """Run ``evaluator`` (a probe / fine-tuning callback) on the checkpoint's ``module``, record
+    the data, append the result to the results file and print it; the command's exit code."""
+    from ssl_cropmix.evaluation.results import publish
+
+    evaluator.checkpoint = str(a.ckpt)
+    res = evaluator.evaluate(None, module, trainer_kwargs=trainer_kwargs)
+    res.hparams["data"] = _data_record(dm)
+    path = publish(res, None, _out_path(a))
+    print(json.dumps(res.as_dict(), indent=2, default=str))
+    print(f"appended to {path}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- commands
 def _show_views(argv: list[str]) -> int:
     from ssl_cropmix.data import grid
@@ -183,20 +197,13 @@ def _probe(argv: list[str]) -> int:
     a = _parse(p, argv)
     kw = _trainer_kwargs(a, p.prog)
     from ssl_cropmix.callbacks.linear_probe import LinearProbe
-    from ssl_cropmix.evaluation.results import publish
 
     module, ckpt = _load(a)
     dm = _datamodule(a, ckpt)
     dm.setup("fit")
     probe = LinearProbe(preset=a.preset, epochs=a.epochs, batch_size=a.batch_size, device_batch_size=a.device_batch_size,
                         base_lr=a.base_lr, optimizer=a.optimizer, cached_features=a.cached_features, provider=dm)
-    probe.checkpoint = str(a.ckpt)
-    res = probe.evaluate(None, module, trainer_kwargs=kw)
-    res.hparams["data"] = _data_record(dm)
-    path = publish(res, None, _out_path(a))
-    print(json.dumps(res.as_dict(), indent=2))
-    print(f"appended to {path}")
-    return 0
+    return _evaluate_and_publish(probe, module, dm, a, kw)
 
 
 def _finetune(argv: list[str]) -> int:
@@ -216,7 +223,6 @@ def _finetune(argv: list[str]) -> int:
     a = _parse(p, argv)
     kw = _trainer_kwargs(a, p.prog)
     from ssl_cropmix.callbacks.finetune import MAEFineTune, SemiSupervisedFineTune
-    from ssl_cropmix.evaluation.results import publish
 
     module, ckpt = _load(a)
     dm = _datamodule(a, ckpt)
@@ -229,13 +235,7 @@ def _finetune(argv: list[str]) -> int:
     else:
         cb = SemiSupervisedFineTune(a.preset, label_fraction=a.label_fraction, subset_file=a.subset_file, epochs=a.epochs,
                                     batch_size=a.batch_size, provider=dm)
-    cb.checkpoint = str(a.ckpt)
-    res = cb.evaluate(None, module, trainer_kwargs=kw)
-    res.hparams["data"] = _data_record(dm)
-    path = publish(res, None, _out_path(a))
-    print(json.dumps(res.as_dict(), indent=2, default=str))
-    print(f"appended to {path}")
-    return 0
+    return _evaluate_and_publish(cb, module, dm, a, kw)
 
 
 def _export(argv: list[str]) -> int:

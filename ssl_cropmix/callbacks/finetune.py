@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ssl_cropmix.callbacks.launch import EvaluationLauncher
-from ssl_cropmix.callbacks.utils import resolve_provider
+from ssl_cropmix.callbacks.utils import check_optional_positive_ints, resolve_provider
 from ssl_cropmix.evaluation.base import copy_feature_module
 from ssl_cropmix.evaluation.finetune import (
     FINETUNE_PRESETS,
@@ -32,6 +32,11 @@ from ssl_cropmix.evaluation.results import EvalResult
 
 __all__ = ["FINETUNE_PRESETS", "FineTuneRecipe", "MAEFineTune", "SemiSupervisedFineTune", "copy_feature_module",
            "finetune", "finetune_from_checkpoint"]
+
+
+def _check_label_fraction(label_fraction: float | None) -> None:
+    if label_fraction is not None and not 0 < label_fraction <= 1:
+        raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction!r}")
 
 
 def _full_count(p: Any) -> int | None:
@@ -84,14 +89,11 @@ class SemiSupervisedFineTune(EvaluationLauncher):
         super().__init__(every_n_epochs, results_path)
         if preset not in FINETUNE_PRESETS:
             raise ValueError(f"preset must be one of {sorted(FINETUNE_PRESETS)}, got {preset!r}")
-        if label_fraction is not None and not 0 < label_fraction <= 1:
-            raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction!r}")
+        _check_label_fraction(label_fraction)
         for pname, v in (("trunk_lr", trunk_lr), ("head_lr", head_lr), ("gamma", gamma)):
             if v is not None and not v > 0:
                 raise ValueError(f"{pname} must be > 0, got {v!r}")
-        for pname, v in (("epochs", epochs), ("batch_size", batch_size)):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"{pname} must be a positive int, got {v!r}")
+        check_optional_positive_ints(epochs=epochs, batch_size=batch_size)
         if bn_mode not in ("local", "sync"):
             raise ValueError(f"bn_mode must be 'local' or 'sync', got {bn_mode!r}")
         base = FINETUNE_PRESETS[preset]
@@ -167,11 +169,8 @@ class MAEFineTune(EvaluationLauncher):
         seed: int = 0,
     ) -> None:
         super().__init__(every_n_epochs, results_path)
-        if label_fraction is not None and not 0 < label_fraction <= 1:
-            raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction!r}")
-        for pname, v in (("epochs", epochs), ("batch_size", batch_size), ("device_batch_size", device_batch_size)):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"{pname} must be a positive int, got {v!r}")
+        _check_label_fraction(label_fraction)
+        check_optional_positive_ints(epochs=epochs, batch_size=batch_size, device_batch_size=device_batch_size)
         if layer_decay is not None and not 0 < layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay!r}")
         for pname, v in (("drop_path", drop_path), ("re_prob", re_prob), ("label_smoothing", label_smoothing)):

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from lightly.utils.benchmarking import knn_predict
 from torch.utils.data import DataLoader
 
-from ssl_cropmix.callbacks.utils import extract_features, frozen, get_backbone, module_device, resolve_provider
+from ssl_cropmix.callbacks.linear_probe import collect_features
+from ssl_cropmix.callbacks.utils import get_backbone, module_device, resolve_provider
 from ssl_cropmix.evaluation.data import all_gather_rows, dist_world_rank, shard_loader
 
 
@@ -140,14 +141,9 @@ class KNNMonitor(pl.Callback):
 
 
 def _shard_features(pl_module: Any, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    feats, labels = [], []
-    with frozen(get_backbone(pl_module)):
-        for x, y in loader:
-            feats.append(extract_features(pl_module, x.to(device, non_blocking=True)).float())
-            labels.append(y.to(device))
-    if not feats:  # fewer samples than ranks
+    if len(loader) == 0:  # fewer samples than ranks (the shard loaders keep every batch: no drop_last)
         return torch.zeros(0, 0, device=device), torch.zeros(0, dtype=torch.long, device=device)
-    return torch.cat(feats), torch.cat(labels)
+    return collect_features(pl_module, loader, device)
 
 
 def _gather_in_order(f: torch.Tensor, y: torch.Tensor, world: int, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

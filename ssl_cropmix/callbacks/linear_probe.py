@@ -16,7 +16,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ssl_cropmix.callbacks.launch import EvaluationLauncher
-from ssl_cropmix.callbacks.utils import extract_features, frozen, get_backbone, module_device, resolve_provider
+from ssl_cropmix.callbacks.utils import (
+    check_optional_positive_ints,
+    extract_features,
+    frozen,
+    get_backbone,
+    module_device,
+    resolve_provider,
+)
 from ssl_cropmix.evaluation.linear import PROBE_PRESETS, ProbeRecipe, recipe_with, run_linear_probe
 from ssl_cropmix.evaluation.results import EvalResult
 from ssl_cropmix.methods.scaling import warmup_cosine
@@ -92,10 +99,8 @@ class LinearProbe(EvaluationLauncher):
             raise ValueError(f"preset must be one of {sorted(PROBE_PRESETS)}, got {preset!r}")
         if optimizer is not None and optimizer not in ("sgd", "lars"):
             raise ValueError(f"optimizer must be 'sgd' or 'lars', got {optimizer!r}")
-        for pname, v in (("epochs", epochs), ("batch_size", batch_size), ("device_batch_size", device_batch_size),
-                         ("extract_chunk", extract_chunk)):
-            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise ValueError(f"{pname} must be a positive int, got {v!r}")
+        check_optional_positive_ints(epochs=epochs, batch_size=batch_size, device_batch_size=device_batch_size,
+                                     extract_chunk=extract_chunk)
         if warmup_epochs is not None and (not isinstance(warmup_epochs, int) or warmup_epochs < 0):
             raise ValueError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
         if base_lr is not None and not base_lr > 0:

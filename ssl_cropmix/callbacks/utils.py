@@ -90,6 +90,17 @@ def resolve_provider(provider: Any, trainer: Any = None) -> Any:
     return provider
 
 
+def check_optional_positive_ints(**values: Any) -> None:
+    """Refuse each given (not ``None``) value that is not a positive int (``bool`` refused).
+
+    Raises:
+        ValueError: naming the first offending keyword and its value.
+    """
+    for pname, v in values.items():
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ValueError(f"{pname} must be a positive int, got {v!r}")
+
+
 def module_device(module: nn.Module) -> torch.device:
     """Device of the first parameter or buffer (CPU for an empty module)."""
     for t in module.parameters():

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from ssl_cropmix.evaluation.results import hardware_of
+from ssl_cropmix.evaluation.results import EvalResult, hardware_of
 
 
 class EvalModule(pl.LightningModule):
@@ -95,12 +95,24 @@ def fit_and_validate(trainer: pl.Trainer, module: EvalModule, train: Any, val: A
     return time.perf_counter() - t0
 
 
+def protocol_result(module: EvalModule, t0: float, **fields: Any) -> EvalResult:
+    """The :class:`EvalResult` of a fitted protocol module.
+
+    Takes top-1 / top-5, the validation count and the hardware from ``module``, and the wall
+    seconds since ``t0`` (a ``time.perf_counter()`` reading); ``fields`` are the protocol's own
+    (``key``, ``protocol``, ``epochs``, ``train_samples``, ``hparams``, ``checkpoint``, ``details``).
+    """
+    return EvalResult(
+        top1=module.val_top1, top5=module.val_top5, val_samples=module.val_count, hardware=dict(module.ran_under),
+        wall_seconds=round(time.perf_counter() - t0, 3), **fields,
+    )
+
+
 def trunk_device(trunk: nn.Module) -> torch.device:
-    for t in trunk.parameters():
-        return t.device
-    for t in trunk.buffers():
-        return t.device
-    return torch.device("cpu")
+    """Device of the trunk's first parameter or buffer (CPU for an empty module)."""
+    from ssl_cropmix.callbacks.utils import module_device  # lazy: callbacks import this module
+
+    return module_device(trunk)
 
 
 def protocol_trainer(

@@ -18,9 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_cropmix.evaluation.base import EvalModule, copy_feature_module, isolated_rng, protocol_trainer, trunk_device
+from ssl_cropmix.evaluation.base import (
+    EvalModule,
+    copy_feature_module,
+    isolated_rng,
+    protocol_result,
+    protocol_trainer,
+    trunk_device,
+)
 from ssl_cropmix.evaluation.data import dist_world_rank, shard_loader, train_loader as sharded_train_loader
-from ssl_cropmix.evaluation.linear import _feature_dim, check_labels, split_batch
+from ssl_cropmix.evaluation.linear import _feature_dim, check_dataset_labels, split_batch
 from ssl_cropmix.evaluation.results import EvalResult
 
 
@@ -138,6 +145,13 @@ def fraction_key(prefix: str, label_fraction: float | None, subset_file: str | N
     return f"{prefix}_{100 * label_fraction:g}pct"
 
 
+def labelled_images(n: int, full_train_count: int | None) -> str:
+    """``"<n> labelled images"``, with ``" = <p>% of <full>"`` when the full split's size is known."""
+    if full_train_count:
+        return f"{n} labelled images = {100 * n / full_train_count:.3g}% of {full_train_count}"
+    return f"{n} labelled images"
+
+
 def finetune(
     trunk: nn.Module,
     train_loader: Any,
@@ -172,9 +186,7 @@ def finetune(
     """
     t0 = time.perf_counter()
     world, rank = dist_world_rank()
-    targets = getattr(train_loader.dataset, "targets", None)
-    if targets is not None and len(targets):
-        check_labels(list(targets), num_classes, "the labelled training subset")
+    check_dataset_labels(train_loader, num_classes, "the labelled training subset")
     device_batch, _ = split_batch(recipe.batch_size, world, None)
     dev = trunk_device(trunk)
     dim = _feature_dim(trunk, val_loader, dev)
@@ -185,10 +197,7 @@ def finetune(
         val = shard_loader(val_loader, world, rank, val_loader.batch_size)
         etrainer.fit(module, train_dataloaders=train, val_dataloaders=val)
     n = len(train_loader.dataset)
-    if full_train_count:
-        frac = f"{n} labelled images = {100 * n / full_train_count:.3g}% of {full_train_count}"
-    else:
-        frac = f"{n} labelled images"
+    frac = labelled_images(n, full_train_count)
     asked = "all labels" if recipe.label_fraction is None else f"{100 * recipe.label_fraction:g}% asked"
     protocol = (
         f"finetune[{name}]: {frac} ({asked}), SGD m={recipe.momentum:g} wd={recipe.weight_decay:g}, "
@@ -198,10 +207,9 @@ def finetune(
     )
     hp = {**asdict(recipe), "preset": name, "per_device_batch": device_batch, "seed": seed, "num_classes": num_classes,
           "real_label_fraction": (n / full_train_count) if full_train_count else None}
-    return EvalResult(
-        key=key or fraction_key("finetune", recipe.label_fraction), protocol=protocol, top1=module.val_top1,
-        top5=module.val_top5, epochs=recipe.epochs, train_samples=n, val_samples=module.val_count, hparams=hp,
-        hardware=dict(module.ran_under), wall_seconds=round(time.perf_counter() - t0, 3), checkpoint=checkpoint,
+    return protocol_result(
+        module, t0, key=key or fraction_key("finetune", recipe.label_fraction), protocol=protocol,
+        epochs=recipe.epochs, train_samples=n, hparams=hp, checkpoint=checkpoint,
         details={"lr_history": [list(p) for p in module.epoch_lrs], "samples_seen_per_epoch": module.samples_seen_per_epoch,
                  "feature_dim": dim},
     )

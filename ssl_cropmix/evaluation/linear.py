@@ -19,8 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_cropmix.callbacks.lars import LARS
-from ssl_cropmix.evaluation.base import EvalModule, copy_feature_module, isolated_rng, protocol_trainer, trunk_device
+from ssl_cropmix.evaluation.base import (
+    EvalModule,
+    copy_feature_module,
+    isolated_rng,
+    protocol_result,
+    protocol_trainer,
+    trunk_device,
+)
 from ssl_cropmix.evaluation.data import (
     dist_world_rank,
     extract_features,
@@ -131,6 +137,8 @@ class LinearProbeModule(EvalModule):
         lr = r.base_lr * r.batch_size / 256
         params = list(self.head.parameters())
         if r.optimizer == "lars":
+            from ssl_cropmix.callbacks.lars import LARS  # lazy: the callbacks package imports this module
+
             opt: torch.optim.Optimizer = LARS(params, lr=lr, weight_decay=r.weight_decay, momentum=r.momentum)
         else:
             opt = torch.optim.SGD(params, lr=lr, momentum=r.momentum, weight_decay=r.weight_decay)
@@ -162,6 +170,13 @@ def check_labels(labels: torch.Tensor | Any, num_classes: int, what: str) -> Non
     mx = int(max(labels)) if not isinstance(labels, torch.Tensor) else int(labels.max()) if labels.numel() else -1
     if mx >= num_classes:
         raise ValueError(f"num_classes={num_classes} is below the data's class count ({what} has label {mx}, so >= {mx + 1} classes)")
+
+
+def check_dataset_labels(loader: Any, num_classes: int, what: str) -> None:
+    """:func:`check_labels` on ``loader.dataset.targets`` when the dataset lists its labels."""
+    targets = getattr(loader.dataset, "targets", None)
+    if targets is not None and len(targets):
+        check_labels(list(targets), num_classes, what)
 
 
 def run_linear_probe(
@@ -206,9 +221,7 @@ def run_linear_probe(
     if generator is not None:
         seed = int(generator.initial_seed())
     world, rank = dist_world_rank()
-    targets = getattr(train_loader.dataset, "targets", None)
-    if targets is not None and len(targets):
-        check_labels(list(targets), num_classes, "the labelled training set")
+    check_dataset_labels(train_loader, num_classes, "the labelled training set")
     trunk = copy_feature_module(pl_module)
     dev = trunk_device(trunk)
     if cached_features:
@@ -254,25 +267,20 @@ def run_linear_probe(
           "per_device_batch": device_batch, "accumulate_grad_batches": accumulate, "seed": seed,
           "num_classes": num_classes}
     lrs = [h[0] for h in module.lr_history]
-    return EvalResult(
-        key=key, protocol=protocol, top1=module.val_top1, top5=module.val_top5, epochs=recipe.epochs,
-        train_samples=n_train, val_samples=module.val_count, hparams=hp, hardware=dict(module.ran_under),
-        wall_seconds=round(time.perf_counter() - t0, 3), checkpoint=checkpoint,
+    return protocol_result(
+        module, t0, key=key, protocol=protocol, epochs=recipe.epochs, train_samples=n_train, hparams=hp,
+        checkpoint=checkpoint,
         details={"feature_dim": dim, "extract_seconds": round(extract_s, 3), "train_seconds": round(train_s, 3),
                  "optimizer_steps": len(lrs), "lr_first": lrs[0] if lrs else None, "lr_last": lrs[-1] if lrs else None},
     )
 
 
 def _feature_dim(trunk: nn.Module, loader: Any, device: torch.device) -> int:
+    from ssl_cropmix.callbacks.utils import frozen
+
     x, _ = loader.dataset[0]
-    flags = {m: m.training for m in trunk.modules()}
-    trunk.eval()
-    try:
-        with torch.no_grad():
-            return int(trunk(torch.as_tensor(x)[None].to(device)).flatten(1).shape[1])
-    finally:
-        for m, f in flags.items():
-            m.training = f
+    with frozen(trunk):
+        return int(trunk(torch.as_tensor(x)[None].to(device)).flatten(1).shape[1])
 
 
 def recipe_with(base: ProbeRecipe, **over: Any) -> ProbeRecipe:

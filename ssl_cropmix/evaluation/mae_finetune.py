@@ -20,10 +20,10 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from ssl_cropmix.evaluation.base import EvalModule, isolated_rng, protocol_trainer, trunk_device
+from ssl_cropmix.evaluation.base import EvalModule, isolated_rng, protocol_result, protocol_trainer, trunk_device
 from ssl_cropmix.evaluation.data import dist_world_rank, shard_loader
-from ssl_cropmix.evaluation.finetune import fraction_key
-from ssl_cropmix.evaluation.linear import check_labels, split_batch
+from ssl_cropmix.evaluation.finetune import fraction_key, labelled_images
+from ssl_cropmix.evaluation.linear import check_dataset_labels, split_batch
 from ssl_cropmix.evaluation.results import EvalResult
 from ssl_cropmix.methods.scaling import warmup_cosine
 
@@ -236,9 +236,7 @@ def mae_finetune(
 
     t0 = time.perf_counter()
     world, rank = dist_world_rank()
-    targets = getattr(train_loader.dataset, "targets", None)
-    if targets is not None and len(targets):
-        check_labels(list(targets), num_classes, "the labelled training set")
+    check_dataset_labels(train_loader, num_classes, "the labelled training set")
     device_batch, accumulate = split_batch(recipe.batch_size, world, recipe.device_batch_size)
     vit = prepare_vit(backbone, num_classes, recipe.drop_path, recipe.global_pool)
     dev = trunk_device(find_vit(backbone))
@@ -259,7 +257,7 @@ def mae_finetune(
         val = shard_loader(val_loader, world, rank, val_loader.batch_size)
         etrainer.fit(module, train_dataloaders=train, val_dataloaders=val)
     n = len(ds)
-    frac = f"{n} labelled images" + (f" = {100 * n / full_train_count:.3g}% of {full_train_count}" if full_train_count else "")
+    frac = labelled_images(n, full_train_count)
     lr = module.lr()
     protocol = (
         f"mae_finetune: {frac}; AdamW{tuple(recipe.betas)} wd={recipe.weight_decay:g}, lr={lr:g} (blr {recipe.blr:g} x "
@@ -271,10 +269,9 @@ def mae_finetune(
     hp = {**asdict(recipe), "lr": lr, "per_device_batch": device_batch, "accumulate_grad_batches": accumulate,
           "image_size": image_size, "seed": seed, "num_classes": num_classes,
           "real_label_fraction": (n / full_train_count) if full_train_count else None}
-    return EvalResult(
-        key=key or fraction_key("mae_finetune", recipe.label_fraction), protocol=protocol, top1=module.val_top1,
-        top5=module.val_top5, epochs=recipe.epochs, train_samples=n, val_samples=module.val_count, hparams=hp,
-        hardware=dict(module.ran_under), wall_seconds=round(time.perf_counter() - t0, 3), checkpoint=checkpoint,
+    return protocol_result(
+        module, t0, key=key or fraction_key("mae_finetune", recipe.label_fraction), protocol=protocol,
+        epochs=recipe.epochs, train_samples=n, hparams=hp, checkpoint=checkpoint,
         details={"optimizer_steps": len(module.lr_history)},
     )
 

@@ -1,15 +1,11 @@
-"""Evaluation tests run tiny models: one torch thread is fastest, and on a loaded shared
-machine it avoids oversubscription (20x slower convolutions measured with 2 threads)."""
+"""Evaluation tests run tiny models: every test here gets the shared ``one_torch_thread``
+fixture (``tests/conftest.py``)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(n)

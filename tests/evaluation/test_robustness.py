@@ -45,15 +45,6 @@ def pixmix_calib_err_reference(confidence: np.ndarray, correct: np.ndarray, beta
     return math.sqrt(acc)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny: one intra-op thread avoids spin-waiting on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _trainer(**kw) -> pl.Trainer:
     base = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                 enable_progress_bar=False, enable_model_summary=False, inference_mode=False)

@@ -10,17 +10,6 @@ import pytest
 from ssl_cropmix.evaluation.robustness import NOT_GIVEN
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids spin-waiting on a loaded machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_robustness_help_answers(capsys):
     from ssl_cropmix.cli import main
 

@@ -15,9 +15,12 @@ CONFIGS = sorted((REPO / "configs" / "classify").glob("*.yaml"))
 SCALES = {"075": (0.75, 1.0), "025": (0.25, 1.0), "001": (0.01, 1.0)}
 
 
-def _instantiate(config: Path):
+def _instantiate(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The recipe's CLI objects, instantiated from an empty directory with its own cache."""
     from ssl_cropmix.cli import cli_main
 
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
     return cli_main(["--config", str(config), "--trainer.logger=false"], run=False)
 
 
@@ -35,9 +38,7 @@ def test_recipe_instantiates_with_the_papers_train_view(config: Path, tmp_path, 
     from ssl_cropmix.methods.classifier import CropMixClassifier
     from ssl_cropmix.transforms import CropMix
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
-    cli = _instantiate(config)
+    cli = _instantiate(config, tmp_path, monkeypatch)
     model, dm, trainer = cli.model, cli.datamodule, cli.trainer
     assert isinstance(model, CropMixClassifier) and dm.views == "supervised"
     name = config.stem
@@ -126,9 +127,7 @@ def test_imagenet_recipe_matches_its_source_value_by_value(config: Path, tmp_pat
 
     from ssl_cropmix.methods.classifier import lr_factor
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
-    cli = _instantiate(config)
+    cli = _instantiate(config, tmp_path, monkeypatch)
     model, dm, trainer = cli.model, cli.datamodule, cli.trainer
     hp, exp = model.hparams, _expected(config.stem)
     for key in ("lr", "momentum", "nesterov", "weight_decay", "norm_weight_decay", "label_smoothing",
