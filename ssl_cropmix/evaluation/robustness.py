@@ -532,10 +532,6 @@ def write_robustness_table(
 
 
 # --------------------------------------------------------------------------- building the sets
-#: Command-line / callback names of the test sets, in the table's order.
-SET_NAMES = ("clean", "replace", "noise", "imagenet-a", "imagenet-r", "imagenet-sketch")
-
-
 def robustness_sets(
     val: str | os.PathLike | Dataset | None = None,
     replace: str | os.PathLike | None = None,

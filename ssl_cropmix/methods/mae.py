@@ -280,7 +280,7 @@ class MAECropMix(pl.LightningModule):
         check_finite_state(checkpoint.get("state_dict", {}), self.global_step, type(self).__name__)
 
     def on_train_start(self) -> None:
-        log_lr_scaling(self, getattr(self, "effective_batch_size", None), getattr(self, "scaled_lr", None))
+        log_lr_scaling(self)
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:

@@ -185,7 +185,7 @@ class MoCoCropMix(pl.LightningModule):
         bs = batch_size_of(self.trainer.train_dataloader)
         if bs is not None:
             self._check_batch(bs)
-        log_lr_scaling(self, getattr(self, "effective_batch_size", None), getattr(self, "scaled_lr", None))
+        log_lr_scaling(self)
 
     def _check_batch(self, per_device: int) -> None:
         """Reject batch sizes MoCo cannot train with (raised at setup / train start)."""

@@ -60,13 +60,16 @@ def scaled_lr(name: str, trainer: pl.Trainer, base_lr: float, lr: float | None) 
 SCALED_LR_KEY = "scaled_lr"
 
 
-def log_lr_scaling(module: pl.LightningModule, effective: int | None, lr: float | None) -> None:
-    """Record ``effective_batch_size`` and :data:`SCALED_LR_KEY` with every logger of
-    ``module`` (next to its hparams; call once, at train start). ``lr`` itself is untouched."""
+def log_lr_scaling(module: pl.LightningModule) -> None:
+    """Record ``module.effective_batch_size`` and ``module.scaled_lr`` (set by
+    ``configure_optimizers`` from :func:`scaled_lr`; nothing is logged when unset) as
+    ``effective_batch_size`` and :data:`SCALED_LR_KEY` with every logger of ``module``, next
+    to its hparams; call once, at train start. The hparam ``lr`` itself is untouched."""
+    effective = getattr(module, "effective_batch_size", None)
     if effective is None:
         return
     for logger in module.loggers:
-        logger.log_hyperparams({"effective_batch_size": effective, SCALED_LR_KEY: lr})
+        logger.log_hyperparams({"effective_batch_size": effective, SCALED_LR_KEY: getattr(module, "scaled_lr", None)})
 
 
 def warmup_cosine(step: int, total: int, warmup: int = 0) -> float:
