@@ -85,7 +85,7 @@ class CropMixClassifier(pl.LightningModule):
             same as ``weight_decay``, as recipe 1).
         label_smoothing: cross-entropy label smoothing.
         lr_schedule: ``"step"`` (x ``gamma`` at each of ``milestones``, in epochs) or
-            ``"cosine"`` (per step, to 0 at the end of ``trainer.max_epochs``).
+            ``"cosine"`` (per step, to 0 at the end of the fit: ``max_epochs`` or ``max_steps``).
         milestones: epochs at which the step schedule multiplies the lr by ``gamma``.
         gamma: step-schedule factor.
         warmup_epochs: linear warmup length (per step; 0 = none).
@@ -210,12 +210,20 @@ class CropMixClassifier(pl.LightningModule):
         """SGD; lr schedule per step (warmup, then step or cosine)."""
         hp = self.hparams
         opt = torch.optim.SGD(self.parameter_groups(), lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov)
+        # Lightning's own counts: total optimizer steps (max_epochs or max_steps, whichever
+        # ends the fit) and optimizer steps per epoch (the last partial accumulation steps too)
         total = self.trainer.estimated_stepping_batches
-        epochs = self.trainer.max_epochs
-        if not math.isfinite(total) or total <= 0 or not epochs or epochs <= 0:
-            return opt
+        if self.trainer.train_dataloader is None:  # max_epochs=-1: Lightning estimated without the loader
+            self.trainer.fit_loop.setup_data()
+        batches = self.trainer.num_training_batches
+        if not math.isfinite(total) or total <= 0 or not math.isfinite(batches) or batches <= 0:
+            raise ValueError(
+                "CropMixClassifier's lr schedule needs a finite number of training steps per epoch and in "
+                f"all (got {batches} batches per epoch, {total} steps): give the train loader a length and "
+                "set trainer.max_epochs or trainer.max_steps"
+            )
         total = int(total)
-        per_epoch = total / epochs
+        per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
         args = (per_epoch, total, hp.lr_schedule, tuple(hp.milestones), hp.gamma, hp.warmup_epochs,
                 hp.warmup_start_factor)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, *args))

@@ -87,6 +87,23 @@ def test_step_schedule_with_warmup_per_step(tmp_path):
     assert lrs == pytest.approx(expected)
 
 
+def test_step_schedule_when_max_steps_ends_the_fit(tmp_path):
+    """A run bounded by ``max_steps`` only (``max_epochs=-1``) keeps the step schedule, with
+    epochs counted from the loader's length: 2 steps per epoch, x0.1 at epochs 1 and 2."""
+    x, y = torch.rand(8, 3, 8, 8), torch.arange(8) % 4
+    m = CropMixClassifier(4, backbone=_tiny(), lr=0.2, milestones=[1, 2], warmup_epochs=0)
+    lrs = []
+
+    class Rec(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    pl.Trainer(max_epochs=-1, max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, default_root_dir=tmp_path, callbacks=[Rec()]).fit(
+        m, DataLoader(TensorDataset(x, y), batch_size=4))
+    assert lrs == pytest.approx([0.2, 0.2, 0.02, 0.02, 0.002, 0.002])
+
+
 def test_cosine_schedule_and_norm_weight_decay(tmp_path):
     from ssl_cropmix.methods.classifier import lr_factor
 
