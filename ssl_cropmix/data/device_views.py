@@ -570,6 +570,8 @@ def colour_augment(x: torch.Tensor, params: ColourParams, spec: ColourSpec) -> t
         ``(N, 3, H, W) -> (N, 3, H, W)``
     """
     dev = x.device
+    # torch.where returns a new tensor, so the selected rows are then written in place
+    # (index_copy_) instead of copying the whole batch for each of up to 16 (position, op) groups
     x = torch.where(params.flip.to(dev).view(-1, 1, 1, 1), x.flip(-1), x)
     factors = params.factors.to(dev, x.dtype)
     for pos in range(4):
@@ -577,13 +579,13 @@ def colour_augment(x: torch.Tensor, params: ColourParams, spec: ColourSpec) -> t
             sel = torch.nonzero(params.jitter & (params.order[:, pos] == op)).flatten()
             if sel.numel():
                 idx = sel.to(dev)
-                x = x.index_copy(0, idx, _jitter_op(x.index_select(0, idx), op, factors.index_select(0, idx)[:, op]))
+                x.index_copy_(0, idx, _jitter_op(x.index_select(0, idx), op, factors.index_select(0, idx)[:, op]))
     gray = params.gray.to(dev).view(-1, 1, 1, 1)
     x = torch.where(gray, _gray(x).expand_as(x), x)
     sel = torch.nonzero(params.blur).flatten()
     if sel.numel():
         idx = sel.to(dev)
-        x = x.index_copy(0, idx, _gaussian_blur(x.index_select(0, idx), params.sigma[sel].to(dev), spec.sigma[1]))
+        x.index_copy_(0, idx, _gaussian_blur(x.index_select(0, idx), params.sigma[sel].to(dev), spec.sigma[1]))
     return x
 
 

@@ -176,7 +176,9 @@ def test_colour_ops_equal_torchvision_per_sample():
     p = p._replace(jitter=torch.tensor([True, True, True, True, False, True]),
                    blur=torch.tensor([True, False, True, False, True, False]),
                    gray=torch.tensor([False, True, False, False, False, False]))
+    x_before = x.clone()
     out = colour_augment(x, p, spec)
+    assert torch.equal(x, x_before)  # the input batch is left as it was
     ops = [F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue]
     for i in range(6):
         y = x[i].flip(-1) if p.flip[i] else x[i]
