@@ -29,7 +29,6 @@ from ssl_cropmix.data.device_views import (
     resized_crops,
     sample_colour_params,
 )
-from ssl_cropmix.transforms import ScaleMix
 from ssl_cropmix.transforms.functional import mixup_fold_weights, pil_to_uint8
 
 N = 2000  # draws per path in every statistical test
@@ -334,13 +333,6 @@ def test_cropmix_parameters_match_worker_path(query):
 
 
 # --------------------------------------------------------------------------- outputs
-def scalemix_worker(size: int):
-    """Asym-Siam's ScaleMix: two crops of one range, each MoCo-augmented, then CutMix."""
-    colour = v2.Compose([V._ToPIL(), *V._colour_ops(0.0 if size <= 64 else 0.5)])
-    mix = ScaleMix(size, view_transform=colour, output_dtype=None)
-    return v2.Compose([mix, V.ToNormalizedTensor()])
-
-
 OUTPUT_CASES = [
     ("key", None),
     ("plain", None),
@@ -369,7 +361,7 @@ def test_output_mean_and_std_per_image_match_worker_path(case):
     else:
         query = "plain" if what == "key" else what
         pair = V.moco_views(query, size)
-        worker_tf = pair.key if what == "key" else (scalemix_worker(size) if what == "scalemix" else pair.query)
+        worker_tf = pair.key if what == "key" else pair.query  # the recipe of augment_on="workers"
         dv = DeviceViews("moco", query, size=size, generator=torch.Generator().manual_seed(1))
         w_out = torch.stack(worker_outputs(worker_tf, images, N))
         q, k = device_outputs(dv, images, N)
