@@ -487,6 +487,8 @@ def test_datamodule_device_path_batches(tree):
     q_ref, k_ref = dm.device_views.apply(raw.images, params)  # exactly the pre-drawn parameters
     assert torch.equal(q, q_ref) and torch.equal(k, k_ref)
     assert q.shape == k.shape == (5, 3, 24, 24) and q.dtype == torch.float32 and torch.equal(y, raw.labels)
+    (q2, k2), _ = dm.on_after_batch_transfer(raw, 0)  # without the "before" hook: drawn here, fresh
+    assert q2.shape == k2.shape == q.shape and not torch.equal(q2, q) and dm._device_params is None
     val = next(iter(dm.val_dataloader()))  # evaluation batches: normalised by the workers, passed through
     assert dm.on_after_batch_transfer(val, 0) is val and val[0].dtype == torch.float32
     assert dm.train_transform() is not None  # the worker recipe is still there (show-views)
