@@ -767,10 +767,12 @@ class DeviceViews:
         boxes = slots.boxes.to(dev)
         if slots.weights is not None and slots.boxes.shape[1] > 1 and not per_crop:
             out = resized_crops(x, boxes, s, self.resize, self.bicubic, weights=slots.weights.to(dev))
+            if self.bicubic:  # the cubic filter overshoots [0, 1]
+                out = out.clamp_(0.0, 1.0)
         else:
             crops = resized_crops(x, boxes, s, self.resize, self.bicubic)  # (B, c, 3, S, S)
-            if self.bicubic:
-                crops = crops.clamp(0.0, 1.0)
+            if self.bicubic:  # each crop clamped once; the folds below stay in [0, 1]
+                crops = crops.clamp_(0.0, 1.0)
             if per_crop:
                 b, c = crops.shape[:2]
                 crops = colour_augment(crops.reshape(b * c, *crops.shape[2:]), colour, spec).view(crops.shape)
@@ -780,8 +782,6 @@ class DeviceViews:
                 out = (crops * slots.weights.to(dev, crops.dtype)[:, :, None, None, None]).sum(1)
             else:
                 out = cutmix_fold(crops, slots.paste_boxes.to(dev), slots.paste_from_mix.to(dev))  # type: ignore[union-attr]
-        if self.bicubic:
-            out = out.clamp(0.0, 1.0)
         if not per_crop:
             out = colour_augment(out, colour, spec)
         return self._normalize(out)
