@@ -147,7 +147,9 @@ def test_other_resize_kernels_and_mixup_fold():
     u8 = resized_crops(x, boxes, (16, 16), "interpolate")  # native uint8 kernel, rounded
     assert (u8 - exact).abs().max() <= 1.0 / 255 + 1e-6
     roi = resized_crops(x, boxes, (16, 16), "roi_align")
-    assert (roi - exact).abs().mean() < 0.05  # an approximation of the same filter
+    # an approximation of the same filter: 0.021 here; aligned=False gives 0.094, a fixed
+    # sampling_ratio=2 0.055, a box one row off 0.084
+    assert (roi - exact).abs().mean() < 0.03
     w = torch.tensor([[0.3, 0.7], [1.0, 0.0]])
     torch.testing.assert_close(resized_crops(x, boxes, (16, 16), "matrix", weights=w),
                                (exact * w[:, :, None, None, None]).sum(1), atol=1e-5, rtol=0)
