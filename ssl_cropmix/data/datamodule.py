@@ -496,11 +496,7 @@ class CropMixDataModule(pl.LightningDataModule):
         from ssl_cropmix.data.device_views import RawImages
 
         if isinstance(batch, RawImages):
-            dv = self.device_views
-            if dv.generator is None:
-                trainer = getattr(self, "trainer", None)
-                dv.seed_for_rank(int(getattr(trainer, "global_rank", 0) or 0))
-            self._device_params = dv.sample(batch.sizes)
+            self._device_params = self._sample_device_params(batch.sizes)
         return batch
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -511,13 +507,18 @@ class CropMixDataModule(pl.LightningDataModule):
 
         if not isinstance(batch, RawImages):
             return batch
-        dv = self.device_views
-        params, self._device_params = getattr(self, "_device_params", None), None
+        params, self._device_params = self._device_params, None
         if params is None:  # called without the "before" hook (e.g. by hand)
-            if dv.generator is None:
-                dv.seed_for_rank(int(getattr(getattr(self, "trainer", None), "global_rank", 0) or 0))
-            params = dv.sample(batch.sizes)
-        return dv.apply(batch.images, params), batch.labels
+            params = self._sample_device_params(batch.sizes)
+        return self.device_views.apply(batch.images, params), batch.labels
+
+    def _sample_device_params(self, sizes: Any) -> Any:
+        """``device_views.sample(sizes)``, seeding its generator for the trainer's global rank
+        on first use."""
+        dv = self.device_views
+        if dv.generator is None:
+            dv.seed_for_rank(int(getattr(getattr(self, "trainer", None), "global_rank", 0) or 0))
+        return dv.sample(sizes)
 
     def val_dataloader(self) -> DataLoader | list:
         """``(images, labels)`` of ``val_split`` with the evaluation transform (no shuffle);

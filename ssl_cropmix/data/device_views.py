@@ -570,6 +570,8 @@ def colour_augment(x: torch.Tensor, params: ColourParams, spec: ColourSpec) -> t
         ``(N, 3, H, W) -> (N, 3, H, W)``
     """
     dev = x.device
+    # torch.where returns a new tensor, so the selected rows are then written in place
+    # (index_copy_) instead of copying the whole batch for each of up to 16 (position, op) groups
     x = torch.where(params.flip.to(dev).view(-1, 1, 1, 1), x.flip(-1), x)
     factors = params.factors.to(dev, x.dtype)
     for pos in range(4):
@@ -577,13 +579,13 @@ def colour_augment(x: torch.Tensor, params: ColourParams, spec: ColourSpec) -> t
             sel = torch.nonzero(params.jitter & (params.order[:, pos] == op)).flatten()
             if sel.numel():
                 idx = sel.to(dev)
-                x = x.index_copy(0, idx, _jitter_op(x.index_select(0, idx), op, factors.index_select(0, idx)[:, op]))
+                x.index_copy_(0, idx, _jitter_op(x.index_select(0, idx), op, factors.index_select(0, idx)[:, op]))
     gray = params.gray.to(dev).view(-1, 1, 1, 1)
     x = torch.where(gray, _gray(x).expand_as(x), x)
     sel = torch.nonzero(params.blur).flatten()
     if sel.numel():
         idx = sel.to(dev)
-        x = x.index_copy(0, idx, _gaussian_blur(x.index_select(0, idx), params.sigma[sel].to(dev), spec.sigma[1]))
+        x.index_copy_(0, idx, _gaussian_blur(x.index_select(0, idx), params.sigma[sel].to(dev), spec.sigma[1]))
     return x
 
 
@@ -765,10 +767,12 @@ class DeviceViews:
         boxes = slots.boxes.to(dev)
         if slots.weights is not None and slots.boxes.shape[1] > 1 and not per_crop:
             out = resized_crops(x, boxes, s, self.resize, self.bicubic, weights=slots.weights.to(dev))
+            if self.bicubic:  # the cubic filter overshoots [0, 1]
+                out = out.clamp_(0.0, 1.0)
         else:
             crops = resized_crops(x, boxes, s, self.resize, self.bicubic)  # (B, c, 3, S, S)
-            if self.bicubic:
-                crops = crops.clamp(0.0, 1.0)
+            if self.bicubic:  # each crop clamped once; the folds below stay in [0, 1]
+                crops = crops.clamp_(0.0, 1.0)
             if per_crop:
                 b, c = crops.shape[:2]
                 crops = colour_augment(crops.reshape(b * c, *crops.shape[2:]), colour, spec).view(crops.shape)
@@ -778,8 +782,6 @@ class DeviceViews:
                 out = (crops * slots.weights.to(dev, crops.dtype)[:, :, None, None, None]).sum(1)
             else:
                 out = cutmix_fold(crops, slots.paste_boxes.to(dev), slots.paste_from_mix.to(dev))  # type: ignore[union-attr]
-        if self.bicubic:
-            out = out.clamp(0.0, 1.0)
         if not per_crop:
             out = colour_augment(out, colour, spec)
         return self._normalize(out)

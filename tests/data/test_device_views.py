@@ -29,7 +29,6 @@ from ssl_cropmix.data.device_views import (
     resized_crops,
     sample_colour_params,
 )
-from ssl_cropmix.transforms import ScaleMix
 from ssl_cropmix.transforms.functional import mixup_fold_weights, pil_to_uint8
 
 N = 2000  # draws per path in every statistical test
@@ -148,7 +147,9 @@ def test_other_resize_kernels_and_mixup_fold():
     u8 = resized_crops(x, boxes, (16, 16), "interpolate")  # native uint8 kernel, rounded
     assert (u8 - exact).abs().max() <= 1.0 / 255 + 1e-6
     roi = resized_crops(x, boxes, (16, 16), "roi_align")
-    assert (roi - exact).abs().mean() < 0.05  # an approximation of the same filter
+    # an approximation of the same filter: 0.021 here; aligned=False gives 0.094, a fixed
+    # sampling_ratio=2 0.055, a box one row off 0.084
+    assert (roi - exact).abs().mean() < 0.03
     w = torch.tensor([[0.3, 0.7], [1.0, 0.0]])
     torch.testing.assert_close(resized_crops(x, boxes, (16, 16), "matrix", weights=w),
                                (exact * w[:, :, None, None, None]).sum(1), atol=1e-5, rtol=0)
@@ -176,7 +177,9 @@ def test_colour_ops_equal_torchvision_per_sample():
     p = p._replace(jitter=torch.tensor([True, True, True, True, False, True]),
                    blur=torch.tensor([True, False, True, False, True, False]),
                    gray=torch.tensor([False, True, False, False, False, False]))
+    x_before = x.clone()
     out = colour_augment(x, p, spec)
+    assert torch.equal(x, x_before)  # the input batch is left as it was
     ops = [F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue]
     for i in range(6):
         y = x[i].flip(-1) if p.flip[i] else x[i]
@@ -332,13 +335,6 @@ def test_cropmix_parameters_match_worker_path(query):
 
 
 # --------------------------------------------------------------------------- outputs
-def scalemix_worker(size: int):
-    """Asym-Siam's ScaleMix: two crops of one range, each MoCo-augmented, then CutMix."""
-    colour = v2.Compose([V._ToPIL(), *V._colour_ops(0.0 if size <= 64 else 0.5)])
-    mix = ScaleMix(size, view_transform=colour, output_dtype=None)
-    return v2.Compose([mix, V.ToNormalizedTensor()])
-
-
 OUTPUT_CASES = [
     ("key", None),
     ("plain", None),
@@ -367,7 +363,7 @@ def test_output_mean_and_std_per_image_match_worker_path(case):
     else:
         query = "plain" if what == "key" else what
         pair = V.moco_views(query, size)
-        worker_tf = pair.key if what == "key" else (scalemix_worker(size) if what == "scalemix" else pair.query)
+        worker_tf = pair.key if what == "key" else pair.query  # the recipe of augment_on="workers"
         dv = DeviceViews("moco", query, size=size, generator=torch.Generator().manual_seed(1))
         w_out = torch.stack(worker_outputs(worker_tf, images, N))
         q, k = device_outputs(dv, images, N)
@@ -493,6 +489,8 @@ def test_datamodule_device_path_batches(tree):
     q_ref, k_ref = dm.device_views.apply(raw.images, params)  # exactly the pre-drawn parameters
     assert torch.equal(q, q_ref) and torch.equal(k, k_ref)
     assert q.shape == k.shape == (5, 3, 24, 24) and q.dtype == torch.float32 and torch.equal(y, raw.labels)
+    (q2, k2), _ = dm.on_after_batch_transfer(raw, 0)  # without the "before" hook: drawn here, fresh
+    assert q2.shape == k2.shape == q.shape and not torch.equal(q2, q) and dm._device_params is None
     val = next(iter(dm.val_dataloader()))  # evaluation batches: normalised by the workers, passed through
     assert dm.on_after_batch_transfer(val, 0) is val and val[0].dtype == torch.float32
     assert dm.train_transform() is not None  # the worker recipe is still there (show-views)
