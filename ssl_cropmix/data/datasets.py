@@ -299,7 +299,7 @@ class ImageFolderDataset(_Source, Dataset):
         self.root = Path(root)
         self.transform = transform
         self.on_bad_image = on_bad_image
-        self.classes, self.samples, ignored, revisits = scan_image_folder(self.root, extensions, report_links=True)
+        self.classes, self.samples, ignored, revisits = scan_image_folder(self.root, extensions)
         self.targets = [t for _, t in self.samples]
         self.ignored_files = ignored
         self.revisited_dirs = revisits
@@ -363,13 +363,13 @@ def visible_subdirs(root: str | os.PathLike) -> list[str]:
 
 
 def scan_image_folder(
-    root: Path, extensions: Sequence[str] = IMG_EXTENSIONS, report_links: bool = False
-) -> tuple[list[str], list[tuple[str, int]], list[str]] | tuple[list[str], list[tuple[str, int]], list[str], list[str]]:
-    """Return ``(classes, samples, ignored)`` of an ImageFolder tree (sorted, recursive).
+    root: Path, extensions: Sequence[str] = IMG_EXTENSIONS
+) -> tuple[list[str], list[tuple[str, int]], list[str], list[str]]:
+    """Return ``(classes, samples, ignored, revisits)`` of an ImageFolder tree (sorted, recursive).
 
     Directory symlinks are followed, but a folder is scanned once: a link back to a folder
-    already scanned (a loop, or a second link to the same folder) is not followed.
-    ``report_links=True`` also returns the list of such links.
+    already scanned (a loop, or a second link to the same folder) is not followed; such
+    links are listed in ``revisits``.
 
     Raises:
         FileNotFoundError: ``root`` is missing, has no class folders, or some class folders
@@ -417,9 +417,7 @@ def scan_image_folder(
             f"{len(empty)} class folder(s) under {str(root)!r} contain no image files "
             f"(extensions {', '.join(exts)}): {shown}"
         )
-    if report_links:
-        return classes, samples, ignored, revisits
-    return classes, samples, ignored
+    return classes, samples, ignored, revisits
 
 
 class TorchvisionSource(_Source):
