@@ -406,8 +406,14 @@ def check_finite_state(state: dict[str, Any], step: int | None = None, owner: st
         NonFiniteCheckpointError: names the step and the first tensors holding NaN / inf;
             raised before anything is written, so the last good checkpoint stays the last one.
     """
-    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
-           and not bool(torch.isfinite(v).all())]
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            by_device.setdefault(v.device, []).append((k, v))
+    bad: list[str] = []
+    for items in by_device.values():  # one host sync per device, not one per tensor
+        finite = torch.stack([torch.isfinite(v).all() for _, v in items]).tolist()
+        bad += [k for (k, _), ok in zip(items, finite) if not ok]
     if bad:
         raise NonFiniteCheckpointError(
             f"{owner}: refusing to save a checkpoint at global step {step}: non-finite (NaN/inf) values in "

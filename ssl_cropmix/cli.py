@@ -26,8 +26,7 @@ from typing import Any
 
 #: argparse task commands (``ssl_cropmix.commands``); a new one is one more name here and
 #: one more entry in ``commands._HANDLERS``.
-TASK_COMMANDS = ("show-views", "probe", "finetune", "export")
-TASK_COMMANDS += ("robustness",)  # ssl_cropmix/evaluation/robustness_cli.py
+TASK_COMMANDS = ("show-views", "probe", "finetune", "export", "robustness")  # robustness: evaluation/robustness_cli.py
 
 #: Lightning subcommands offered (``predict`` is not: no model here has a ``predict_step``).
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
@@ -119,8 +118,8 @@ def _info(message: str) -> None:
 
 
 def _loggers(root: str, name: str, version: str) -> list[dict[str, Any]]:
-    """The loggers of a run, as config (what ``--print_config`` shows); built in
-    ``CropMixCLI.instantiate_trainer``."""
+    """The loggers of a run, as config: what ``--print_config`` shows and what
+    ``CropMixCLI.instantiate_trainer`` builds (one list for both)."""
     args = {"save_dir": root, "name": name, "version": version}
     return [
         {"class_path": "pytorch_lightning.loggers.TensorBoardLogger", "init_args": dict(args)},
@@ -261,10 +260,9 @@ def _make_cli_class():
                 root, name, version = run
                 kwargs.setdefault("default_root_dir", root)
                 if "logger" not in kwargs:
-                    from pytorch_lightning.loggers import TensorBoardLogger
+                    from pytorch_lightning.cli import instantiate_class
 
-                    kwargs["logger"] = [TensorBoardLogger(root, name=name, version=version),
-                                        runs.RunCSVLogger(root, name=name, version=version)]
+                    kwargs["logger"] = [instantiate_class((), c) for c in _loggers(root, name, version)]
             return super().instantiate_trainer(**kwargs)
 
         @staticmethod

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from lightning_fabric.loggers.csv_logs import _ExperimentWriter
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 #: Environment variable through which rank 0 hands its run version to the processes that
 #: Lightning's subprocess launcher starts for the other local ranks (they re-run the CLI).
@@ -113,24 +113,15 @@ class _AppendingWriter(ExperimentWriter):
     check (the folder is shared with the TensorBoard logger, and on resume its
     ``metrics.csv`` holds the earlier segments' rows, which are kept and appended to)."""
 
-    def __init__(self, log_dir: str) -> None:  # noqa: D107 - skip the parent's deleting check
-        self.hparams: dict[str, Any] = {}
-        self.metrics: list[dict[str, float]] = []
-        self.metrics_keys: list[str] = []
-        self._fs = _fs(log_dir)
-        self.log_dir = log_dir
-        self.metrics_file_path = os.path.join(log_dir, _ExperimentWriter.NAME_METRICS_FILE)
-        self._fs.makedirs(log_dir, exist_ok=True)
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
         if self._fs.isfile(self.metrics_file_path):  # resume: continue the existing header
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
                 header = next(csv.reader(f), [])
             self.metrics_keys = sorted(set(header))
 
-
-def _fs(path: str):
-    from lightning_fabric.utilities.cloud_io import get_filesystem
-
-    return get_filesystem(path)
+    def _check_log_dir_exists(self) -> None:  # the parent warns and deletes metrics.csv here
+        pass
 
 
 class RunCSVLogger(CSVLogger):
@@ -142,12 +133,9 @@ class RunCSVLogger(CSVLogger):
     """
 
     @property
+    @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:  # type: ignore[override]
         if self._experiment is None:
-            if pl.utilities.rank_zero_only.rank != 0:  # pragma: no cover - mirrors Lightning
-                from lightning_fabric.loggers.logger import _DummyExperiment
-
-                return _DummyExperiment()  # type: ignore[return-value]
             self._experiment = _AppendingWriter(self.log_dir)
         return self._experiment
 

@@ -3,7 +3,6 @@ the backbone (the "online linear evaluation" of solo-learn / lightly benchmarks)
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytorch_lightning as pl
@@ -113,15 +112,11 @@ class OnlineLinearProbe(pl.Callback):
         return self.head
 
     def _new_head(self, in_features: int, out_features: int) -> nn.Linear:
-        """``nn.Linear`` with its default init drawn from a generator seeded with ``seed``
-        (the global RNG stream is left untouched)."""
-        head = torch.nn.utils.skip_init(nn.Linear, in_features, out_features)  # no RNG draw
-        g = torch.Generator().manual_seed(self.seed)
-        with torch.no_grad():  # nn.Linear.reset_parameters, with our generator
-            nn.init.kaiming_uniform_(head.weight, a=math.sqrt(5), generator=g)
-            bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
-            nn.init.uniform_(head.bias, -bound, bound, generator=g)
-        return head
+        """``nn.Linear`` with its own default init, drawn from the CPU RNG seeded with
+        ``seed`` inside ``torch.random.fork_rng`` (the global stream is restored after)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return nn.Linear(in_features, out_features)
 
     def _to_device(self, device: torch.device) -> None:
         assert self.head is not None and self.optimizer is not None

@@ -29,7 +29,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from ssl_cropmix.data import views as V
-from ssl_cropmix.data.datasets import DEFAULT_MAX_PIXELS, check_max_pixels
+from ssl_cropmix.data.datasets import DEFAULT_MAX_PIXELS, check_int
 from ssl_cropmix.data.datasets import (
     BadImageWarning,
     ImageFolderDataset,
@@ -59,14 +59,6 @@ def _check_one_subset(label_fraction: float | None, subset_file: str | None) -> 
 
 #: Smallest ``image_size`` accepted (see ``CropMixDataModule``).
 MIN_IMAGE_SIZE = 8
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    import numbers
-
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-    return int(value)
 
 
 class CropMixDataModule(pl.LightningDataModule):
@@ -184,7 +176,7 @@ class CropMixDataModule(pl.LightningDataModule):
             what = f"views={views!r}" if views == "supervised" else f"query={query!r}"
             raise ValueError(f"augment_on='device' builds MoCo and MAE views with the named queries, got {what}")
         if device_max_size is not None:
-            _check_int("device_max_size", device_max_size, 1)
+            check_int("device_max_size", device_max_size, 1)
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
         if views not in VIEWS:
@@ -217,16 +209,16 @@ class CropMixDataModule(pl.LightningDataModule):
         self.supervised_num_crops = supervised_num_crops
         self.auto_augment = auto_augment
         self.random_erasing = random_erasing
-        self.image_size = _check_int("image_size", image_size, MIN_IMAGE_SIZE)
+        self.image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE)
         self.small_image = image_size <= V.SMALL_IMAGE_MAX if small_image is None else bool(small_image)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.val_batch_size = _check_int("val_batch_size", val_batch_size or batch_size, 1)
-        self.num_workers = _check_int("num_workers", num_workers, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.val_batch_size = check_int("val_batch_size", val_batch_size or batch_size, 1)
+        self.num_workers = check_int("num_workers", num_workers, 0)
         self.label_fraction = label_fraction
         self.subset_file = subset_file
         self.fraction_seed = int(fraction_seed)
         self.on_bad_image = on_bad_image
-        self.max_image_pixels = check_max_pixels(max_image_pixels)
+        self.max_image_pixels = check_int("max_image_pixels", max_image_pixels, 1, optional=True)
         self.download = bool(download)
         self.pin_memory = pin_memory
         self.persistent_workers = bool(persistent_workers)

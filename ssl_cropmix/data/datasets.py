@@ -83,15 +83,25 @@ class NotARegularFileError(OSError):
     """A path with an image extension is not a regular file (FIFO, socket, device ...)."""
 
 
-def check_max_pixels(max_pixels: Any) -> int | None:
-    """Validate a pixel limit: a positive int, or ``None`` (no limit of ours)."""
+def check_int(name: str, value: Any, low: int, optional: bool = False) -> int | None:
+    """Validate an integer argument (Python or NumPy int, not a bool) ``>= low``.
+
+    Args:
+        name: the parameter, for the message.
+        value: the value given.
+        low: smallest value accepted.
+        optional: ``None`` is accepted (and returned) too.
+
+    Raises:
+        ValueError: naming ``name`` and ``value``.
+    """
     import numbers
 
-    if max_pixels is None:
+    if optional and value is None:
         return None
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1:
-        raise ValueError(f"max_pixels must be a positive int or None, got {max_pixels!r}")
-    return int(max_pixels)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}{' or None' if optional else ''}, got {value!r}")
+    return int(value)
 
 
 def _check_policy(on_bad_image: str) -> None:
@@ -285,11 +295,11 @@ class ImageFolderDataset(_Source, Dataset):
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         _check_policy(on_bad_image)
-        self.max_pixels = check_max_pixels(max_pixels)
+        self.max_pixels = check_int("max_pixels", max_pixels, 1, optional=True)
         self.root = Path(root)
         self.transform = transform
         self.on_bad_image = on_bad_image
-        self.classes, self.samples, ignored, revisits = scan_image_folder(self.root, extensions, report_links=True)
+        self.classes, self.samples, ignored, revisits = scan_image_folder(self.root, extensions)
         self.targets = [t for _, t in self.samples]
         self.ignored_files = ignored
         self.revisited_dirs = revisits
@@ -353,13 +363,13 @@ def visible_subdirs(root: str | os.PathLike) -> list[str]:
 
 
 def scan_image_folder(
-    root: Path, extensions: Sequence[str] = IMG_EXTENSIONS, report_links: bool = False
-) -> tuple[list[str], list[tuple[str, int]], list[str]] | tuple[list[str], list[tuple[str, int]], list[str], list[str]]:
-    """Return ``(classes, samples, ignored)`` of an ImageFolder tree (sorted, recursive).
+    root: Path, extensions: Sequence[str] = IMG_EXTENSIONS
+) -> tuple[list[str], list[tuple[str, int]], list[str], list[str]]:
+    """Return ``(classes, samples, ignored, revisits)`` of an ImageFolder tree (sorted, recursive).
 
     Directory symlinks are followed, but a folder is scanned once: a link back to a folder
-    already scanned (a loop, or a second link to the same folder) is not followed.
-    ``report_links=True`` also returns the list of such links.
+    already scanned (a loop, or a second link to the same folder) is not followed; such
+    links are listed in ``revisits``.
 
     Raises:
         FileNotFoundError: ``root`` is missing, has no class folders, or some class folders
@@ -407,9 +417,7 @@ def scan_image_folder(
             f"{len(empty)} class folder(s) under {str(root)!r} contain no image files "
             f"(extensions {', '.join(exts)}): {shown}"
         )
-    if report_links:
-        return classes, samples, ignored, revisits
-    return classes, samples, ignored
+    return classes, samples, ignored, revisits
 
 
 class TorchvisionSource(_Source):

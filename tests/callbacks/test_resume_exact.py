@@ -96,3 +96,16 @@ def test_probe_head_init_leaves_the_global_rng_alone():
     other = OnlineLinearProbe(num_classes=3)
     other.setup(None, None, "fit")
     assert torch.equal(other._ensure_head(torch.zeros(2, 5)).weight, head.weight)
+
+
+def test_probe_head_is_nn_linear_default_init_from_its_seed():
+    """Reference: nn.Linear's own init after torch.manual_seed(seed); another seed differs."""
+    probe = OnlineLinearProbe(num_classes=3, seed=7)
+    probe.setup(None, None, "fit")
+    head = probe._ensure_head(torch.zeros(2, 5))
+    torch.manual_seed(7)
+    ref = nn.Linear(5, 3)
+    assert torch.equal(head.weight, ref.weight) and torch.equal(head.bias, ref.bias)
+    other = OnlineLinearProbe(num_classes=3, seed=8)
+    other.setup(None, None, "fit")
+    assert not torch.equal(other._ensure_head(torch.zeros(2, 5)).weight, head.weight)

@@ -90,5 +90,5 @@ def test_datamodule_minimum_image_size(size, tmp_path):
     with pytest.raises(ValueError, match=rf"image_size must be an int >= 8, got {size}"):
         CropMixDataModule(str(tmp_path), image_size=size)
     assert CropMixDataModule(str(tmp_path), image_size=np.int64(8)).image_size == 8
-    with pytest.raises(ValueError, match="max_pixels must be a positive int or None, got -1"):
+    with pytest.raises(ValueError, match=r"^max_image_pixels must be an int >= 1 or None, got -1$"):
         CropMixDataModule(str(tmp_path), max_image_pixels=-1)

@@ -51,3 +51,12 @@ def test_check_finite_state_accepts_finite_and_integer_tensors():
     check_finite_state({"w": torch.ones(2), "n": torch.tensor(3), "q": torch.zeros(2, dtype=torch.long)}, 5)
     with pytest.raises(NonFiniteCheckpointError, match="global step 5: non-finite .* in w"):
         check_finite_state({"w": torch.tensor([1.0, float("inf")])}, 5)
+
+
+def test_check_finite_state_names_every_bad_tensor_in_state_order():
+    state = {"a": torch.ones(3), "b": torch.tensor([float("nan")]), "c": torch.zeros(0),
+             "d": torch.ones(2, dtype=torch.float16), "e": torch.tensor([1.0, -float("inf")], dtype=torch.bfloat16),
+             "f": torch.ones(2, dtype=torch.float64)}
+    with pytest.raises(NonFiniteCheckpointError, match=r"values in b, e \(2 tensors\)"):
+        check_finite_state(state, 1)
+    check_finite_state({k: v for k, v in state.items() if k not in ("b", "e")}, 1)  # empty / fp16 / fp64 finite
