@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pytorch_lightning as pl
 import torch
@@ -36,6 +36,8 @@ from ssl_cropmix.evaluation.data import (
 )
 from ssl_cropmix.evaluation.results import EvalResult
 from ssl_cropmix.methods.scaling import warmup_cosine
+
+RecipeT = TypeVar("RecipeT")
 
 
 @dataclass(frozen=True)
@@ -283,8 +285,8 @@ def _feature_dim(trunk: nn.Module, loader: Any, device: torch.device) -> int:
         return int(trunk(torch.as_tensor(x)[None].to(device)).flatten(1).shape[1])
 
 
-def recipe_with(base: ProbeRecipe, **over: Any) -> ProbeRecipe:
-    """``base`` with the non-``None`` entries of ``over`` replaced."""
+def recipe_with(base: RecipeT, **over: Any) -> RecipeT:
+    """``base`` (any recipe dataclass) with the non-``None`` entries of ``over`` replaced."""
     return replace(base, **{k: v for k, v in over.items() if v is not None})
 
 
