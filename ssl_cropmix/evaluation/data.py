@@ -104,18 +104,13 @@ class _Extractor(pl.LightningModule):
 
 
 def all_gather_rows(t: torch.Tensor, world: int) -> list[torch.Tensor]:
-    """Every rank's ``t`` (same trailing shape, any number of rows), in rank order."""
+    """Every rank's ``t`` in rank order (same number of dims, any sizes: torchmetrics'
+    ``gather_all_tensors`` pads, gathers and trims), ``[t]`` alone when ``world`` is 1."""
     if world == 1:
         return [t]
-    n = torch.tensor([t.shape[0]], device=t.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    torch.distributed.all_gather(sizes, n)
-    m = int(max(int(s) for s in sizes))
-    padded = torch.zeros((m, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[: t.shape[0]] = t
-    out = [torch.empty_like(padded) for _ in range(world)]
-    torch.distributed.all_gather(out, padded.contiguous())
-    return [o[: int(s)] for o, s in zip(out, sizes)]
+    from torchmetrics.utilities.distributed import gather_all_tensors
+
+    return gather_all_tensors(t)
 
 
 def extract_features(
