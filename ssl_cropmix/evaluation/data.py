@@ -127,20 +127,17 @@ def extract_features(
     """
     world, rank = dist_world_rank()
     shard = rebatch(loader, ShardSampler(len(loader.dataset), world, rank), batch_size, _Indexed(loader.dataset))
-    flags = {m: m.training for m in trunk.modules()}
-    trunk.eval()
-    try:
+    from ssl_cropmix.callbacks.utils import frozen  # lazy: the callbacks package imports this module
+
+    with frozen(trunk):
         outs = trainer.predict(_Extractor(trunk), shard, return_predictions=True)
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
     device = trainer.strategy.root_device
     if outs:
         f = torch.cat([o[0] for o in outs]).to(device)
         y = torch.cat([torch.as_tensor(o[1]) for o in outs]).to(device, torch.long)
         i = torch.cat([torch.as_tensor(o[2]) for o in outs]).to(device, torch.long)
     else:  # an empty shard (fewer samples than ranks): still take part in the gathers
-        dim = _probe_dim(trunk, loader, device)
+        dim = feature_dim(trunk, loader, device)
         f, y, i = torch.zeros(0, dim, device=device), torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, dtype=torch.long, device=device)
     if world > 1:
         fs, ys, is_ = all_gather_rows(f, world), all_gather_rows(y, world), all_gather_rows(i, world)
@@ -149,10 +146,14 @@ def extract_features(
     return f[order].contiguous(), y[order].contiguous()
 
 
-def _probe_dim(trunk: nn.Module, loader: DataLoader, device: torch.device) -> int:
+def feature_dim(trunk: nn.Module, loader: Any, device: torch.device) -> int:
+    """``D`` of ``trunk``'s flattened features of ``loader.dataset[0]`` (trunk frozen in eval
+    mode for the call, so its BN statistics and mode are left as they were)."""
+    from ssl_cropmix.callbacks.utils import frozen  # lazy: the callbacks package imports this module
+
     x, _ = loader.dataset[0]
-    with torch.no_grad():
-        return int(trunk(x[None].to(device)).flatten(1).shape[1])
+    with frozen(trunk):
+        return int(trunk(torch.as_tensor(x)[None].to(device)).flatten(1).shape[1])
 
 
 class EpochBatchSampler(BatchSampler):

@@ -30,6 +30,7 @@ from ssl_cropmix.evaluation.base import (
 from ssl_cropmix.evaluation.data import (
     dist_world_rank,
     extract_features,
+    feature_dim,
     feature_loaders,
     shard_loader,
     train_loader as sharded_train_loader,
@@ -242,7 +243,7 @@ def run_linear_probe(
             module = LinearProbeModule(None, dim, num_classes, recipe)
             train, val = feature_loaders(train_xy, val_xy, device_batch, world, rank, seed)
         else:
-            dim = _feature_dim(trunk, val_loader, dev)
+            dim = feature_dim(trunk, val_loader, dev)
             n_train = len(train_loader.dataset)
             module = LinearProbeModule(trunk, dim, num_classes, recipe)
             train = sharded_train_loader(train_loader, device_batch, world, rank, seed)
@@ -275,14 +276,6 @@ def run_linear_probe(
         details={"feature_dim": dim, "extract_seconds": round(extract_s, 3), "train_seconds": round(train_s, 3),
                  "optimizer_steps": len(lrs), "lr_first": lrs[0] if lrs else None, "lr_last": lrs[-1] if lrs else None},
     )
-
-
-def _feature_dim(trunk: nn.Module, loader: Any, device: torch.device) -> int:
-    from ssl_cropmix.callbacks.utils import frozen
-
-    x, _ = loader.dataset[0]
-    with frozen(trunk):
-        return int(trunk(torch.as_tensor(x)[None].to(device)).flatten(1).shape[1])
 
 
 def recipe_with(base: RecipeT, **over: Any) -> RecipeT:
