@@ -63,8 +63,11 @@ class _Indexed(Dataset):
         return x, y, i
 
 
-def rebatch(loader: DataLoader, sampler: Sampler, batch_size: int | None = None, dataset: Any = None) -> DataLoader:
-    """``loader``'s dataset, workers and collate function with a new sampler / batch size."""
+def rebatch(
+    loader: DataLoader, sampler: Sampler, batch_size: int | None = None, dataset: Any = None, drop_last: bool = False
+) -> DataLoader:
+    """``loader``'s dataset (or ``dataset``), workers and collate function with a new sampler /
+    batch size."""
     return DataLoader(
         dataset if dataset is not None else loader.dataset,
         batch_size=batch_size or loader.batch_size or 1,
@@ -72,17 +75,22 @@ def rebatch(loader: DataLoader, sampler: Sampler, batch_size: int | None = None,
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
-        drop_last=False,
+        drop_last=drop_last,
         worker_init_fn=loader.worker_init_fn,
     )
 
 
-def train_loader(loader: DataLoader, device_batch: int, world: int, rank: int, seed: int = 0) -> DataLoader:
-    """``loader``'s dataset for one of ``world`` devices: shuffled (``seed``, re-shuffled every
-    epoch by Lightning's ``set_epoch``) and padded to equal shard lengths, ``device_batch``
-    images per step."""
-    sampler = DistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    return rebatch(loader, sampler, device_batch)
+def train_loader(
+    loader: DataLoader, device_batch: int, world: int, rank: int, seed: int = 0, dataset: Any = None,
+    drop_last: bool = False,
+) -> DataLoader:
+    """``loader``'s dataset (or ``dataset``) for one of ``world`` devices: shuffled (``seed``,
+    re-shuffled every epoch by Lightning's ``set_epoch``) and padded to equal shard lengths,
+    ``device_batch`` images per step; ``drop_last``: the tail is dropped instead (shards
+    and batches, so every batch is full)."""
+    ds = dataset if dataset is not None else loader.dataset
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
+    return rebatch(loader, sampler, device_batch, ds, drop_last)
 
 
 def shard_loader(loader: DataLoader, world: int, rank: int, batch_size: int | None = None) -> DataLoader:
