@@ -8,7 +8,6 @@ backbone (the pretrained module is left untouched) on every rank, in ``on_train_
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +26,7 @@ from ssl_cropmix.evaluation.finetune import (
     fraction_key,
     scale_milestones,
 )
+from ssl_cropmix.evaluation.linear import recipe_with
 from ssl_cropmix.evaluation.mae_finetune import MAEFineTuneRecipe, mae_finetune
 from ssl_cropmix.evaluation.results import EvalResult
 
@@ -105,9 +105,8 @@ class SemiSupervisedFineTune(EvaluationLauncher):
             ms = None
         if ms is not None and (list(ms) != sorted(ms) or any(m < 1 for m in ms)):
             raise ValueError(f"milestones must be increasing positive epochs, got {list(ms)}")
-        over = dict(label_fraction=label_fraction, trunk_lr=trunk_lr, head_lr=head_lr, epochs=epochs, milestones=ms,
-                    gamma=gamma, batch_size=batch_size, bn_mode=bn_mode)
-        self.recipe = FineTuneRecipe(**{**asdict(base), **{k: v for k, v in over.items() if v is not None}})
+        self.recipe = recipe_with(base, label_fraction=label_fraction, trunk_lr=trunk_lr, head_lr=head_lr, epochs=epochs,
+                                  milestones=ms, gamma=gamma, batch_size=batch_size, bn_mode=bn_mode)
         self.preset, self.subset_file = preset, subset_file
         self.provider, self.num_classes = provider, num_classes
         self.key = key or fraction_key("finetune", self.recipe.label_fraction if subset_file is None else None, subset_file)
@@ -176,10 +175,12 @@ class MAEFineTune(EvaluationLauncher):
         for pname, v in (("drop_path", drop_path), ("re_prob", re_prob), ("label_smoothing", label_smoothing)):
             if v is not None and not 0 <= v < 1:
                 raise ValueError(f"{pname} must be in [0, 1), got {v!r}")
-        over = dict(label_fraction=label_fraction, epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
-                    device_batch_size=device_batch_size, blr=blr, layer_decay=layer_decay, drop_path=drop_path, mixup=mixup,
-                    cutmix=cutmix, label_smoothing=label_smoothing, re_prob=re_prob, auto_augment=auto_augment)
-        self.recipe = MAEFineTuneRecipe(**{**asdict(MAEFineTuneRecipe()), **{k: v for k, v in over.items() if v is not None}})
+        self.recipe = recipe_with(
+            MAEFineTuneRecipe(), label_fraction=label_fraction, epochs=epochs, warmup_epochs=warmup_epochs,
+            batch_size=batch_size, device_batch_size=device_batch_size, blr=blr, layer_decay=layer_decay,
+            drop_path=drop_path, mixup=mixup, cutmix=cutmix, label_smoothing=label_smoothing, re_prob=re_prob,
+            auto_augment=auto_augment,
+        )
         if self.recipe.warmup_epochs > self.recipe.epochs:
             raise ValueError(f"warmup_epochs={self.recipe.warmup_epochs} exceeds epochs={self.recipe.epochs}")
         self.provider, self.num_classes = provider, num_classes

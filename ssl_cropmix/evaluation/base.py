@@ -4,7 +4,6 @@ the hardware it ran on, the learning rates it used, and the run helper."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -84,17 +83,6 @@ def isolated_rng(seed: int, device: torch.device | None = None) -> Iterator[None
         yield
 
 
-def fit_and_validate(trainer: pl.Trainer, module: EvalModule, train: Any, val: Any) -> float:
-    """``trainer.fit(module, train, val)`` with validation once, after the last epoch.
-
-    Returns:
-        wall seconds.
-    """
-    t0 = time.perf_counter()
-    trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
-    return time.perf_counter() - t0
-
-
 def protocol_result(module: EvalModule, t0: float, **fields: Any) -> EvalResult:
     """The :class:`EvalResult` of a fitted protocol module.
 
@@ -132,9 +120,6 @@ def protocol_trainer(
     )
     kw.update(overrides)
     return evaluation_trainer(pretrain_trainer, **kw)
-
-
-Schedule = Callable[[int], float]
 
 
 class _ForwardFeatures(nn.Module):

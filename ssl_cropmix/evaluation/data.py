@@ -63,8 +63,11 @@ class _Indexed(Dataset):
         return x, y, i
 
 
-def rebatch(loader: DataLoader, sampler: Sampler, batch_size: int | None = None, dataset: Any = None) -> DataLoader:
-    """``loader``'s dataset, workers and collate function with a new sampler / batch size."""
+def rebatch(
+    loader: DataLoader, sampler: Sampler, batch_size: int | None = None, dataset: Any = None, drop_last: bool = False
+) -> DataLoader:
+    """``loader``'s dataset (or ``dataset``), workers and collate function with a new sampler /
+    batch size."""
     return DataLoader(
         dataset if dataset is not None else loader.dataset,
         batch_size=batch_size or loader.batch_size or 1,
@@ -72,17 +75,22 @@ def rebatch(loader: DataLoader, sampler: Sampler, batch_size: int | None = None,
         num_workers=loader.num_workers,
         collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory,
-        drop_last=False,
+        drop_last=drop_last,
         worker_init_fn=loader.worker_init_fn,
     )
 
 
-def train_loader(loader: DataLoader, device_batch: int, world: int, rank: int, seed: int = 0) -> DataLoader:
-    """``loader``'s dataset for one of ``world`` devices: shuffled (``seed``, re-shuffled every
-    epoch by Lightning's ``set_epoch``) and padded to equal shard lengths, ``device_batch``
-    images per step."""
-    sampler = DistributedSampler(loader.dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-    return rebatch(loader, sampler, device_batch)
+def train_loader(
+    loader: DataLoader, device_batch: int, world: int, rank: int, seed: int = 0, dataset: Any = None,
+    drop_last: bool = False,
+) -> DataLoader:
+    """``loader``'s dataset (or ``dataset``) for one of ``world`` devices: shuffled (``seed``,
+    re-shuffled every epoch by Lightning's ``set_epoch``) and padded to equal shard lengths,
+    ``device_batch`` images per step; ``drop_last``: the tail is dropped instead (shards
+    and batches, so every batch is full)."""
+    ds = dataset if dataset is not None else loader.dataset
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=drop_last)
+    return rebatch(loader, sampler, device_batch, ds, drop_last)
 
 
 def shard_loader(loader: DataLoader, world: int, rank: int, batch_size: int | None = None) -> DataLoader:
@@ -104,18 +112,13 @@ class _Extractor(pl.LightningModule):
 
 
 def all_gather_rows(t: torch.Tensor, world: int) -> list[torch.Tensor]:
-    """Every rank's ``t`` (same trailing shape, any number of rows), in rank order."""
+    """Every rank's ``t`` in rank order (same number of dims, any sizes: torchmetrics'
+    ``gather_all_tensors`` pads, gathers and trims), ``[t]`` alone when ``world`` is 1."""
     if world == 1:
         return [t]
-    n = torch.tensor([t.shape[0]], device=t.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    torch.distributed.all_gather(sizes, n)
-    m = int(max(int(s) for s in sizes))
-    padded = torch.zeros((m, *t.shape[1:]), dtype=t.dtype, device=t.device)
-    padded[: t.shape[0]] = t
-    out = [torch.empty_like(padded) for _ in range(world)]
-    torch.distributed.all_gather(out, padded.contiguous())
-    return [o[: int(s)] for o, s in zip(out, sizes)]
+    from torchmetrics.utilities.distributed import gather_all_tensors
+
+    return gather_all_tensors(t)
 
 
 def extract_features(
@@ -132,20 +135,17 @@ def extract_features(
     """
     world, rank = dist_world_rank()
     shard = rebatch(loader, ShardSampler(len(loader.dataset), world, rank), batch_size, _Indexed(loader.dataset))
-    flags = {m: m.training for m in trunk.modules()}
-    trunk.eval()
-    try:
+    from ssl_cropmix.callbacks.utils import frozen  # lazy: the callbacks package imports this module
+
+    with frozen(trunk):
         outs = trainer.predict(_Extractor(trunk), shard, return_predictions=True)
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
     device = trainer.strategy.root_device
     if outs:
         f = torch.cat([o[0] for o in outs]).to(device)
         y = torch.cat([torch.as_tensor(o[1]) for o in outs]).to(device, torch.long)
         i = torch.cat([torch.as_tensor(o[2]) for o in outs]).to(device, torch.long)
     else:  # an empty shard (fewer samples than ranks): still take part in the gathers
-        dim = _probe_dim(trunk, loader, device)
+        dim = feature_dim(trunk, loader, device)
         f, y, i = torch.zeros(0, dim, device=device), torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, dtype=torch.long, device=device)
     if world > 1:
         fs, ys, is_ = all_gather_rows(f, world), all_gather_rows(y, world), all_gather_rows(i, world)
@@ -154,10 +154,14 @@ def extract_features(
     return f[order].contiguous(), y[order].contiguous()
 
 
-def _probe_dim(trunk: nn.Module, loader: DataLoader, device: torch.device) -> int:
+def feature_dim(trunk: nn.Module, loader: Any, device: torch.device) -> int:
+    """``D`` of ``trunk``'s flattened features of ``loader.dataset[0]`` (trunk frozen in eval
+    mode for the call, so its BN statistics and mode are left as they were)."""
+    from ssl_cropmix.callbacks.utils import frozen  # lazy: the callbacks package imports this module
+
     x, _ = loader.dataset[0]
-    with torch.no_grad():
-        return int(trunk(x[None].to(device)).flatten(1).shape[1])
+    with frozen(trunk):
+        return int(trunk(torch.as_tensor(x)[None].to(device)).flatten(1).shape[1])
 
 
 class EpochBatchSampler(BatchSampler):

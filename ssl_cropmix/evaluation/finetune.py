@@ -26,8 +26,8 @@ from ssl_cropmix.evaluation.base import (
     protocol_trainer,
     trunk_device,
 )
-from ssl_cropmix.evaluation.data import dist_world_rank, shard_loader, train_loader as sharded_train_loader
-from ssl_cropmix.evaluation.linear import _feature_dim, check_dataset_labels, split_batch
+from ssl_cropmix.evaluation.data import dist_world_rank, feature_dim, shard_loader, train_loader as sharded_train_loader
+from ssl_cropmix.evaluation.linear import check_dataset_labels, split_batch
 from ssl_cropmix.evaluation.results import EvalResult
 
 
@@ -189,7 +189,7 @@ def finetune(
     check_dataset_labels(train_loader, num_classes, "the labelled training subset")
     device_batch, _ = split_batch(recipe.batch_size, world, None)
     dev = trunk_device(trunk)
-    dim = _feature_dim(trunk, val_loader, dev)
+    dim = feature_dim(trunk, val_loader, dev)
     etrainer = protocol_trainer(trainer, recipe.epochs, 1, **(trainer_kwargs or {}))
     with isolated_rng(seed, dev):
         module = SemiSupervisedFineTuneModule(trunk, dim, num_classes, recipe)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pytorch_lightning as pl
 import torch
@@ -30,12 +30,15 @@ from ssl_cropmix.evaluation.base import (
 from ssl_cropmix.evaluation.data import (
     dist_world_rank,
     extract_features,
+    feature_dim,
     feature_loaders,
     shard_loader,
     train_loader as sharded_train_loader,
 )
 from ssl_cropmix.evaluation.results import EvalResult
 from ssl_cropmix.methods.scaling import warmup_cosine
+
+RecipeT = TypeVar("RecipeT")
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,7 @@ def run_linear_probe(
             module = LinearProbeModule(None, dim, num_classes, recipe)
             train, val = feature_loaders(train_xy, val_xy, device_batch, world, rank, seed)
         else:
-            dim = _feature_dim(trunk, val_loader, dev)
+            dim = feature_dim(trunk, val_loader, dev)
             n_train = len(train_loader.dataset)
             module = LinearProbeModule(trunk, dim, num_classes, recipe)
             train = sharded_train_loader(train_loader, device_batch, world, rank, seed)
@@ -275,16 +278,8 @@ def run_linear_probe(
     )
 
 
-def _feature_dim(trunk: nn.Module, loader: Any, device: torch.device) -> int:
-    from ssl_cropmix.callbacks.utils import frozen
-
-    x, _ = loader.dataset[0]
-    with frozen(trunk):
-        return int(trunk(torch.as_tensor(x)[None].to(device)).flatten(1).shape[1])
-
-
-def recipe_with(base: ProbeRecipe, **over: Any) -> ProbeRecipe:
-    """``base`` with the non-``None`` entries of ``over`` replaced."""
+def recipe_with(base: RecipeT, **over: Any) -> RecipeT:
+    """``base`` (any recipe dataclass) with the non-``None`` entries of ``over`` replaced."""
     return replace(base, **{k: v for k, v in over.items() if v is not None})
 
 

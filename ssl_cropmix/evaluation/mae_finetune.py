@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ssl_cropmix.evaluation.base import EvalModule, isolated_rng, protocol_result, protocol_trainer, trunk_device
-from ssl_cropmix.evaluation.data import dist_world_rank, shard_loader
+from ssl_cropmix.evaluation.data import dist_world_rank, shard_loader, train_loader as sharded_train_loader
 from ssl_cropmix.evaluation.finetune import fraction_key, labelled_images
 from ssl_cropmix.evaluation.linear import check_dataset_labels, split_batch
 from ssl_cropmix.evaluation.results import EvalResult
@@ -232,8 +232,6 @@ def mae_finetune(
         trainer_kwargs: extra ``pl.Trainer`` arguments.
         timm_transform: replace the provider's augmentation by MAE's.
     """
-    from torch.utils.data import DistributedSampler
-
     t0 = time.perf_counter()
     world, rank = dist_world_rank()
     check_dataset_labels(train_loader, num_classes, "the labelled training set")
@@ -250,10 +248,8 @@ def mae_finetune(
     etrainer = protocol_trainer(trainer, recipe.epochs, accumulate, **(trainer_kwargs or {}))
     with isolated_rng(seed, dev):
         module = MAEFineTuneModule(vit, num_classes, recipe)
-        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        train = torch.utils.data.DataLoader(  # Mixup needs even, equal batches: drop the last
-            ds, batch_size=device_batch, sampler=sampler, num_workers=train_loader.num_workers,
-            collate_fn=train_loader.collate_fn, pin_memory=train_loader.pin_memory, drop_last=True)
+        # Mixup needs even, equal batches: drop the last
+        train = sharded_train_loader(train_loader, device_batch, world, rank, seed, dataset=ds, drop_last=True)
         val = shard_loader(val_loader, world, rank, val_loader.batch_size)
         etrainer.fit(module, train_dataloaders=train, val_dataloaders=val)
     n = len(ds)

@@ -65,3 +65,6 @@ def test_knn_two_processes_equals_one(tmp_path: Path) -> None:
     accs = [json.loads((tmp_path / f"{n}.json").read_text())["acc"] for n in ("r0", "r1", "single")]
     assert accs[0] == accs[1] == accs[2]
     assert 25.0 < accs[2] < 95.0  # overlapping classes: neither chance nor trivially perfect
+    # a one-image bank (rank 1's shard empty): every query gets that image's label, on every rank
+    tiny = [json.loads((tmp_path / f"{n}.json").read_text())["tiny"] for n in ("r0", "r1", "single")]
+    assert tiny[0] == tiny[1] == tiny[2] and 0.0 < tiny[2] < 100.0

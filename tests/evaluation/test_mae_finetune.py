@@ -131,3 +131,22 @@ def test_callback_runs_and_keys_by_fraction():
     assert "layer decay 0.65" in res.protocol and "drop path 0.1" in res.protocol and "Mixup 0.8 / CutMix 1" in res.protocol
     with pytest.raises(TypeError, match="VisionTransformer"):
         mae_finetune(torch.nn.Conv2d(3, 3, 1), p.labeled_train_dataloader(), p.labeled_val_dataloader(), 4, cb.recipe)
+
+
+def test_mae_train_loader_drops_the_tail_per_rank_and_uses_the_given_dataset() -> None:
+    """MAE's Mixup needs full, even batches: with ``drop_last`` every rank's shard and batches
+    are cut (no padding, no short batch), ranks stay disjoint, and ``dataset`` replaces the
+    loader's (the timm transform copy)."""
+    from ssl_cropmix.evaluation.data import train_loader
+
+    base = DataLoader(TensorDataset(torch.zeros(11, 1), torch.zeros(11)), batch_size=3)
+    other = TensorDataset(torch.arange(11.0)[:, None], torch.arange(11))
+    shards = []
+    for rank in range(2):
+        dl = train_loader(base, 4, world=2, rank=rank, seed=0, dataset=other, drop_last=True)
+        batches = [y.tolist() for _, y in dl]
+        assert [len(b) for b in batches] == [4]  # 11 // 2 = 5 per rank, one full batch of 4
+        shards.append({i for b in batches for i in b})
+    assert not shards[0] & shards[1]
+    padded = train_loader(base, 4, world=2, rank=0, seed=0)  # default: padded to 6 per rank, short last batch
+    assert [len(y) for _, y in padded] == [4, 2]
