@@ -14,11 +14,15 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from lightly.utils.benchmarking import knn_predict
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from ssl_cropmix.callbacks.linear_probe import collect_features
 from ssl_cropmix.callbacks.utils import get_backbone, module_device, resolve_provider
 from ssl_cropmix.evaluation.data import all_gather_rows, dist_world_rank, shard_loader
+
+
+DEFAULT_K = 200  # InstDisc / MoCo's monitor
 
 
 def knn_classify(
@@ -60,11 +64,15 @@ class KNNMonitor(pl.Callback):
     (``labeled_train_dataloader(augment=False, shuffle=False)``), queries are
     ``labeled_val_dataloader()``; features stay on the module's device. Explicit loaders
     override the provider. Under DDP each rank extracts its shard of bank and queries (see
-    the module docstring); every rank gets the single-process value. ``k`` larger than the
-    bank raises ``ValueError``.
+    the module docstring); every rank gets the single-process value.
+
+    ``k`` left unset is the protocol's 200 (:data:`DEFAULT_K`); on a bank smaller than that
+    (the 64-image demo set) the whole bank is used, said once in the log and recorded in
+    :attr:`k_used` and as the logged metric ``<name>_k``. An explicit ``k`` larger than the
+    bank raises ``ValueError`` (STYLE principle 14: a value the user set is never clamped).
 
     Args:
-        k: neighbours (200).
+        k: neighbours (``None``: 200, or the bank size when the bank is smaller).
         temperature: vote temperature (0.1).
         every_n_epochs: period in training epochs.
         chunk_size: queries per similarity chunk.
@@ -75,7 +83,7 @@ class KNNMonitor(pl.Callback):
 
     def __init__(
         self,
-        k: int = 200,
+        k: int | None = None,
         temperature: float = 0.1,
         every_n_epochs: int = 1,
         chunk_size: int = 1024,
@@ -86,7 +94,7 @@ class KNNMonitor(pl.Callback):
         batch_size: int | None = None,
         name: str = "knn_top1",
     ) -> None:
-        if not isinstance(k, int) or k < 1:
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
             raise ValueError(f"k must be a positive int, got {k!r}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
@@ -101,6 +109,7 @@ class KNNMonitor(pl.Callback):
         self.k, self.temperature, self.every_n_epochs, self.chunk_size = k, temperature, every_n_epochs, chunk_size
         self.provider, self.num_classes, self.batch_size, self.name = provider, num_classes, batch_size, name
         self.train_loader, self.val_loader = train_dataloader, val_dataloader
+        self.k_used: int | None = None  # the k of the last evaluation
         self.history: list[tuple[int, float]] = []
         self.last_device: str | None = None  # where the last evaluation computed its features
 
@@ -113,20 +122,34 @@ class KNNMonitor(pl.Callback):
             bank_loader = p.labeled_train_dataloader(augment=False, batch_size=self.batch_size, shuffle=False)
             val_loader, c = p.labeled_val_dataloader(batch_size=self.batch_size), int(self.num_classes or p.num_classes)
         world, rank = dist_world_rank()
-        n_bank = len(bank_loader.dataset)
-        if self.k > n_bank:
-            raise ValueError(f"k={self.k} is larger than the kNN feature bank ({n_bank} samples): lower k")
+        k = self._resolve_k(len(bank_loader.dataset))
         device = module_device(get_backbone(pl_module))
         self.last_device = str(device)
         bank, bank_y = _shard_features(pl_module, shard_loader(bank_loader, world, rank), device)
         q, q_y = _shard_features(pl_module, shard_loader(val_loader, world, rank), device)
         if world > 1:
             bank, bank_y = _gather_in_order(bank, bank_y, world, rank)
-        pred = knn_classify(q, bank, bank_y, c, self.k, self.temperature, self.chunk_size) if len(q) else q_y
+        pred = knn_classify(q, bank, bank_y, c, k, self.temperature, self.chunk_size) if len(q) else q_y
         hits = torch.tensor([float((pred == q_y).sum()), float(len(q_y))], dtype=torch.float64, device=device)
         if world > 1:
             torch.distributed.all_reduce(hits)
         return 100.0 * float(hits[0]) / max(float(hits[1]), 1.0)
+
+    def _resolve_k(self, n_bank: int) -> int:
+        """The k to use on a bank of ``n_bank`` images (adapts the default visibly, refuses an explicit k)."""
+        if self.k is not None:
+            if self.k > n_bank:
+                raise ValueError(f"k={self.k} is larger than the kNN feature bank ({n_bank} samples): lower k")
+            k = self.k
+        else:
+            k = min(DEFAULT_K, n_bank)
+            if k < DEFAULT_K and self.k_used != k:
+                rank_zero_info(
+                    f"[{self.name}] KNNMonitor: the default k={DEFAULT_K} is larger than the feature bank "
+                    f"({n_bank} images): using k={k} (every bank image votes); pass k= to choose it"
+                )
+        self.k_used = k
+        return k
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Evaluate and log every ``every_n_epochs`` epochs (every rank takes part)."""
@@ -138,6 +161,7 @@ class KNNMonitor(pl.Callback):
             acc = self.evaluate(pl_module, trainer)
         self.history.append((trainer.current_epoch, acc))
         pl_module.log(self.name, acc, prog_bar=True, sync_dist=True)  # equal on every rank: the mean is the value
+        pl_module.log(f"{self.name}_k", float(self.k_used or 0), sync_dist=True)  # what ran, next to the value
 
 
 def _shard_features(pl_module: Any, loader: DataLoader, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -69,7 +69,20 @@ def test_k_larger_than_the_bank_is_refused_not_clamped():
         knn_classify(bank[:3], bank, labels, 2, k=11)
     provider = FakeProvider(n_per_class=4)  # 16-image bank
     with pytest.raises(ValueError, match=r"k=200 is larger than the kNN feature bank \(16 samples\)"):
-        KNNMonitor(provider=provider).evaluate(UserModule())
+        KNNMonitor(k=200, provider=provider).evaluate(UserModule())
+
+
+def test_default_k_adapts_to_a_small_bank_visibly(caplog):
+    """The default k=200 on a 16-image bank uses the whole bank, says so once and records it."""
+    provider = FakeProvider(n_per_class=4)  # 16-image bank
+    knn = KNNMonitor(provider=provider)
+    with caplog.at_level("INFO"):
+        acc = knn.evaluate(UserModule())
+        knn.evaluate(UserModule())
+    assert knn.k_used == 16
+    said = [r.getMessage() for r in caplog.records if "default k=200" in r.getMessage()]
+    assert len(said) == 1 and "using k=16" in said[0]
+    assert acc == KNNMonitor(k=16, provider=FakeProvider(n_per_class=4)).evaluate(UserModule())
 
 
 def test_validation():
