@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from ssl_cropmix.callbacks.linear_probe import collect_features
 from ssl_cropmix.callbacks.utils import get_backbone, module_device, resolve_provider
 from ssl_cropmix.evaluation.data import all_gather_rows, dist_world_rank, shard_loader
+from ssl_cropmix.validation import check_int
 
 
 DEFAULT_K = 200  # InstDisc / MoCo's monitor
@@ -94,14 +95,11 @@ class KNNMonitor(pl.Callback):
         batch_size: int | None = None,
         name: str = "knn_top1",
     ) -> None:
-        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
-            raise ValueError(f"k must be a positive int, got {k!r}")
+        check_int("k", k, 1, optional=True)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be a positive int, got {every_n_epochs!r}")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        check_int("every_n_epochs", every_n_epochs, 1)
+        check_int("chunk_size", chunk_size, 1)
         if (train_dataloader is None) != (val_dataloader is None):
             raise ValueError("give both train_dataloader and val_dataloader, or neither")
         if train_dataloader is not None and num_classes is None:

@@ -27,6 +27,7 @@ from ssl_cropmix.callbacks.utils import (
 from ssl_cropmix.evaluation.linear import PROBE_PRESETS, ProbeRecipe, recipe_with, run_linear_probe
 from ssl_cropmix.evaluation.results import EvalResult
 from ssl_cropmix.methods.scaling import warmup_cosine
+from ssl_cropmix.validation import check_bool, check_int
 
 __all__ = ["PROBE_PRESETS", "LinearProbe", "ProbeRecipe", "collect_features", "run_linear_probe", "warmup_cosine"]
 
@@ -101,8 +102,8 @@ class LinearProbe(EvaluationLauncher):
             raise ValueError(f"optimizer must be 'sgd' or 'lars', got {optimizer!r}")
         check_optional_positive_ints(epochs=epochs, batch_size=batch_size, device_batch_size=device_batch_size,
                                      extract_chunk=extract_chunk)
-        if warmup_epochs is not None and (not isinstance(warmup_epochs, int) or warmup_epochs < 0):
-            raise ValueError(f"warmup_epochs must be an int >= 0, got {warmup_epochs!r}")
+        check_int("warmup_epochs", warmup_epochs, 0, optional=True)
+        check_bool("head_norm", head_norm, optional=True)
         if base_lr is not None and not base_lr > 0:
             raise ValueError(f"base_lr must be > 0, got {base_lr!r}")
         if weight_decay is not None and not weight_decay >= 0:
@@ -121,7 +122,7 @@ class LinearProbe(EvaluationLauncher):
         if self.recipe.warmup_epochs > self.recipe.epochs:
             raise ValueError(f"warmup_epochs={self.recipe.warmup_epochs} exceeds epochs={self.recipe.epochs}")
         self.preset = preset
-        self.cached_features = bool(cached_features)
+        self.cached_features = check_bool("cached_features", cached_features)
         self.provider = provider
         self.train_loader = train_dataloader
         self.val_loader = val_dataloader

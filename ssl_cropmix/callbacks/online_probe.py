@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ssl_cropmix.callbacks.utils import extract_features, frozen, get_backbone
+from ssl_cropmix.validation import check_int
 
 
 def _images_of(batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -65,19 +66,16 @@ class OnlineLinearProbe(pl.Callback):
         top_k: int = 5,
         seed: int = 0,
     ) -> None:
-        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 2):
-            raise ValueError(f"num_classes must be an int >= 2 or None, got {num_classes!r}")
+        check_int("num_classes", num_classes, 2, optional=True)
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr!r}")
-        if not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        check_int("top_k", top_k, 1)
         self.num_classes = num_classes
         self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.top_k = top_k
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        check_int("seed", seed)
         self.seed = seed
         self.head: nn.Linear | None = None
         self.optimizer: torch.optim.Optimizer | None = None

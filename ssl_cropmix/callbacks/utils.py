@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssl_cropmix.validation import check_int
+
 
 def get_backbone(pl_module: Any) -> nn.Module:
     """Return the module whose parameters/buffers make up the representation.
@@ -97,8 +99,7 @@ def check_optional_positive_ints(**values: Any) -> None:
         ValueError: naming the first offending keyword and its value.
     """
     for pname, v in values.items():
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-            raise ValueError(f"{pname} must be a positive int, got {v!r}")
+        check_int(pname, v, 1, optional=True)
 
 
 def module_device(module: nn.Module) -> torch.device:

@@ -29,7 +29,8 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from ssl_cropmix.data import views as V
-from ssl_cropmix.data.datasets import DEFAULT_MAX_PIXELS, check_int
+from ssl_cropmix.data.datasets import DEFAULT_MAX_PIXELS
+from ssl_cropmix.validation import check_bool, check_int
 from ssl_cropmix.data.datasets import (
     BadImageWarning,
     ImageFolderDataset,
@@ -210,19 +211,19 @@ class CropMixDataModule(pl.LightningDataModule):
         self.auto_augment = auto_augment
         self.random_erasing = random_erasing
         self.image_size = check_int("image_size", image_size, MIN_IMAGE_SIZE)
-        self.small_image = image_size <= V.SMALL_IMAGE_MAX if small_image is None else bool(small_image)
+        self.small_image = image_size <= V.SMALL_IMAGE_MAX if small_image is None else check_bool("small_image", small_image)
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.val_batch_size = check_int("val_batch_size", val_batch_size or batch_size, 1)
         self.num_workers = check_int("num_workers", num_workers, 0)
         self.label_fraction = label_fraction
         self.subset_file = subset_file
-        self.fraction_seed = int(fraction_seed)
+        self.fraction_seed = check_int("fraction_seed", fraction_seed)
         self.on_bad_image = on_bad_image
         self.max_image_pixels = check_int("max_image_pixels", max_image_pixels, 1, optional=True)
-        self.download = bool(download)
-        self.pin_memory = pin_memory
-        self.persistent_workers = bool(persistent_workers)
-        self.drop_last = bool(drop_last)
+        self.download = check_bool("download", download)
+        self.pin_memory = check_bool("pin_memory", pin_memory, optional=True)
+        self.persistent_workers = check_bool("persistent_workers", persistent_workers)
+        self.drop_last = check_bool("drop_last", drop_last)
         self.mean = V._check_stats("mean", mean)
         self.std = V._check_stats("std", std)
         self.augment_on = augment_on

@@ -54,6 +54,8 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from ssl_cropmix.validation import check_int  # noqa: F401 (re-exported: its old home)
+
 IMG_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif",
 )
@@ -81,27 +83,6 @@ class ImageTooLargeError(ValueError):
 
 class NotARegularFileError(OSError):
     """A path with an image extension is not a regular file (FIFO, socket, device ...)."""
-
-
-def check_int(name: str, value: Any, low: int, optional: bool = False) -> int | None:
-    """Validate an integer argument (Python or NumPy int, not a bool) ``>= low``.
-
-    Args:
-        name: the parameter, for the message.
-        value: the value given.
-        low: smallest value accepted.
-        optional: ``None`` is accepted (and returned) too.
-
-    Raises:
-        ValueError: naming ``name`` and ``value``.
-    """
-    import numbers
-
-    if optional and value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}{' or None' if optional else ''}, got {value!r}")
-    return int(value)
 
 
 def _check_policy(on_bad_image: str) -> None:

@@ -51,6 +51,7 @@ from torchvision.transforms.v2 import InterpolationMode
 
 from ssl_cropmix.transforms import functional as CF
 from ssl_cropmix.transforms.cropmix import CropMix
+from ssl_cropmix.validation import check_bool
 
 RESIZE_METHODS = ("auto", "matrix", "roi_align", "interpolate")
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
@@ -684,7 +685,7 @@ class DeviceViews:
             raise ValueError(f"generator must be a CPU generator (parameters are drawn on the CPU), got {generator.device}")
         self.views, self.query, self.mae_view = views, query, mae_view
         self.size = V._check_size(size)
-        self.small_image = self.size <= V.SMALL_IMAGE_MAX if small_image is None else bool(small_image)
+        self.small_image = self.size <= V.SMALL_IMAGE_MAX if small_image is None else check_bool("small_image", small_image)
         self.mean = torch.tensor(V._check_stats("mean", mean)).view(1, 3, 1, 1)
         self.std = torch.tensor(V._check_stats("std", std)).view(1, 3, 1, 1)
         self.resize, self.output_dtype = resize, output_dtype

@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_cropmix.data.views import IMAGENET_MEAN, IMAGENET_STD
+from ssl_cropmix.validation import check_bools
 
 #: The paper's Table 2 / 7 columns, and the (set, metric) each is read from.
 TABLE_COLUMNS: dict[str, tuple[str, str]] = {
@@ -266,6 +267,7 @@ class RobustnessEvaluation(pl.LightningModule):
         ece_bins: int = 15,
     ) -> None:
         super().__init__()
+        check_bools(calibration_include_last_bin=calibration_include_last_bin)
         if not isinstance(classifier, nn.Module):
             raise TypeError(f"classifier must be an nn.Module, got {type(classifier).__name__}")
         names = list(set_names)

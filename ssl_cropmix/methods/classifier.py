@@ -27,6 +27,7 @@ from torchvision.transforms import v2
 
 from ssl_cropmix.models.backbones import build_backbone
 from ssl_cropmix.transforms.resizemix import ResizeMix
+from ssl_cropmix.validation import check_bools
 
 BATCH_AUGS = (None, "mixup", "cutmix", "mixup_cutmix", "resizemix")
 LR_SCHEDULES = ("step", "cosine")
@@ -119,6 +120,7 @@ class CropMixClassifier(pl.LightningModule):
         warmup_start_factor: float = 0.01,
     ) -> None:
         super().__init__()
+        check_bools(small_image=small_image, nesterov=nesterov)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         if batch_aug not in BATCH_AUGS:

@@ -23,6 +23,7 @@ from torch import nn
 from ssl_cropmix.losses.reconstruction import masked_reconstruction_loss
 from ssl_cropmix.methods.scaling import log_lr_scaling, scaled_lr, warmup_cosine
 from ssl_cropmix.models.vit import build_vit
+from ssl_cropmix.validation import check_bools
 
 def random_patch_mask(
     batch_size: int,
@@ -99,6 +100,7 @@ class MAECropMix(pl.LightningModule):
         warmup_epochs: float = 40,
     ) -> None:
         super().__init__()
+        check_bools(norm_pix_loss=norm_pix_loss)
         if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, numbers.Real) or not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio!r}")
         for name, value in (("decoder_dim", decoder_dim), ("decoder_depth", decoder_depth),

@@ -30,6 +30,7 @@ from ssl_cropmix.models.backbones import build_backbone
 from ssl_cropmix.models.heads import asym_moco_projection_head
 from ssl_cropmix.models.queue import MomentumQueue
 from ssl_cropmix.methods.scaling import batch_size_of, log_lr_scaling, scaled_lr, warmup_cosine
+from ssl_cropmix.validation import check_bools
 
 OptimizerCallable = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
@@ -96,6 +97,7 @@ class MoCoCropMix(pl.LightningModule):
         pretrained: bool = False,
     ) -> None:
         super().__init__()
+        check_bools(small_image=small_image, symmetric=symmetric, cosine_lr=cosine_lr, pretrained=pretrained)
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum!r}")
         if momentum_schedule not in ("constant", "cosine"):

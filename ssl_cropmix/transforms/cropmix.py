@@ -28,6 +28,7 @@ from torchvision.transforms.v2 import InterpolationMode, Transform
 from torchvision.transforms.v2 import query_chw
 
 from ssl_cropmix.transforms import functional as CF
+from ssl_cropmix.validation import check_bool, check_int
 
 MIXINGS = ("mixup", "cutmix", "resizemix")
 PASTE_MODES = ("random", "into_mix", "into_crop")
@@ -133,13 +134,6 @@ def _is_real(x: Any) -> bool:
 def _is_int(x: Any) -> bool:
     """An integer (Python or NumPy), not a bool."""
     return isinstance(x, numbers.Integral) and not isinstance(x, (bool, np.bool_))
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    """A real bool (Python or NumPy); strings such as ``"no"`` are refused, not made ``True``."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {value!r}")
-    return bool(value)
 
 
 def _check_range(name: str, value: Any, *, low_open: float, high: float, strict: bool) -> tuple[float, float]:
@@ -359,18 +353,18 @@ class CropMix(Transform):
         if view_transform is not None and not callable(view_transform):
             raise TypeError(f"view_transform must be callable or None, got {view_transform!r}")
         self.view_transform = view_transform
-        self.shared_range = _check_bool("shared_range", shared_range)
+        self.shared_range = check_bool("shared_range", shared_range)
         self.tau_range = _check_range("tau_range", tau_range, low_open=0.0, high=1.0, strict=False)
         if paste not in PASTE_MODES:
             raise ValueError(f"paste must be one of {PASTE_MODES}, got {paste!r}")
         self.paste = paste
-        self.shuffle = _check_bool("shuffle", shuffle)
+        self.shuffle = check_bool("shuffle", shuffle)
         if output_dtype is not None and not (
             isinstance(output_dtype, torch.dtype) and output_dtype.is_floating_point
         ):
             raise ValueError(f"output_dtype must be a floating torch.dtype or None, got {output_dtype!r}")
         self.output_dtype = output_dtype
-        self.antialias = _check_bool("antialias", antialias)
+        self.antialias = check_bool("antialias", antialias)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
         self.generator = generator
@@ -396,8 +390,7 @@ class CropMix(Transform):
                         f"got {name}={value!r} (use backend='pil' or 'tensor')"
                     )
         self.backend = backend
-        if not isinstance(keep_pil, bool):
-            raise TypeError(f"keep_pil must be a bool, got {keep_pil!r}")
+        keep_pil = check_bool("keep_pil", keep_pil)
         if keep_pil and output_dtype is not None:
             raise ValueError(
                 f"keep_pil=True returns uint8 PIL images and needs output_dtype=None, got output_dtype={output_dtype!r}"
