@@ -186,6 +186,12 @@ def _match_backbone_keys(
     return None
 
 
+def _as_in_file(picked: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    """``picked`` (prefix-stripped tensors of ``state``) under their names in the file."""
+    names = {id(v): k for k, v in state.items()}
+    return {names.get(id(v), k): v for k, v in picked.items()}
+
+
 def load_backbone(
     ckpt_path: str | Path,
     backbone: nn.Module | str | None = None,
@@ -245,9 +251,12 @@ def load_backbone(
                     DroppedKeysWarning,
                     stacklevel=2,
                 )
+            check_finite_weights(_as_in_file(cand, state), ckpt_path)
             backbone.load_state_dict(cand, strict=strict)
             return backbone.eval()
-    backbone.load_state_dict(strip_prefix(state, prefix), strict=strict)
+    picked = strip_prefix(state, prefix)
+    check_finite_weights(_as_in_file(picked, state), ckpt_path)
+    backbone.load_state_dict(picked, strict=strict)
     return backbone.eval()
 
 
@@ -279,7 +288,6 @@ def load_module(
         UntrustedCheckpointError: the checkpoint names a class that is not trusted.
     """
     import importlib
-    import inspect
 
     ckpt = load_checkpoint(ckpt_path)
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
@@ -296,10 +304,11 @@ def load_module(
         else:
             mod, _, name = class_path.rpartition(".")
             cls = getattr(importlib.import_module(mod), name)
-        params = inspect.signature(cls.__init__).parameters
-        module = cls(**{k: v for k, v in hp.items() if k in params and not k.startswith("_")})
         if not isinstance(ckpt.get("state_dict"), dict):
             raise ValueError(f"{str(ckpt_path)!r} has no 'state_dict' to load into {class_path}")
+        check_finite_weights(ckpt["state_dict"], ckpt_path)
+        module = _build_from_hparams(cls, hp)
+        check_weights_match(module, ckpt["state_dict"], class_path, ckpt_path)
         module.load_state_dict(ckpt["state_dict"])  # strict: a partial load must not pass silently
         if not isinstance(getattr(module, "backbone", None), nn.Module):
             raise TypeError(f"{class_path} has no `backbone` module to evaluate")
@@ -307,6 +316,77 @@ def load_module(
     holder = nn.Module()
     holder.backbone = load_backbone(ckpt_path, backbone, allowed_classes=allowed)
     return holder.eval()
+
+
+def check_weights_match(
+    module: nn.Module, state: dict[str, Any], class_path: str, source: str | Path
+) -> None:
+    """Refuse a checkpoint whose weights are not ``module``'s (its class as the checkpoint names
+    it), before loading them: the same :class:`CheckpointMismatchError` ``fit`` gives, naming
+    the keys, instead of ``load_state_dict``'s ``Unexpected key(s)`` traceback.
+
+    Raises:
+        CheckpointMismatchError: unexpected, missing or differently shaped tensors.
+    """
+    own = module.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state))
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the class"
+        for k in sorted(set(own) & set(state))
+        if isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if not (unexpected or missing or shapes):
+        return
+    parts = []
+    if unexpected:
+        parts.append(f"{len(unexpected)} tensor(s) the class does not have ({', '.join(unexpected[:3])}"
+                     f"{' ...' if len(unexpected) > 3 else ''})")
+    if missing:
+        parts.append(f"{len(missing)} of the class's tensor(s) missing ({', '.join(missing[:3])}"
+                     f"{' ...' if len(missing) > 3 else ''})")
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape ({'; '.join(shapes[:2])}{' ...' if len(shapes) > 2 else ''})")
+    raise CheckpointMismatchError(
+        f"checkpoint {str(source)!r} is read as class {class_path!r} but its weights are not that class's: "
+        f"{'; '.join(parts)}; it was written by another model class (or altered): rebuild it with the class "
+        "that wrote it (model_class= in Python, --model-class on the command line)"
+    )
+
+
+def _build_from_hparams(cls: type, hp: dict[str, Any], meta: bool = False) -> nn.Module:
+    """``cls`` built from the checkpoint's hyper-parameters (the ones its ``__init__`` takes);
+    ``meta=True``: on the meta device (no memory, no init cost), for a shape check only."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in hp.items() if k in params and not k.startswith("_")}
+    if meta:
+        try:
+            with torch.device("meta"):
+                return cls(**kwargs)
+        except Exception:  # a constructor that needs real tensors: build it on the CPU
+            pass
+    return cls(**kwargs)
+
+
+def check_checkpoint_weights(ckpt: dict[str, Any], source: str | Path) -> None:
+    """The checks a checkpoint's weights pass before any use that does not build its module
+    (``export``): finite (:func:`check_finite_weights`), and, when the checkpoint names one of
+    this package's classes, the weights are that class's (:func:`check_weights_match`, the class
+    built on the meta device).
+
+    Raises:
+        NonFiniteCheckpointError: NaN / inf weights.
+        CheckpointMismatchError: the weights are not the named class's.
+    """
+    state = _state_dict_of(ckpt)
+    check_finite_weights(state, source)
+    hp = ckpt.get("hyper_parameters")
+    class_path = hp.get("_class_path") if isinstance(hp, dict) else None
+    cls = _resolve_own_class(class_path) if isinstance(class_path, str) else None
+    if cls is not None and isinstance(ckpt.get("state_dict"), dict) and _is_trusted_package_class(class_path):
+        check_weights_match(_build_from_hparams(cls, hp, meta=True), ckpt["state_dict"], class_path, source)
 
 
 def _same_own_class(ckpt_class: Any, configured: type | str) -> bool:
@@ -384,6 +464,7 @@ def check_cli_checkpoint(ckpt_path: str | Path, configured_class: type | str | N
             "--ckpt_path; for a plain state dict of backbone weights use "
             "ssl_cropmix.checkpoints.load_backbone(path, name) or `ssl-cropmix probe --ckpt PATH --backbone NAME`"
         )
+    check_finite_weights(ckpt["state_dict"], ckpt_path)
     if ckpt_class is None and configured_class is not None and isinstance(hp, dict):
         extra = _foreign_hparams(hp, configured_class)
         if extra:
@@ -395,8 +476,79 @@ def check_cli_checkpoint(ckpt_path: str | Path, configured_class: type | str | N
     return ckpt
 
 
+def recorded_class_counts(ckpt: dict[str, Any]) -> dict[str, int]:
+    """Class counts a Lightning checkpoint carries: the output size of each callback's linear
+    ``head`` (the online probe: ``{"OnlineLinearProbe": 3}``) and the model's ``num_classes``
+    hyper-parameter (``"model"``)."""
+    out: dict[str, int] = {}
+    for key, st in (ckpt.get("callbacks") or {}).items():
+        head = st.get("head") if isinstance(st, dict) else None
+        bias = head.get("bias") if isinstance(head, dict) else None
+        if isinstance(bias, torch.Tensor) and bias.ndim == 1:
+            out[str(key)] = int(bias.shape[0])
+    hp = ckpt.get("hyper_parameters")
+    n = hp.get("num_classes") if isinstance(hp, dict) else None
+    if isinstance(n, int) and not isinstance(n, bool):
+        out["model"] = n
+    return out
+
+
+def check_class_count(
+    ckpt: dict[str, Any], source: str | Path, num_classes: int | None, data: str = "", in_use: Any = None,
+) -> None:
+    """Refuse to resume a checkpoint whose class count is not the configured data's.
+
+    Args:
+        ckpt: the loaded Lightning checkpoint.
+        source: its file, for the message.
+        num_classes: the configured data's class count (``None``: unknown, nothing checked).
+        data: a short description of the configured data, for the message.
+        in_use: names of the configured callbacks (``None``: all of the checkpoint's); a
+            recorded head of a callback no longer configured is not loaded, so not checked.
+
+    Raises:
+        CheckpointMismatchError: naming the part (online probe / model) and both class counts.
+    """
+    if num_classes is None:
+        return
+    counts = recorded_class_counts(ckpt)
+    wrong = {k: n for k, n in counts.items() if n != num_classes and (
+        k == "model" or in_use is None or k.split("{")[0] in set(in_use))}
+    if not wrong:
+        return
+    key, n = next(iter(wrong.items()))
+    what = ("the model's classifier (num_classes)" if key == "model"
+            else f"its online probe ({key}: a linear head of {n} classes)")
+    rec = ckpt.get("datamodule_hyper_parameters") or {}
+    was = ", ".join(f"{k}={rec[k]!r}" for k in ("dataset", "data_dir") if rec.get(k) is not None)
+    raise CheckpointMismatchError(
+        f"checkpoint {str(source)!r} was trained on {n} classes{f' ({was})' if was else ''} but the configured "
+        f"data has {num_classes}{f' ({data})' if data else ''}: the class count changed, so {what} cannot be "
+        "resumed; resume with the data the run was trained on, or start a new run (without --ckpt_path) and "
+        "initialise it from the checkpoint's backbone (ssl_cropmix.checkpoints.load_backbone)"
+    )
+
+
 class NonFiniteCheckpointError(FloatingPointError):
     """A checkpoint would hold NaN / inf weights; it is not written."""
+
+
+def nonfinite_tensors(state: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` holding NaN / inf (one host sync per
+    device, not one per tensor): the one finiteness check behind saving and loading."""
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            by_device.setdefault(v.device, []).append((k, v))
+    bad: list[str] = []
+    for items in by_device.values():
+        finite = torch.stack([torch.isfinite(v).all() for _, v in items]).tolist()
+        bad += [k for (k, _), ok in zip(items, finite) if not ok]
+    return bad
+
+
+def _names(bad: list[str]) -> str:
+    return f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} ({len(bad)} tensor{'s' if len(bad) != 1 else ''})"
 
 
 def check_finite_state(state: dict[str, Any], step: int | None = None, owner: str = "model") -> None:
@@ -406,17 +558,24 @@ def check_finite_state(state: dict[str, Any], step: int | None = None, owner: st
         NonFiniteCheckpointError: names the step and the first tensors holding NaN / inf;
             raised before anything is written, so the last good checkpoint stays the last one.
     """
-    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
-    for k, v in state.items():
-        if isinstance(v, torch.Tensor) and v.is_floating_point():
-            by_device.setdefault(v.device, []).append((k, v))
-    bad: list[str] = []
-    for items in by_device.values():  # one host sync per device, not one per tensor
-        finite = torch.stack([torch.isfinite(v).all() for _, v in items]).tolist()
-        bad += [k for (k, _), ok in zip(items, finite) if not ok]
+    bad = nonfinite_tensors(state)
     if bad:
         raise NonFiniteCheckpointError(
             f"{owner}: refusing to save a checkpoint at global step {step}: non-finite (NaN/inf) values in "
-            f"{', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} ({len(bad)} tensors); the training "
-            "diverged (lower the learning rate); earlier checkpoints are kept"
+            f"{_names(bad)}; the training diverged (lower the learning rate); earlier checkpoints are kept"
+        )
+
+
+def check_finite_weights(state: dict[str, Any], source: str | Path) -> None:
+    """Refuse to use weights read from ``source`` that are not finite (every loading path:
+    :func:`load_backbone`, :func:`load_module`, ``export``, ``fit/validate/test --ckpt_path``).
+
+    Raises:
+        NonFiniteCheckpointError: naming the file and the first tensors holding NaN / inf.
+    """
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise NonFiniteCheckpointError(
+            f"checkpoint {str(source)!r} holds non-finite (NaN/inf) weights in {_names(bad)}; refusing to "
+            "use them (the run that wrote it diverged, or the file was altered): use an earlier checkpoint"
         )

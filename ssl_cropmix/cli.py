@@ -105,6 +105,29 @@ def _linked_defaults(model_cfg: Any, data_cfg: Any) -> dict[str, Any]:
     return out
 
 
+def _check_resumed_class_count(ckpt: dict[str, Any], ckpt_path: str, cfg: Any) -> None:
+    """``--ckpt_path`` with data of another class count (a 3-class run resumed with the
+    8-class demo config): one clear error naming the online probe / classifier instead of
+    ``load_state_dict``'s ``size mismatch for bias``."""
+    import importlib
+
+    from ssl_cropmix.checkpoints import check_class_count
+
+    data = cfg.get("data")
+    path = data.get("class_path") if hasattr(data, "get") else None
+    if not path:
+        return
+    init = dict(data.get("init_args") or {})
+    mod, _, name = str(path).rpartition(".")
+    infer = getattr(getattr(importlib.import_module(mod), name, None), "infer_num_classes", None)
+    n = infer(**init) if callable(infer) else None
+    callbacks = (cfg.get("trainer") or {}).get("callbacks") or []
+    in_use = [str(c.get("class_path", "")).rpartition(".")[2] for c in callbacks if hasattr(c, "get")]
+    in_use += [type(c).__name__ for c in callbacks if not hasattr(c, "get")]
+    desc = ", ".join(f"{k}={init[k]!r}" for k in ("dataset", "data_dir") if init.get(k) is not None)
+    check_class_count(ckpt, ckpt_path, n, desc, in_use)
+
+
 def _warn(message: str) -> None:
     from pytorch_lightning.utilities import rank_zero_warn
 
@@ -164,7 +187,8 @@ def _make_cli_class():
             ckpt_path = self.config[sub].get("ckpt_path") if sub else None
             if ckpt_path and Path(ckpt_path).is_file():  # not "last" / "best" / remote: as Lightning
                 model = self.config[sub].get("model")
-                check_cli_checkpoint(ckpt_path, model.get("class_path") if hasattr(model, "get") else None)
+                ckpt = check_cli_checkpoint(ckpt_path, model.get("class_path") if hasattr(model, "get") else None)
+                _check_resumed_class_count(ckpt, ckpt_path, self.config[sub])
             super()._parse_ckpt_path()
 
         def parse_arguments(self, parser, args) -> None:

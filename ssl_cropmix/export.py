@@ -27,7 +27,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ssl_cropmix.checkpoints import _state_dict_of, check_class_path, load_checkpoint, strip_prefix
+from ssl_cropmix.checkpoints import (
+    _state_dict_of,
+    check_checkpoint_weights,
+    check_class_path,
+    load_checkpoint,
+    strip_prefix,
+)
 
 
 def _hparams_of(obj: Any) -> dict[str, Any]:
@@ -72,6 +78,7 @@ def export_backbone(module_or_ckpt_path: nn.Module | str | Path, out_path: str |
         state = _state_dict_of(ckpt)
         hparams = _hparams_of(ckpt)
         check_class_path(hparams.get("_class_path"), module_or_ckpt_path)  # same trust rule as loading
+        check_checkpoint_weights(ckpt, module_or_ckpt_path)  # finite, and the named class's weights
         # the file name, not the absolute path: metadata travels with the file to other machines
         source = Path(module_or_ckpt_path).name
     else:

@@ -83,5 +83,7 @@ def test_load_module_rebuilds_mae_from_hyperparameters_with_identical_features(t
     bad = {"state_dict": {k: v for k, v in m.state_dict().items() if "decoder" not in k},
            "hyper_parameters": dict(m.hparams)}
     torch.save(bad, tmp_path / "partial.ckpt")
-    with pytest.raises(RuntimeError, match="Missing key"):
-        load_module(tmp_path / "partial.ckpt")
+    from ssl_cropmix.checkpoints import CheckpointMismatchError
+
+    with pytest.raises(CheckpointMismatchError, match=r"20 of the class's tensor\(s\) missing \(decoder\."):
+        load_module(tmp_path / "partial.ckpt")  # before loading, naming the keys (was load_state_dict's error)
