@@ -115,12 +115,23 @@ def _trainer_kwargs(a: argparse.Namespace, prog: str) -> dict[str, Any]:
     return kw
 
 
+def _recorded_data(a: argparse.Namespace, ckpt: dict[str, Any] | None) -> dict[str, Any]:
+    """The checkpoint's recorded datamodule hyper-parameters, without its paths and splits when
+    ``--dataset`` names another dataset: a folder-trained checkpoint's ``data_dir`` is never
+    handed to ``--dataset demo`` (which would write there)."""
+    rec = dict((ckpt or {}).get("datamodule_hyper_parameters") or {})
+    if a.dataset is not None and a.dataset != rec.get("dataset", "folder"):
+        for key in ("data_dir", "train_split", "val_split"):
+            rec.pop(key, None)
+    return rec
+
+
 def _datamodule(a: argparse.Namespace, ckpt: dict[str, Any] | None = None):
     """The labelled data: command-line values, else the checkpoint's recorded datamodule
     hyper-parameters (image size, small-image flag, normalisation, dataset and paths)."""
     from ssl_cropmix.data.datamodule import CropMixDataModule
 
-    rec = dict((ckpt or {}).get("datamodule_hyper_parameters") or {})
+    rec = _recorded_data(a, ckpt)
     pick = lambda cli, key, default: cli if cli is not None else rec.get(key, default)  # noqa: E731
     kw: dict[str, Any] = dict(
         data_dir=pick(a.data_dir, "data_dir", None), dataset=pick(a.dataset, "dataset", "folder"),

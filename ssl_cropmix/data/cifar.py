@@ -4,7 +4,7 @@ The archive ``cifar10-jpeg.tar.gz`` (ImageFolder layout ``cifar10/{train,test}/<
 is never shipped with, or downloaded by, this package. Callers pass a path, or set the
 ``SSL_CROPMIX_CIFAR10`` environment variable, to either the extracted ``cifar10`` folder,
 a folder containing it, or the ``.tar.gz`` itself; archives are extracted once into a
-cache directory outside the project (``$SSL_CROPMIX_CACHE`` or ``~/.cache/ssl_cropmix``).
+cache directory outside the project (:func:`cache_dir`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,19 @@ CLASSES = (
 )
 
 
+#: Environment variable naming the package's cache directory (wins over ``$XDG_CACHE_HOME``).
+CACHE_ENV = "SSL_CROPMIX_CACHE"
+
+
 def cache_dir() -> Path:
-    """Directory where archives are extracted (created on demand)."""
-    root = os.environ.get("SSL_CROPMIX_CACHE") or Path.home() / ".cache" / "ssl_cropmix"
-    return Path(root)
+    """The package's cache: where archives are extracted and built-in data (the demo set) is
+    written, never a user's ``data_dir``. ``$SSL_CROPMIX_CACHE``, else
+    ``$XDG_CACHE_HOME/ssl_cropmix``, else ``~/.cache/ssl_cropmix`` (created on demand)."""
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = Path(xdg) / "ssl_cropmix" if xdg else Path.home() / ".cache" / "ssl_cropmix"
+    return Path(root).expanduser()
 
 
 def _is_cifar_root(p: Path) -> bool:

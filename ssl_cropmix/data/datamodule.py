@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from ssl_cropmix.data import views as V
 from ssl_cropmix.data.datasets import DEFAULT_MAX_PIXELS
+from ssl_cropmix.data.demo import check_demo_data_dir, demo_root
 from ssl_cropmix.validation import check_bool, check_int
 from ssl_cropmix.data.datasets import (
     BadImageWarning,
@@ -73,8 +74,8 @@ class CropMixDataModule(pl.LightningDataModule):
             :func:`~ssl_cropmix.data.cifar.resolve_cifar10`; its val split is ``"test"``).
             torchvision datasets: their ``root`` (default ``~/.cache/ssl_cropmix/torchvision``).
         dataset: ``"folder"``, ``"demo"`` (a built-in set cut from the photos bundled with
-            scikit-image, 8 classes, written once to ``data_dir`` or the cache; see
-            :func:`~ssl_cropmix.data.demo.write_demo_folder`; needs no download),
+            scikit-image, 8 classes, written once to the package's cache, never to a
+            ``data_dir``; see :func:`~ssl_cropmix.data.demo.demo_root`; needs no download),
             ``"cifar10"``, ``"cifar100"`` or ``"stl10"``.
         train_split: split for training. CIFAR: ``"train"``; STL-10: ``"train"``,
             ``"unlabeled"`` or ``"train+unlabeled"`` (the labelled loaders always use
@@ -196,6 +197,8 @@ class CropMixDataModule(pl.LightningDataModule):
         _check_one_subset(label_fraction, subset_file)
         if subset_file is not None and dataset not in ("folder", "demo"):
             raise ValueError(f"subset_file needs dataset='folder', got dataset={dataset!r}")
+        if dataset == "demo":
+            check_demo_data_dir(data_dir)
         if dataset == "folder" and data_dir is None:
             raise ValueError("data_dir is required for dataset='folder', got None")
         self.data_dir = data_dir
@@ -278,12 +281,8 @@ class CropMixDataModule(pl.LightningDataModule):
         return Path(self.data_dir).expanduser()
 
     def _folder_base(self) -> Path:
-        if self.dataset == "demo":
-            from ssl_cropmix.data.cifar import cache_dir
-            from ssl_cropmix.data.demo import write_demo_folder
-
-            target = Path(self.data_dir).expanduser() if self.data_dir else cache_dir() / "demo"
-            return write_demo_folder(target)
+        if self.dataset == "demo":  # built-in data: the package's cache, never a user's data_dir
+            return demo_root()
         p = self._root()
         from ssl_cropmix.data.cifar import ARCHIVE_NAME, resolve_cifar10
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from ssl_cropmix.data.datamodule import CropMixDataModule
@@ -24,14 +25,26 @@ def test_demo_folder_layout_and_disjoint_tiles(tmp_path):
     assert arr.ndim == 3 and arr.std() > 10
 
 
-def test_datamodule_demo_source_serves_moco_batches(tmp_path):
-    dm = CropMixDataModule(
-        dataset="demo", data_dir=str(tmp_path / "demo"), image_size=32, batch_size=8,
-        num_workers=0, persistent_workers=False,
-    )
+def test_datamodule_demo_source_serves_moco_batches(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
+    dm = CropMixDataModule(dataset="demo", image_size=32, batch_size=8, num_workers=0, persistent_workers=False)
     assert dm.num_classes == len(DEMO_NAMES)
     dm.setup("fit")
     (q, k), y = next(iter(dm.train_dataloader()))
     assert q.shape == k.shape == (8, 3, 32, 32)
     assert y.dtype.is_floating_point is False and int(y.max()) < len(DEMO_NAMES)
     assert len(dm.labeled_val_dataloader().dataset) == 8 * len(DEMO_NAMES)
+
+
+def test_demo_is_written_to_the_cache_never_to_a_data_dir(tmp_path, monkeypatch):
+    """Issue 22, case 1: ``dataset="demo"`` used to write its 8 classes into ``data_dir`` (the
+    user's own ImageFolder when it came from a checkpoint); now only the cache is written, and a
+    ``data_dir`` is refused. The cache follows $SSL_CROPMIX_CACHE, else $XDG_CACHE_HOME."""
+    monkeypatch.delenv("SSL_CROPMIX_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    dm = CropMixDataModule(dataset="demo", image_size=32, batch_size=8, num_workers=0, persistent_workers=False)
+    dm.setup("fit")
+    assert dm.source("train").root == tmp_path / "xdg" / "ssl_cropmix" / "demo" / "train"
+    with pytest.raises(ValueError, match=r"^data_dir must be None with dataset='demo', got '.*mine': the built-in"):
+        CropMixDataModule(dataset="demo", data_dir=str(tmp_path / "mine"))
+    assert not (tmp_path / "mine").exists()
