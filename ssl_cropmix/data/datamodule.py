@@ -353,8 +353,10 @@ class CropMixDataModule(pl.LightningDataModule):
         """The (cached) un-transformed dataset of ``split``: ``load(i) -> (PIL RGB, label)``."""
         if split not in self._sources:
             if self.dataset in ("folder", "demo"):
+                train = self._labeled_train_split()  # other splits are labelled with train's class index
                 self._sources[split] = ImageFolderDataset(
-                    self._split_root(split), on_bad_image=self.on_bad_image, max_pixels=self.max_image_pixels
+                    self._split_root(split), on_bad_image=self.on_bad_image, max_pixels=self.max_image_pixels,
+                    classes=None if split == train else self.source(train).classes,
                 )
             else:
                 self._sources[split] = TorchvisionSource(self._torchvision(split))

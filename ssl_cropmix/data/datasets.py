@@ -73,6 +73,10 @@ class BadImageWarning(UserWarning):
     """A file in the dataset could not be read as an image and was skipped."""
 
 
+class MissingClassWarning(UserWarning):
+    """A split has no folder for some classes of the training split (they are not evaluated)."""
+
+
 class BadImageError(OSError):
     """A file in the dataset could not be read as an image (``on_bad_image="raise"``)."""
 
@@ -260,11 +264,16 @@ class ImageFolderDataset(_Source, Dataset):
         extensions: accepted (lower-case) file extensions.
         max_pixels: images whose header claims more pixels are skipped (or raise) without
             being decoded; ``None``: no limit of ours (:data:`DEFAULT_MAX_PIXELS`).
+        classes: the class index to label with, e.g. the training split's ``classes`` for a
+            validation split (one class index for a dataset: ``val/{a,c}`` must label ``c`` as
+            train's ``c``, not as its own second folder). ``None``: this folder's sorted
+            sub-directories. A folder here that is not in ``classes`` is an error naming it;
+            a class of ``classes`` with no folder here gets one :class:`MissingClassWarning`.
 
     Raises:
         FileNotFoundError: ``root`` missing, no class directories, or classes without images
             (the message lists them).
-        ValueError: ``max_pixels`` not a positive int or None.
+        ValueError: ``max_pixels`` not a positive int or None; a class folder not in ``classes``.
     """
 
     def __init__(
@@ -274,13 +283,14 @@ class ImageFolderDataset(_Source, Dataset):
         on_bad_image: BadImagePolicy = "skip",
         extensions: Sequence[str] = IMG_EXTENSIONS,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        classes: Sequence[str] | None = None,
     ) -> None:
         _check_policy(on_bad_image)
         self.max_pixels = check_int("max_pixels", max_pixels, 1, optional=True)
         self.root = Path(root)
         self.transform = transform
         self.on_bad_image = on_bad_image
-        self.classes, self.samples, ignored, revisits = scan_image_folder(self.root, extensions)
+        self.classes, self.samples, ignored, revisits = scan_image_folder(self.root, extensions, classes)
         self.targets = [t for _, t in self.samples]
         self.ignored_files = ignored
         self.revisited_dirs = revisits
@@ -344,7 +354,7 @@ def visible_subdirs(root: str | os.PathLike) -> list[str]:
 
 
 def scan_image_folder(
-    root: Path, extensions: Sequence[str] = IMG_EXTENSIONS
+    root: Path, extensions: Sequence[str] = IMG_EXTENSIONS, classes: Sequence[str] | None = None,
 ) -> tuple[list[str], list[tuple[str, int]], list[str], list[str]]:
     """Return ``(classes, samples, ignored, revisits)`` of an ImageFolder tree (sorted, recursive).
 
@@ -352,24 +362,56 @@ def scan_image_folder(
     already scanned (a loop, or a second link to the same folder) is not followed; such
     links are listed in ``revisits``.
 
+    Args:
+        root: the split directory.
+        extensions: accepted (lower-case) file extensions.
+        classes: the class index to label with (another split's); ``None``: ``root``'s own
+            sorted sub-directories. Returned as given.
+
     Raises:
         FileNotFoundError: ``root`` is missing, has no class folders, or some class folders
             hold no image files (the first few are listed).
+        ValueError: a class folder of ``root`` is not in ``classes`` (named).
     """
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
-    classes = visible_subdirs(root)
-    if not classes:
+    found_dirs = visible_subdirs(root)
+    if not found_dirs:
         raise FileNotFoundError(
             f"image folder {str(root)!r} has no class sub-directories: expected "
             f"{str(root)}/<class>/<image files> (ImageFolder layout)"
         )
+    index = {c: i for i, c in enumerate(found_dirs)}
+    if classes is not None:
+        classes = list(classes)
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = [c for c in found_dirs if c not in index]
+        if unknown:
+            shown = ", ".join(repr(c) for c in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise ValueError(
+                f"{str(root)!r} has {len(unknown)} class folder(s) that the training split does not have: "
+                f"{shown}; its labels would not match the training classes ({len(classes)}: "
+                f"{', '.join(classes[:5])}{' ...' if len(classes) > 5 else ''}); remove them or add them to "
+                "the training split"
+            )
+        absent = [c for c in classes if c not in set(found_dirs)]
+        if absent:
+            shown = ", ".join(repr(c) for c in absent[:5]) + (" ..." if len(absent) > 5 else "")
+            warnings.warn(
+                f"{str(root)!r} has no folder for {len(absent)} of the {len(classes)} training classes: {shown}; "
+                "those classes are not evaluated",
+                MissingClassWarning,
+                stacklevel=3,
+            )
+    else:
+        classes = found_dirs
     exts = tuple(e.lower() for e in extensions)
     samples: list[tuple[str, int]] = []
     ignored: list[str] = []
     empty: list[str] = []
     revisits: list[str] = []
-    for target, cls in enumerate(classes):
+    for cls in found_dirs:
+        target = index[cls]
         found = 0
         seen = {os.path.realpath(root / cls)}  # per class: loops and duplicate links inside it
         for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
