@@ -18,6 +18,7 @@ fails before it wrote a checkpoint or a metric leaves no directory behind.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import sys
@@ -126,6 +127,19 @@ def _check_resumed_class_count(ckpt: dict[str, Any], ckpt_path: str, cfg: Any) -
     in_use += [type(c).__name__ for c in callbacks if not hasattr(c, "get")]
     desc = ", ".join(f"{k}={init[k]!r}" for k in ("dataset", "data_dir") if init.get(k) is not None)
     check_class_count(ckpt, ckpt_path, n, desc, in_use)
+
+
+def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
+    """The configured trainer plugins plus :class:`~ssl_cropmix.runs.AtomicCheckpointIO`, unless
+    one of them is a ``CheckpointIO`` already (the user's choice is kept)."""
+    from pytorch_lightning.plugins.io import CheckpointIO
+
+    from ssl_cropmix.runs import AtomicCheckpointIO
+
+    items = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in items):
+        items.append(AtomicCheckpointIO())
+    return items
 
 
 def _warn(message: str) -> None:
@@ -279,6 +293,8 @@ def _make_cli_class():
                 trainer["logger"] = _loggers(root, name, version)
 
         def instantiate_trainer(self, **kwargs: Any):
+            if "plugins" not in kwargs:  # atomic checkpoint writes unless the config brings its own CheckpointIO
+                kwargs["plugins"] = _with_atomic_checkpoint_io(self._get(self.config_init, "trainer", default={}).get("plugins"))
             run = getattr(self, "_run", None)
             if run is not None:
                 root, name, version = run
@@ -355,7 +371,25 @@ def cli_main(args: list[str] | None = None, run: bool = True):
 def _one_line_errors() -> tuple[type[BaseException], ...]:
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
-    return (MisconfigurationException,)
+    from ssl_cropmix.runs import CheckpointWriteError, RunDirectoryError
+
+    return (MisconfigurationException, CheckpointWriteError, RunDirectoryError)
+
+
+#: ``errno`` of a write the file system refused (full / read-only): a one-line error from any
+#: file the run writes (config.yaml, metrics.csv, events), not only checkpoints.
+_FILESYSTEM_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def _one_line(e: BaseException) -> str | None:
+    """The one-line message of an error the CLI reports without a traceback, else ``None``."""
+    from ssl_cropmix.runs import describe_write_error
+
+    if isinstance(e, _one_line_errors()):
+        return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    if isinstance(e, OSError) and e.errno in _FILESYSTEM_ERRNOS and e.filename:
+        return f"could not write {str(e.filename)!r}: {describe_write_error(e, Path(e.filename).parent)}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,10 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # LightningCLI reads sys.argv itself when args is None (and warns if given both).
         cli_main(None if argv is None else args)
-    except _one_line_errors() as e:  # configuration errors: the message is the whole story
-        if os.environ.get(DEBUG_ENV):
+    except Exception as e:  # configuration / file-system errors: the message is the whole story
+        line = _one_line(e)
+        if line is None or os.environ.get(DEBUG_ENV):
             raise
-        print(f"ssl-cropmix: error: {e} (set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        print(f"ssl-cropmix: error: {line} (set {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
         return 2
     return 0
 

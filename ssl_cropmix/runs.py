@@ -5,15 +5,20 @@ A run writes to ``<root>/<experiment>/<version>/`` (config, TensorBoard events,
 the same second (:func:`new_run_dir` creates the folder atomically and adds a suffix on a
 collision), when a fit is resumed (:func:`run_dir_of_checkpoint` finds the checkpoint's run,
 :class:`RunCSVLogger` appends to its ``metrics.csv``), when a run is short
-(:class:`LogLastStep` logs the final step) and when a run fails before it wrote anything
-(:func:`remove_if_empty`).
+(:class:`LogLastStep` logs the final step), when a run fails before it wrote anything
+(:func:`remove_if_empty`) and when the disk fills up or is read-only: checkpoints are written
+atomically (:class:`AtomicCheckpointIO`, installed by the CLI), so a failed write leaves no
+truncated file under a checkpoint's name, and the error names the directory
+(:class:`CheckpointWriteError`, :class:`RunDirectoryError`).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 #: Environment variable through which rank 0 hands its run version to the processes that
 #: Lightning's subprocess launcher starts for the other local ranks (they re-run the CLI).
@@ -45,6 +51,31 @@ def timestamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S")
 
 
+class RunDirectoryError(OSError):
+    """The run directory cannot be created (read-only or full file system, no permission)."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full or read-only file system ...); nothing was left
+    under its name."""
+
+
+#: ``errno`` values that mean "this directory cannot take the write", and how to say so.
+_WRITE_ERRORS = {
+    errno.ENOSPC: "is full (no space left on its file system)",
+    errno.EDQUOT: "is full (disk quota exceeded)",
+    errno.EROFS: "is read-only (read-only file system)",
+    errno.EACCES: "is not writable (permission denied)",
+    errno.EPERM: "is not writable (operation not permitted)",
+}
+
+
+def describe_write_error(e: OSError, directory: str | os.PathLike) -> str:
+    """``"directory '<d>' is full (...)"`` for the usual write failures, else the OS's words."""
+    what = _WRITE_ERRORS.get(e.errno or -1)
+    return f"directory {str(directory)!r} {what}" if what else f"{str(directory)!r}: {e.strerror or e}"
+
+
 def new_run_dir(root: str | os.PathLike, name: str, version: str | None = None) -> Path:
     """Create ``root/name/version`` and return it; never reuse an existing folder.
 
@@ -55,18 +86,99 @@ def new_run_dir(root: str | os.PathLike, name: str, version: str | None = None) 
         root: parent of all experiments (``trainer.default_root_dir``).
         name: experiment name.
         version: wanted version (default: :func:`timestamp`).
+
+    Raises:
+        RunDirectoryError: the folder cannot be created (the message names the directory).
     """
     parent = Path(root) / name
-    parent.mkdir(parents=True, exist_ok=True)
-    base = version or timestamp()
-    for k in range(10_000):
-        candidate = parent / (base if k == 0 else f"{base}-{k}")
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        return candidate
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        base = version or timestamp()
+        for k in range(10_000):
+            candidate = parent / (base if k == 0 else f"{base}-{k}")
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            return candidate
+    except OSError as e:
+        where = Path(e.filename) if e.filename else parent
+        raise RunDirectoryError(
+            e.errno, f"cannot create the run directory under trainer.default_root_dir={str(root)!r}: "
+            f"{describe_write_error(e, where.parent if where != Path(root) else where)}; "
+            "set --trainer.default_root_dir to a writable directory"
+        ) from e
     raise RuntimeError(f"no free run directory for version {base!r} under {parent}")  # pragma: no cover
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` with atomic writes on the target file system.
+
+    The checkpoint is written to a temporary file in the target directory, flushed and
+    ``fsync``-ed, then renamed over the final name (``os.replace``: atomic on POSIX), and the
+    directory entry is synced. A write that fails (disk full, read-only, killed process) leaves
+    no file under the final name and no temporary file: ``--ckpt_path`` and resume scripts
+    never find a truncated checkpoint. Remote (fsspec) paths go through Lightning's own save.
+
+    Installed by the ``ssl-cropmix`` CLI; in Python: ``pl.Trainer(plugins=[AtomicCheckpointIO()])``.
+
+    Raises:
+        CheckpointWriteError: the write failed; the message names the directory and why.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        from lightning_fabric.utilities.cloud_io import _is_local_file_protocol
+
+        if storage_options is not None or not _is_local_file_protocol(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        directory = path.parent
+        tmp: str | None = None
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+            with os.fdopen(fd, "wb") as f:
+                self._write(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)  # mkstemp's 0600 -> what a plain open() gives
+            os.replace(tmp, path)
+            tmp = None
+            _fsync_directory(directory)
+        except OSError as e:
+            raise CheckpointWriteError(
+                e.errno, f"could not write checkpoint {str(path)!r}: {describe_write_error(e, directory)}; "
+                "nothing was left under that name (earlier checkpoints are kept)"
+            ) from e
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+    @staticmethod
+    def _write(checkpoint: dict[str, Any], f: Any) -> None:
+        """Serialise ``checkpoint`` into the open file ``f`` (the one place that writes bytes)."""
+        import torch
+
+        torch.save(checkpoint, f)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Persist the rename (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def run_dir_of_checkpoint(ckpt_path: str | os.PathLike) -> Path | None:
