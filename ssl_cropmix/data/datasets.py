@@ -13,7 +13,10 @@ memory, so counts made inside DataLoader worker processes are visible in the mai
 (:attr:`ImageFolderDataset.skipped`, read each epoch by
 :class:`ssl_cropmix.data.datamodule.BadImageCounter`). A skip is counted when the file's own
 index is requested (once per file per pass over the data), not when it is met again while
-looking for a replacement, so the count is a number of files.
+looking for a replacement, so the count is a number of files. Losses that bias a run (a
+whole class unreadable, or more than :data:`MAX_UNREADABLE_SHARE` of a split) are reported
+by :meth:`_Source.unreadable_report`, which ``callbacks.summary.RunSummary`` turns into an
+:class:`UnreadableDataWarning` at the end of every such epoch and repeats in the run summary.
 
 What each kind of input becomes (``on_bad_image="skip"``; ``"raise"`` raises
 :class:`BadImageError` naming the file instead of every skip):
@@ -71,6 +74,17 @@ BadImagePolicy = Literal["skip", "raise"]
 
 class BadImageWarning(UserWarning):
     """A file in the dataset could not be read as an image and was skipped."""
+
+
+class UnreadableDataWarning(BadImageWarning):
+    """A whole class, or more than :data:`MAX_UNREADABLE_SHARE` of a split, was unreadable in an
+    epoch: its samples were replaced by other images, which biases the run."""
+
+
+#: Share of a split's files that may be unreadable (skipped and replaced) before the epoch
+#: ends with an :class:`UnreadableDataWarning` (a whole unreadable class always warns): 1 %.
+#: Below it a few corrupt files in a large set (ImageNet ships some) are logged per file only.
+MAX_UNREADABLE_SHARE: float = 0.01
 
 
 class MissingClassWarning(UserWarning):
@@ -243,6 +257,43 @@ class _Source:
 
     def describe(self, index: int) -> str:
         return f"{type(self).__name__}[{index}]"
+
+    @property
+    def bad_mask(self) -> torch.Tensor:
+        """``(len(self),)`` bool: files found unreadable so far, in any process of this rank
+        (the shared flags DataLoader workers write)."""
+        return self._bad[: len(self.targets)].bool()
+
+    def unreadable_report(self, max_share: float = MAX_UNREADABLE_SHARE, bad: torch.Tensor | None = None) -> list[str]:
+        """What an epoch lost, in words: each class whose files were all found unreadable
+        (``"class 'c': all 4 images unreadable"``) and the whole split when more than
+        ``max_share`` of its files were. Empty when nothing is above the limits.
+
+        Args:
+            max_share: share of the split's files above which the split is reported.
+            bad: ``(len(self),)`` bool flags to judge (e.g. :attr:`bad_mask` gathered over
+                ranks); default this rank's :attr:`bad_mask`.
+        """
+        n = len(self.targets)
+        if n == 0:
+            return []
+        bad = (self.bad_mask if bad is None else bad).cpu().numpy().astype(bool)
+        total = int(bad.sum())
+        if total == 0:
+            return []
+        targets = np.asarray(self.targets)
+        known = targets >= 0  # STL-10 'unlabeled' is -1
+        per_class = np.bincount(targets[known], minlength=self.num_classes)
+        bad_per_class = np.bincount(targets[known & bad], minlength=self.num_classes)
+        out = [
+            f"class {self.classes[c]!r}: all {int(per_class[c])} images unreadable"
+            for c in range(self.num_classes)
+            if per_class[c] > 0 and bad_per_class[c] == per_class[c]
+        ]
+        if total > max_share * n:
+            out.append(f"{total} of {n} images ({100 * total / n:.1f} %) unreadable, above the "
+                       f"{100 * max_share:g} % limit (datasets.MAX_UNREADABLE_SHARE)")
+        return out
 
     def load(self, index: int, direct: bool = True) -> tuple[Image.Image, int] | None:  # pragma: no cover
         raise NotImplementedError
