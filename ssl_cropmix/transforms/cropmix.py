@@ -28,7 +28,7 @@ from torchvision.transforms.v2 import InterpolationMode, Transform
 from torchvision.transforms.v2 import query_chw
 
 from ssl_cropmix.transforms import functional as CF
-from ssl_cropmix.validation import check_bool, check_int
+from ssl_cropmix.validation import check_bool
 
 MIXINGS = ("mixup", "cutmix", "resizemix")
 PASTE_MODES = ("random", "into_mix", "into_crop")
@@ -129,6 +129,14 @@ class CropMixParams(NamedTuple):
 def _is_real(x: Any) -> bool:
     """A real number (Python or NumPy), not a bool."""
     return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
+
+
+#: Largest ``num_crops`` accepted. Every crop is cut, resized to the output size and mixed, so
+#: one view costs ~1 ms per crop at 224 px (measured: n = 2 / 4 / 16 / 64 / 256 took 2.9 / 6.6 /
+#: 16.8 / 67 / 231 ms per view on one CPU thread; the issue's n = 2000 took 10.7 s). 16 keeps a
+#: view within ~5x the paper's n in {2, 3, 4} (and each of the n scale ranges at >= 1/16 of
+#: ``crop_scale``). Re-measure: time ``CropMix(224, num_crops=n)(photo)`` for a few n, one torch thread.
+MAX_NUM_CROPS: int = 16
 
 
 def _is_int(x: Any) -> bool:
@@ -247,7 +255,8 @@ class CropMix(Transform):
     Args:
         size: output size, an int or ``(h, w)``.
         crop_scale: ``(s_min, s_max)`` area-fraction range, split evenly into ``n`` ranges.
-        num_crops: ``n`` (int >= 2) or a sequence to draw ``n`` from uniformly on every call
+        num_crops: ``n`` (int, 2 <= n <= :data:`MAX_NUM_CROPS` = 16: a view's time grows
+            linearly with n) or a sequence to draw ``n`` from uniformly on every call
             (repeat a value to weight it).
         mixing: ``"mixup"`` (``lambda ~ Beta(alpha/n, alpha/n)``), ``"cutmix"``
             (``lambda ~ U(0, 1)``, box side ``sqrt(1 - lambda)``) or ``"resizemix"`` (the donor
@@ -334,6 +343,13 @@ class CropMix(Transform):
         choices = (num_crops,) if _is_int(num_crops) else tuple(num_crops)
         if not choices or not all(_is_int(c) and c >= 2 for c in choices):
             raise ValueError(f"num_crops must be an int >= 2 or a non-empty sequence of them, got {num_crops!r}")
+        if max(choices) > MAX_NUM_CROPS:
+            raise ValueError(
+                f"num_crops must be <= {MAX_NUM_CROPS} (cropmix.MAX_NUM_CROPS), got {num_crops!r}: every crop is cut, "
+                "resized to the output size and mixed, so one view's time grows linearly with n (~1 ms per crop at "
+                f"224 px; n={max(choices)} would take ~{max(choices)} ms per image, n=2000 took 10.7 s); the paper "
+                "uses n in {2, 3, 4}"
+            )
         self.num_crops = tuple(int(c) for c in choices)
         if mixing not in MIXINGS:
             raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")

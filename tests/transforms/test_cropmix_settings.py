@@ -90,3 +90,15 @@ def test_other_modes_are_converted(mode, channels):
     out = CropMix(8, intermediate="channel_permute")(img)
     assert out.shape == (channels, 8, 8) and out.dtype == torch.float32
     assert 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_num_crops_has_an_upper_bound_that_says_why():
+    """Issue 22, case 8: CropMix(32, num_crops=10**7) was accepted (n=2000: 10.7 s per image)."""
+    from ssl_cropmix.transforms.cropmix import MAX_NUM_CROPS, CropMix
+
+    assert MAX_NUM_CROPS == 16
+    assert CropMix(32, num_crops=MAX_NUM_CROPS).num_crops == (16,)
+    for bad in (10**7, 17, (2, 3, 2000)):
+        with pytest.raises(ValueError, match=r"^num_crops must be <= 16 \(cropmix\.MAX_NUM_CROPS\), got .*: every "
+                           r"crop is cut, resized to the output size and mixed, so one view's time grows linearly"):
+            CropMix(32, num_crops=bad)
