@@ -304,7 +304,7 @@ def plan_batches(
         note = (
             f"{what}: {' and '.join(changed)} {'are' if len(changed) > 1 else 'is'} larger than the {n_train} labelled "
             f"images fill ({world} device(s){', full batches only' if drop_last else ''}): using global batch {used} = "
-            f"{world} x {device}{f' x {accumulate} accumulated' if accumulate > 1 else ''} {' (learning rate scaled to it)' if lr_scaled else ''}; "
+            f"{world} x {device}{f' x {accumulate} accumulated' if accumulate > 1 else ''}{' (learning rate scaled to it)' if lr_scaled else ''}; "
             f"pass batch_size= (--batch-size) to choose it"
         )
     return BatchPlan(used, device, accumulate, note, batch_size)

@@ -251,6 +251,14 @@ def run_linear_probe(
     device_batch, accumulate = plan.device_batch, plan.accumulate
     trunk = copy_feature_module(pl_module)
     dev = trunk_device(trunk)
+    if not cached_features and (dev.type == "cpu" or plan.note):
+        say_once(
+            f"LinearProbe[{name}]: the augmented protocol runs the frozen trunk forward on all "
+            f"{len(train_loader.dataset)} labelled images in every one of its {recipe.epochs} epochs (that forward is "
+            f"the probe's whole cost); on a CPU or a small labelled set pick the fast protocol, "
+            f"LinearProbe(cached_features=True) (`probe --cached-features`, configs/eval/linear_probe_fast.yaml): "
+            f"features extracted once, then {recipe.epochs} epochs of head steps (not comparable to papers' probes)"
+        )
     etrainer = protocol_trainer(trainer, recipe.epochs, accumulate, **(trainer_kwargs or {}))
     extract_s = 0.0
     with isolated_rng(seed, dev):
