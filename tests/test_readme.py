@@ -92,3 +92,33 @@ def test_smoke_config_runs_to_its_last_epoch_with_every_evaluation_firing(config
     names = [c["class_path"].rsplit(".", 1)[-1] for c in cfg["trainer"].get("callbacks") or []]
     if "KNNMonitor" in names:
         assert re.search(r"knn_top1: [0-9.]+", summary), summary
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_readme_python_quick_start_runs_to_the_end(tmp_path, monkeypatch):
+    """README's Python quick start (``Trainer.fit(MoCoCropMix(...), dm)`` with
+    ``OnlineLinearProbe``, ``KNNMonitor``, ``LinearProbe(preset=...)``) executed as printed on
+    the demo set, to its end. Cut for suite time through arguments the snippet itself shows
+    (and only those): 16-px images, 2 epochs and a kNN period of 1, so the kNN still fires
+    mid-run (and at the end) and the probe runs at the end."""
+    from ssl_cropmix.callbacks import KNNMonitor, LinearProbe, OnlineLinearProbe
+
+    readme = (REPO / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "KNNMonitor" in b]
+    assert len(blocks) == 1, "README shows one Python quick start with the evaluation callbacks"
+    code = blocks[0]
+    for shown, small in (("image_size=32", "image_size=16"), ("every_n_epochs=4", "every_n_epochs=1"),
+                         ("max_epochs=8", "max_epochs=2")):
+        assert shown in code, f"the quick start no longer shows {shown}"
+        code = code.replace(shown, small)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md quick start", "exec"), scope)
+    model, evals = scope["model"], scope["evals"]
+    assert {OnlineLinearProbe, KNNMonitor, LinearProbe} <= {type(e) for e in evals}
+    knn = next(e for e in evals if isinstance(e, KNNMonitor))
+    probe = next(e for e in evals if isinstance(e, LinearProbe))
+    assert model.trainer.current_epoch == 2 and model.trainer.global_step == 2 * 4  # 64 images / 16, 2 epochs
+    assert [e for e, _ in knn.history] == [0, 1] and knn.k_used == 64  # default k=200 adapted to the 64-image bank
+    (res,) = probe.results
+    assert res.val_samples == 64 and 0.0 <= res.top1 <= 100.0 and res.hparams["batch_size"] == 64  # 4096 adapted
