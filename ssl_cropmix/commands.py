@@ -162,7 +162,10 @@ def _evaluate_and_publish(evaluator: Any, module: Any, dm: Any, a: argparse.Name
     from ssl_cropmix.evaluation.results import publish
 
     evaluator.checkpoint = str(a.ckpt)
-    res = evaluator.evaluate(None, module, trainer_kwargs=trainer_kwargs)
+    try:
+        res = evaluator.evaluate(None, module, trainer_kwargs=trainer_kwargs)
+    except ValueError as e:  # data that cannot train / a batch that does not fit: refused before training
+        raise SystemExit(f"ssl-cropmix: error: {e}") from None
     res.hparams["data"] = _data_record(dm)
     path = publish(res, None, _out_path(a))
     print(json.dumps(res.as_dict(), indent=2, default=str))
