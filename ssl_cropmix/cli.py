@@ -109,7 +109,7 @@ def _linked_defaults(model_cfg: Any, data_cfg: Any) -> dict[str, Any]:
 def _image_size_links(model_path: str, params: Any, model_args: Any, data_args: Any) -> dict[str, Any]:
     """Backbone and image size agree: the model's stem / ViT size from the data's ``image_size``.
 
-    * ``small_image`` (ResNet stem): jsonargparse fills the model's default (``False``) in, so
+    * ``small_image`` (stem of a ResNet given by name): jsonargparse fills the model's default (``False``) in, so
       an unset value cannot be told from an explicit one and linking would override the
       user; the flag is validated instead. It must equal the data's small-image setting
       (``data.small_image``, else ``image_size <= 64``), or the run is refused naming both.
@@ -128,7 +128,9 @@ def _image_size_links(model_path: str, params: Any, model_args: Any, data_args: 
     data_small = data_args.get("small_image")
     data_small = size <= SMALL_IMAGE_MAX if data_small is None else bool(data_small)
     model_small = model_args.get("small_image")
-    if "small_image" in params and isinstance(model_small, bool) and model_small != data_small:
+    named = model_args.get("backbone")  # the stem flag only builds a ResNet given by name
+    named = isinstance(named, str) and "vit" not in named.lower()
+    if "small_image" in params and named and isinstance(model_small, bool) and model_small != data_small:
         stem = ("a 3x3 stride-1 stem without max-pool (for <= 64-px images)" if model_small else
                 "the ImageNet stem (7x7 stride-2 conv + max-pool: 32-px images leave 8x8 maps after it)")
         raise MisconfigurationException(
