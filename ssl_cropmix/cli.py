@@ -94,6 +94,7 @@ def _linked_defaults(model_cfg: Any, data_cfg: Any) -> dict[str, Any]:
     data_args = data_cfg.get("init_args") or {}
     if "batch_size" in params and model_args.get("batch_size") is None and data_args.get("batch_size"):
         out["batch_size"] = data_args["batch_size"]
+    out.update(_image_size_links(model_path, params, model_args, data_args))
     if "num_classes" in params and model_args.get("num_classes") is None:
         dmod, _, dname = data_path.rpartition(".")
         data_cls = getattr(importlib.import_module(dmod), dname)
@@ -140,6 +141,48 @@ def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
     if not any(isinstance(p, CheckpointIO) for p in items):
         items.append(AtomicCheckpointIO())
     return items
+
+
+def _image_size_links(model_path: str, params: Any, model_args: Any, data_args: Any) -> dict[str, Any]:
+    """Backbone and image size agree: the model's stem / ViT size from the data's ``image_size``.
+
+    * ``small_image`` (stem of a ResNet given by name): jsonargparse fills the model's default (``False``) in, so
+      an unset value cannot be told from an explicit one and linking would override the
+      user; the flag is validated instead. It must equal the data's small-image setting
+      (``data.small_image``, else ``image_size <= 64``), or the run is refused naming both.
+    * MAE ``img_size`` / ``patch_size`` left unset (``None``): ``img_size`` is the data's
+      ``image_size``; at <= 64 px ``patch_size`` is ``image_size // 8`` (an 8 x 8 grid, as
+      ``configs/mae/cifar10_cropmix.yaml``), said in the log.
+    """
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    from ssl_cropmix.data.views import SMALL_IMAGE_MAX
+
+    out: dict[str, Any] = {}
+    size = data_args.get("image_size")
+    if not isinstance(size, int) or isinstance(size, bool):
+        return out
+    data_small = data_args.get("small_image")
+    data_small = size <= SMALL_IMAGE_MAX if data_small is None else bool(data_small)
+    model_small = model_args.get("small_image")
+    named = model_args.get("backbone")  # the stem flag only builds a ResNet given by name
+    named = isinstance(named, str) and "vit" not in named.lower()
+    if "small_image" in params and named and isinstance(model_small, bool) and model_small != data_small:
+        stem = ("a 3x3 stride-1 stem without max-pool (for <= 64-px images)" if model_small else
+                "the ImageNet stem (7x7 stride-2 conv + max-pool: 32-px images leave 8x8 maps after it)")
+        raise MisconfigurationException(
+            f"model.small_image={model_small} ({model_path.rsplit('.', 1)[-1]} with {stem}) does not match the data: "
+            f"data.image_size={size} ({'<=' if size <= SMALL_IMAGE_MAX else '>'} {SMALL_IMAGE_MAX} px"
+            f"{'' if data_args.get('small_image') is None else f', data.small_image={data_small}'}); set "
+            f"--model.init_args.small_image={str(data_small).lower()} or change --data.init_args.image_size"
+        )
+    if "img_size" in params and "patch_size" in params and model_args.get("img_size") is None:
+        out["img_size"] = size
+        if model_args.get("patch_size") is None and size <= SMALL_IMAGE_MAX:
+            out["patch_size"] = max(1, size // 8)
+        _info(f"model.img_size left unset: the data's image_size={size}"
+              + (f", patch_size={out['patch_size']} (an 8x8 grid of patches)" if "patch_size" in out else ""))
+    return out
 
 
 def _warn(message: str) -> None:

@@ -173,7 +173,10 @@ def _evaluate_and_publish(evaluator: Any, module: Any, dm: Any, a: argparse.Name
     from ssl_cropmix.evaluation.results import publish
 
     evaluator.checkpoint = str(a.ckpt)
-    res = evaluator.evaluate(None, module, trainer_kwargs=trainer_kwargs)
+    try:
+        res = evaluator.evaluate(None, module, trainer_kwargs=trainer_kwargs)
+    except ValueError as e:  # data that cannot train / a batch that does not fit: refused before training
+        raise SystemExit(f"ssl-cropmix: error: {e}") from None
     res.hparams["data"] = _data_record(dm)
     path = publish(res, None, _out_path(a))
     print(json.dumps(res.as_dict(), indent=2, default=str))
@@ -188,19 +191,36 @@ def _show_views(argv: list[str]) -> int:
     return int(grid.main(argv, prog="ssl-cropmix show-views") or 0)
 
 
+def _preset_values(presets: dict[str, Any], field: str) -> str:
+    """``"moco 90, mae 90"``: one recipe field of every preset, for ``--help``."""
+    return ", ".join(f"{name} {getattr(r, field)}" for name, r in presets.items())
+
+
 def _probe(argv: list[str]) -> int:
+    from ssl_cropmix.evaluation.linear import PROBE_PRESETS
+
+    pv = lambda field: _preset_values(PROBE_PRESETS, field)  # noqa: E731
     p = argparse.ArgumentParser(prog="ssl-cropmix probe",
                                 description="Linear probe of a pretrained backbone (frozen, eval mode), on the "
-                                "hardware given by --trainer.* (as `fit`).")
+                                "hardware given by --trainer.* (as `fit`). Unset values are the preset's; a default "
+                                "batch larger than the labelled set shrinks to it and a default warm-up scales with "
+                                "--epochs (both said in the log and recorded in the result).")
     p.add_argument("--ckpt", required=True, help="MoCo / MAE / Lightning checkpoint or state dict")
     p.add_argument("--backbone", default=None, help="architecture name when the checkpoint names none")
     p.add_argument("--model-class", default=None, help=_MODEL_CLASS_HELP)
-    p.add_argument("--preset", default="moco", choices=["moco", "moco_simsiam_code", "mae"])
-    p.add_argument("--epochs", type=int, default=None, help="override the preset's 90 epochs")
-    p.add_argument("--batch-size", type=int, default=None, help="the probe's global batch (preset: 4096 / 16384)")
-    p.add_argument("--device-batch-size", type=int, default=None, help="images per device step (accumulates the rest)")
-    p.add_argument("--base-lr", type=float, default=None)
-    p.add_argument("--optimizer", default=None, choices=["sgd", "lars"])
+    p.add_argument("--preset", default="moco", choices=list(PROBE_PRESETS))
+    p.add_argument("--epochs", type=int, default=None, help=f"epochs (preset: {pv('epochs')})")
+    p.add_argument("--warmup-epochs", type=int, default=None,
+                   help=f"linear warm-up epochs (preset: {pv('warmup_epochs')}; unset: scaled with --epochs)")
+    p.add_argument("--batch-size", type=int, default=None, help=f"the probe's global batch (preset: {pv('batch_size')})")
+    p.add_argument("--device-batch-size", type=int, default=None, help="images per device step (accumulates the rest; "
+                   "preset: the global batch / devices)")
+    p.add_argument("--base-lr", type=float, default=None,
+                   help=f"lr = base_lr x batch / 256 (preset: {pv('base_lr')})")
+    p.add_argument("--optimizer", default=None, choices=["sgd", "lars"], help=f"preset: {pv('optimizer')}")
+    p.add_argument("--weight-decay", type=float, default=None, help=f"preset: {pv('weight_decay')}")
+    p.add_argument("--head-norm", type=_bool, default=None,
+                   help=f"BatchNorm1d(affine=False) before the linear head (preset: {pv('head_norm')})")
     p.add_argument("--cached-features", action="store_true", default=False,
                    help="fast path: extract features once (no augmentation), train the head on them")
     _trainer_arguments(p)
@@ -213,25 +233,61 @@ def _probe(argv: list[str]) -> int:
     dm = _datamodule(a, ckpt)
     dm.setup("fit")
     probe = LinearProbe(preset=a.preset, epochs=a.epochs, batch_size=a.batch_size, device_batch_size=a.device_batch_size,
-                        base_lr=a.base_lr, optimizer=a.optimizer, cached_features=a.cached_features, provider=dm)
+                        base_lr=a.base_lr, optimizer=a.optimizer, warmup_epochs=a.warmup_epochs,
+                        weight_decay=a.weight_decay, head_norm=a.head_norm, cached_features=a.cached_features, provider=dm)
     return _evaluate_and_publish(probe, module, dm, a, kw)
 
 
+#: ``finetune`` flags of one kind of preset only (refused with the other kind).
+_SEMI_ONLY = ("subset_file", "trunk_lr", "head_lr", "milestones", "gamma", "bn_mode")
+_MAE_ONLY = ("warmup_epochs", "device_batch_size", "blr", "layer_decay", "drop_path", "mixup", "cutmix", "label_smoothing")
+
+
 def _finetune(argv: list[str]) -> int:
+    from ssl_cropmix.evaluation.finetune import FINETUNE_PRESETS
+    from ssl_cropmix.evaluation.mae_finetune import MAEFineTuneRecipe
+
+    sv = lambda field: _preset_values(FINETUNE_PRESETS, field)  # noqa: E731
+    mae = MAEFineTuneRecipe()
     p = argparse.ArgumentParser(prog="ssl-cropmix finetune",
                                 description="Semi-supervised fine-tuning (1 % / 10 % labels), or MAE's ViT fine-tuning "
-                                "(--preset mae), on the hardware given by --trainer.* (as `fit`).")
+                                "(--preset mae), on the hardware given by --trainer.* (as `fit`). Unset values are the "
+                                "preset's; a default batch larger than the labelled set shrinks to it and a default "
+                                "warm-up / milestones scale with --epochs (said in the log, recorded in the result).")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--backbone", default=None)
     p.add_argument("--model-class", default=None, help=_MODEL_CLASS_HELP)
-    p.add_argument("--preset", default="10pct", choices=["10pct", "1pct", "mae"])
-    p.add_argument("--label-fraction", type=float, default=None, help="override the preset's fraction")
-    p.add_argument("--subset-file", default=None, help="SimCLR list file (1percent.txt / 10percent.txt)")
-    p.add_argument("--epochs", type=int, default=None, help="override the preset's 100 epochs (milestones scale)")
-    p.add_argument("--batch-size", type=int, default=None, help="global (effective) batch of the fine-tuning")
+    p.add_argument("--preset", default="10pct", choices=[*FINETUNE_PRESETS, "mae"])
+    p.add_argument("--label-fraction", type=float, default=None,
+                   help=f"override the preset's fraction (preset: {sv('label_fraction')}, mae {mae.label_fraction})")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"epochs (preset: {sv('epochs')}, mae {mae.epochs}; milestones / warm-up scale with it)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"global (effective) batch (preset: {sv('batch_size')}, mae {mae.batch_size})")
+    g = p.add_argument_group("semi-supervised presets (10pct, 1pct)")
+    g.add_argument("--subset-file", default=None, help="SimCLR list file (1percent.txt / 10percent.txt)")
+    g.add_argument("--trunk-lr", type=float, default=None, help=f"preset: {sv('trunk_lr')}")
+    g.add_argument("--head-lr", type=float, default=None, help=f"preset: {sv('head_lr')}")
+    g.add_argument("--milestones", type=int, nargs="+", default=None,
+                   help=f"epochs of the x gamma decays (preset: {sv('milestones')}; unset: scaled with --epochs)")
+    g.add_argument("--gamma", type=float, default=None, help=f"preset: {sv('gamma')}")
+    g.add_argument("--bn-mode", default=None, choices=["local", "sync"], help=f"preset: {sv('bn_mode')}")
+    g = p.add_argument_group("MAE fine-tuning (--preset mae)")
+    g.add_argument("--warmup-epochs", type=int, default=None,
+                   help=f"preset: {mae.warmup_epochs} of {mae.epochs} (unset: scaled with --epochs)")
+    g.add_argument("--device-batch-size", type=int, default=None, help=f"preset: {mae.device_batch_size}")
+    g.add_argument("--blr", type=float, default=None, help=f"lr = blr x batch / 256 (preset: {mae.blr:g})")
+    g.add_argument("--layer-decay", type=float, default=None, help=f"preset: {mae.layer_decay}")
+    g.add_argument("--drop-path", type=float, default=None, help=f"preset: {mae.drop_path}")
+    g.add_argument("--mixup", type=float, default=None, help=f"preset: {mae.mixup}")
+    g.add_argument("--cutmix", type=float, default=None, help=f"preset: {mae.cutmix}")
+    g.add_argument("--label-smoothing", type=float, default=None, help=f"preset: {mae.label_smoothing}")
     _trainer_arguments(p)
     _data_arguments(p)
     a = _parse(p, argv)
+    wrong = [n for n in (_SEMI_ONLY if a.preset == "mae" else _MAE_ONLY) if getattr(a, n) is not None]
+    if wrong:
+        p.error(f"--{wrong[0].replace('_', '-')} does not apply to --preset {a.preset}")
     kw = _trainer_kwargs(a, p.prog)
     from ssl_cropmix.callbacks.finetune import MAEFineTune, SemiSupervisedFineTune
 
@@ -239,13 +295,12 @@ def _finetune(argv: list[str]) -> int:
     dm = _datamodule(a, ckpt)
     dm.setup("fit")
     if a.preset == "mae":
-        if a.subset_file is not None:
-            p.error("--subset-file is not supported with --preset mae; use --label-fraction")
         cb: Any = MAEFineTune(label_fraction=a.label_fraction, epochs=a.epochs, batch_size=a.batch_size, provider=dm,
-                              warmup_epochs=min(5, a.epochs) if a.epochs is not None else None)
+                              **{n: getattr(a, n) for n in _MAE_ONLY})
     else:
-        cb = SemiSupervisedFineTune(a.preset, label_fraction=a.label_fraction, subset_file=a.subset_file, epochs=a.epochs,
-                                    batch_size=a.batch_size, provider=dm)
+        cb = SemiSupervisedFineTune(a.preset, label_fraction=a.label_fraction, epochs=a.epochs, batch_size=a.batch_size,
+                                    provider=dm, **{n: getattr(a, n) for n in _SEMI_ONLY if n != "bn_mode"},
+                                    bn_mode=a.bn_mode or "local")
     return _evaluate_and_publish(cb, module, dm, a, kw)
 
 

@@ -92,9 +92,16 @@ def test_fit_smoke_recipe_writes_one_run_directory(tmp_path, monkeypatch):
     probe = json.loads((tmp_path / "probe.json").read_text())
     probe = probe[-1] if isinstance(probe, list) else probe
     assert "cached features" in probe["protocol"] and 0 <= probe["top1"] <= 100
+    # 10 % of the demo set is 8 labelled images: an explicit --batch-size 16 is refused before
+    # training (issue 21), the preset's 256 left unset runs as 8, recorded
+    with pytest.raises(SystemExit, match=r"batch_size=16 .*8 labelled image"):
+        main(["finetune", "--ckpt", str(ckpt), "--epochs", "1", "--out", str(tmp_path / "ft.json"), *data])
+    assert not (tmp_path / "ft.json").exists()
+    data_ft = ["--dataset", "demo", "--image-size", "32", "--num-workers", "0"]
     assert main(["finetune", "--ckpt", str(ckpt), "--epochs", "1",
-                 "--out", str(tmp_path / "ft.json"), *data]) == 0
-    assert (tmp_path / "ft.json").is_file()
+                 "--out", str(tmp_path / "ft.json"), *data_ft]) == 0
+    ft = json.loads((tmp_path / "ft.json").read_text())[-1]
+    assert ft["hparams"]["adapted"]["batch_size"] == {"default": 256, "used": 8}
     out = tmp_path / "backbone.safetensors"
     assert main(["export", "--ckpt", str(ckpt), "--out", str(out)]) == 0
     from safetensors.torch import load_file

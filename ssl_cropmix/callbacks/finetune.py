@@ -17,7 +17,7 @@ from torch import nn
 
 from ssl_cropmix.callbacks.launch import EvaluationLauncher
 from ssl_cropmix.callbacks.utils import check_optional_positive_ints, resolve_provider
-from ssl_cropmix.evaluation.base import copy_feature_module
+from ssl_cropmix.evaluation.base import copy_feature_module, record_adapted, say_once, scaled_warmup
 from ssl_cropmix.evaluation.finetune import (
     FINETUNE_PRESETS,
     PRESET_EPOCHS,
@@ -107,6 +107,9 @@ class SemiSupervisedFineTune(EvaluationLauncher):
             raise ValueError(f"milestones must be increasing positive epochs, got {list(ms)}")
         self.recipe = recipe_with(base, label_fraction=label_fraction, trunk_lr=trunk_lr, head_lr=head_lr, epochs=epochs,
                                   milestones=ms, gamma=gamma, batch_size=batch_size, bn_mode=bn_mode)
+        #: recipe fields left at the preset's value (those that may adapt to the data)
+        self.defaults = frozenset(k for k, v in dict(trunk_lr=trunk_lr, head_lr=head_lr, epochs=epochs, milestones=milestones,
+                                                     gamma=gamma, batch_size=batch_size).items() if v is None)
         self.preset, self.subset_file = preset, subset_file
         self.provider, self.num_classes = provider, num_classes
         self.key = key or fraction_key("finetune", self.recipe.label_fraction if subset_file is None else None, subset_file)
@@ -123,7 +126,7 @@ class SemiSupervisedFineTune(EvaluationLauncher):
         res = finetune(
             copy_feature_module(pl_module), train, p.labeled_val_dataloader(), c, self.recipe, self.preset,
             trainer=trainer, key=self.key, full_train_count=full, seed=self.seed, checkpoint=self.checkpoint,
-            trainer_kwargs=trainer_kwargs,
+            trainer_kwargs=trainer_kwargs, defaults=self.defaults,
         )
         if self.subset_file is not None:
             res.protocol += f" (subset file {self.subset_file})"
@@ -141,7 +144,11 @@ class MAEFineTune(EvaluationLauncher):
     Args:
         label_fraction: fine-tune on a fraction (the paper: 10 % and 100 %); ``None``: all.
         epochs, warmup_epochs, batch_size, device_batch_size, blr, layer_decay, drop_path,
-        mixup, cutmix, label_smoothing, re_prob, auto_augment: override MAE's values.
+        mixup, cutmix, label_smoothing, re_prob, auto_augment: override MAE's values. Left
+            unset, ``warmup_epochs`` scales with ``epochs`` (5 of 100 -> 1 of 20) and the
+            batches shrink to what the labelled set fills (full, even device batches), each
+            said once in the log and recorded in ``hparams["adapted"]``; explicit values
+            that do not fit are refused.
         every_n_epochs, provider, num_classes, results_path, key, seed: as for the others.
     """
 
@@ -175,14 +182,20 @@ class MAEFineTune(EvaluationLauncher):
         for pname, v in (("drop_path", drop_path), ("re_prob", re_prob), ("label_smoothing", label_smoothing)):
             if v is not None and not 0 <= v < 1:
                 raise ValueError(f"{pname} must be in [0, 1), got {v!r}")
+        base = MAEFineTuneRecipe()
+        warm, self.warmup_note = scaled_warmup("MAEFineTune", warmup_epochs, epochs or base.epochs, base.warmup_epochs,
+                                               base.epochs)
+        if self.warmup_note:
+            say_once(self.warmup_note)
         self.recipe = recipe_with(
-            MAEFineTuneRecipe(), label_fraction=label_fraction, epochs=epochs, warmup_epochs=warmup_epochs,
+            base, label_fraction=label_fraction, epochs=epochs, warmup_epochs=warm,
             batch_size=batch_size, device_batch_size=device_batch_size, blr=blr, layer_decay=layer_decay,
             drop_path=drop_path, mixup=mixup, cutmix=cutmix, label_smoothing=label_smoothing, re_prob=re_prob,
             auto_augment=auto_augment,
         )
-        if self.recipe.warmup_epochs > self.recipe.epochs:
-            raise ValueError(f"warmup_epochs={self.recipe.warmup_epochs} exceeds epochs={self.recipe.epochs}")
+        #: recipe fields left at MAE's value (those that may adapt to the data)
+        self.defaults = frozenset(k for k, v in dict(epochs=epochs, warmup_epochs=warmup_epochs, batch_size=batch_size,
+                                                     device_batch_size=device_batch_size).items() if v is None)
         self.provider, self.num_classes = provider, num_classes
         self.key = key or fraction_key("mae_finetune", self.recipe.label_fraction)
         self.seed = seed
@@ -196,12 +209,15 @@ class MAEFineTune(EvaluationLauncher):
         c = self.check_num_classes(self.num_classes, p)
         full = _full_count(p)
         train = p.labeled_train_dataloader(augment=True, label_fraction=self.recipe.label_fraction)
-        return mae_finetune(
+        res = mae_finetune(
             get_backbone(pl_module), train, p.labeled_val_dataloader(), c, self.recipe,
             image_size=getattr(p, "image_size", None), mean=getattr(p, "mean", (0.485, 0.456, 0.406)),
             std=getattr(p, "std", (0.229, 0.224, 0.225)), trainer=trainer, key=self.key,
             full_train_count=full, seed=self.seed, checkpoint=self.checkpoint, trainer_kwargs=trainer_kwargs,
+            defaults=self.defaults,
         )
+        return record_adapted(res, "warmup_epochs", MAEFineTuneRecipe().warmup_epochs, self.recipe.warmup_epochs,
+                              self.warmup_note)
 
 
 def finetune_from_checkpoint(

@@ -24,6 +24,7 @@ from ssl_cropmix.callbacks.utils import (
     module_device,
     resolve_provider,
 )
+from ssl_cropmix.evaluation.base import record_adapted, say_once, scaled_warmup
 from ssl_cropmix.evaluation.linear import PROBE_PRESETS, ProbeRecipe, recipe_with, run_linear_probe
 from ssl_cropmix.evaluation.results import EvalResult
 from ssl_cropmix.methods.scaling import warmup_cosine
@@ -63,7 +64,11 @@ class LinearProbe(EvaluationLauncher):
             (BN(affine=False) + linear, LARS, blr 0.1, batch 16384, 90 epochs, 10 warm-up).
         epochs, optimizer, base_lr, warmup_epochs, batch_size, head_norm, weight_decay,
         device_batch_size, extract_chunk: override the preset (``None`` keeps it);
-            ``batch_size`` is global (divided over the world size).
+            ``batch_size`` is global (divided over the world size). Left unset, the data
+            may adapt two of them, each said once in the log and recorded in the result's
+            ``hparams["adapted"]`` and protocol: ``warmup_epochs`` scales with ``epochs``
+            (MAE's 10 of 90 -> 1 of 9), and a ``batch_size`` larger than the labelled set
+            becomes the labelled set (lr scaled to it). Explicit values are refused instead.
         cached_features: extract features once (no augmentation; each rank its shard,
             all-gathered) and train the head on them; the protocol string says so.
         every_n_epochs: also probe after every N pretraining epochs (0: only at the end).
@@ -114,13 +119,21 @@ class LinearProbe(EvaluationLauncher):
             raise ValueError("num_classes is required with explicit dataloaders, got None")
         if not isinstance(key, str) or not key:
             raise ValueError(f"key must be a non-empty string, got {key!r}")
+        base = PROBE_PRESETS[preset]
+        warm, self.warmup_note = scaled_warmup(f"LinearProbe[{preset}]", warmup_epochs, epochs or base.epochs,
+                                               base.warmup_epochs, base.epochs)
+        if self.warmup_note:
+            say_once(self.warmup_note)
         self.recipe: ProbeRecipe = recipe_with(
-            PROBE_PRESETS[preset], epochs=epochs, optimizer=optimizer, base_lr=base_lr, warmup_epochs=warmup_epochs,
+            base, epochs=epochs, optimizer=optimizer, base_lr=base_lr, warmup_epochs=warm,
             batch_size=batch_size, head_norm=head_norm, weight_decay=weight_decay, device_batch_size=device_batch_size,
             extract_chunk=extract_chunk,
         )
-        if self.recipe.warmup_epochs > self.recipe.epochs:
-            raise ValueError(f"warmup_epochs={self.recipe.warmup_epochs} exceeds epochs={self.recipe.epochs}")
+        #: recipe fields left at the preset's value (those that may adapt to the data)
+        self.defaults = frozenset(k for k, v in dict(
+            epochs=epochs, optimizer=optimizer, base_lr=base_lr, warmup_epochs=warmup_epochs, batch_size=batch_size,
+            head_norm=head_norm, weight_decay=weight_decay, device_batch_size=device_batch_size,
+            extract_chunk=extract_chunk).items() if v is None)
         self.preset = preset
         self.cached_features = check_bool("cached_features", cached_features)
         self.provider = provider
@@ -142,7 +155,10 @@ class LinearProbe(EvaluationLauncher):
     def evaluate(self, trainer: pl.Trainer | None, pl_module: Any, trainer_kwargs: dict[str, Any] | None = None) -> EvalResult:
         """Probe ``pl_module`` now with a new trainer on ``trainer``'s hardware (every rank)."""
         train, val, c = self._loaders(trainer)
-        return run_linear_probe(
+        res = run_linear_probe(
             pl_module, train, val, c, self.recipe, self.cached_features, name=self.preset, trainer=trainer,
             key=self.key, seed=self.seed, checkpoint=self.checkpoint, trainer_kwargs=trainer_kwargs,
+            defaults=self.defaults,
         )
+        return record_adapted(res, "warmup_epochs", PROBE_PRESETS[self.preset].warmup_epochs, self.recipe.warmup_epochs,
+                              self.warmup_note)

@@ -10,7 +10,7 @@ code overwrote the head lr with the trunk lr every epoch).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import pytorch_lightning as pl
@@ -22,8 +22,10 @@ from ssl_cropmix.evaluation.base import (
     EvalModule,
     copy_feature_module,
     isolated_rng,
+    plan_batches,
     protocol_result,
     protocol_trainer,
+    say_once,
     trunk_device,
 )
 from ssl_cropmix.evaluation.data import dist_world_rank, feature_dim, shard_loader, train_loader as sharded_train_loader
@@ -165,6 +167,7 @@ def finetune(
     seed: int = 0,
     checkpoint: str | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
+    defaults: frozenset[str] | set[str] = frozenset(),
 ) -> EvalResult:
     """Fine-tune ``trunk`` (modified in place: pass a copy) + a new linear head; every rank.
 
@@ -183,11 +186,28 @@ def finetune(
         seed: seeds head init and shuffling (caller's RNG restored afterwards).
         checkpoint: path recorded in the result.
         trainer_kwargs: extra ``pl.Trainer`` arguments.
+        defaults: names of ``recipe`` fields left at the preset's value; ``batch_size`` among
+            them shrinks to the labelled subset when larger (said once, recorded); an explicit
+            one larger than the subset is refused.
+
+    Raises:
+        ValueError: no labelled or validation image, or an explicit batch larger than the
+            subset, before training.
     """
     t0 = time.perf_counter()
     world, rank = dist_world_rank()
     check_dataset_labels(train_loader, num_classes, "the labelled training subset")
-    device_batch, _ = split_batch(recipe.batch_size, world, None)
+    split_batch(recipe.batch_size, world, None)
+    asked = "all labels" if recipe.label_fraction is None else f"label_fraction={recipe.label_fraction:g}"
+    plan = plan_batches(
+        f"SemiSupervisedFineTune[{name}]", len(train_loader.dataset), len(val_loader.dataset), world, recipe.batch_size,
+        batch_default="batch_size" in defaults, lr_scaled=False,
+        change=f"use more labelled images ({asked}: a larger label fraction or subset file)",
+    )
+    if plan.note:
+        say_once(plan.note)
+        recipe = replace(recipe, batch_size=plan.batch_size)
+    device_batch = plan.device_batch
     dev = trunk_device(trunk)
     dim = feature_dim(trunk, val_loader, dev)
     etrainer = protocol_trainer(trainer, recipe.epochs, 1, **(trainer_kwargs or {}))
@@ -207,6 +227,7 @@ def finetune(
     )
     hp = {**asdict(recipe), "preset": name, "per_device_batch": device_batch, "seed": seed, "num_classes": num_classes,
           "real_label_fraction": (n / full_train_count) if full_train_count else None}
+    protocol += plan.record(hp)
     return protocol_result(
         module, t0, key=key or fraction_key("finetune", recipe.label_fraction), protocol=protocol,
         epochs=recipe.epochs, train_samples=n, hparams=hp, checkpoint=checkpoint,

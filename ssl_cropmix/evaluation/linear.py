@@ -23,8 +23,10 @@ from ssl_cropmix.evaluation.base import (
     EvalModule,
     copy_feature_module,
     isolated_rng,
+    plan_batches,
     protocol_result,
     protocol_trainer,
+    say_once,
     trunk_device,
 )
 from ssl_cropmix.evaluation.data import (
@@ -196,6 +198,7 @@ def run_linear_probe(
     seed: int = 0,
     checkpoint: str | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
+    defaults: frozenset[str] | set[str] = frozenset(),
 ) -> EvalResult:
     """Train a linear head on frozen features of ``pl_module`` and evaluate it; call on every rank.
 
@@ -219,18 +222,43 @@ def run_linear_probe(
         seed: seeds head init and shuffling; the caller's RNG state is restored afterwards.
         checkpoint: path recorded in the result.
         trainer_kwargs: extra ``pl.Trainer`` arguments (the commands' ``--trainer.*``).
+        defaults: names of ``recipe`` fields the user left at the preset's value; of these,
+            ``batch_size`` / ``device_batch_size`` larger than the labelled set shrink to what
+            it fills (said once in the log, recorded in ``hparams["adapted"]`` and the
+            protocol). Values not named here are the user's and are refused when too large.
+
+    Raises:
+        ValueError: no labelled or validation image, or an explicit batch larger than the
+            labelled set (:func:`~ssl_cropmix.evaluation.base.plan_batches`), before training.
     """
     t0 = time.perf_counter()
     if generator is not None:
         seed = int(generator.initial_seed())
     world, rank = dist_world_rank()
     check_dataset_labels(train_loader, num_classes, "the labelled training set")
+    if cached_features:
+        split_batch(recipe.batch_size, world, None)
+    else:
+        split_batch(recipe.batch_size, world, recipe.device_batch_size)
+    plan = plan_batches(
+        f"LinearProbe[{name}]", len(train_loader.dataset), len(val_loader.dataset), world, recipe.batch_size,
+        None if cached_features else recipe.device_batch_size, "batch_size" in defaults, "device_batch_size" in defaults,
+    )
+    if plan.note:
+        say_once(plan.note)
+        recipe = replace(recipe, batch_size=plan.batch_size,
+                         device_batch_size=plan.device_batch if recipe.device_batch_size is not None else None)
+    device_batch, accumulate = plan.device_batch, plan.accumulate
     trunk = copy_feature_module(pl_module)
     dev = trunk_device(trunk)
-    if cached_features:
-        device_batch, accumulate = split_batch(recipe.batch_size, world, None)
-    else:
-        device_batch, accumulate = split_batch(recipe.batch_size, world, recipe.device_batch_size)
+    if not cached_features and (dev.type == "cpu" or plan.note):
+        say_once(
+            f"LinearProbe[{name}]: the augmented protocol runs the frozen trunk forward on all "
+            f"{len(train_loader.dataset)} labelled images in every one of its {recipe.epochs} epochs (that forward is "
+            f"the probe's whole cost); on a CPU or a small labelled set pick the fast protocol, "
+            f"LinearProbe(cached_features=True) (`probe --cached-features`, configs/eval/linear_probe_fast.yaml): "
+            f"features extracted once, then {recipe.epochs} epochs of head steps (not comparable to papers' probes)"
+        )
     etrainer = protocol_trainer(trainer, recipe.epochs, accumulate, **(trainer_kwargs or {}))
     extract_s = 0.0
     with isolated_rng(seed, dev):
@@ -269,6 +297,7 @@ def run_linear_probe(
     hp = {**asdict(recipe), "preset": name, "lr": lr, "cached_features": cached_features,
           "per_device_batch": device_batch, "accumulate_grad_batches": accumulate, "seed": seed,
           "num_classes": num_classes}
+    protocol += plan.record(hp)
     lrs = [h[0] for h in module.lr_history]
     return protocol_result(
         module, t0, key=key, protocol=protocol, epochs=recipe.epochs, train_samples=n_train, hparams=hp,

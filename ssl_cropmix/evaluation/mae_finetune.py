@@ -13,14 +13,22 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
-from ssl_cropmix.evaluation.base import EvalModule, isolated_rng, protocol_result, protocol_trainer, trunk_device
+from ssl_cropmix.evaluation.base import (
+    EvalModule,
+    isolated_rng,
+    plan_batches,
+    protocol_result,
+    protocol_trainer,
+    say_once,
+    trunk_device,
+)
 from ssl_cropmix.evaluation.data import dist_world_rank, shard_loader, train_loader as sharded_train_loader
 from ssl_cropmix.evaluation.finetune import fraction_key, labelled_images
 from ssl_cropmix.evaluation.linear import check_dataset_labels, split_batch
@@ -213,6 +221,7 @@ def mae_finetune(
     checkpoint: str | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
     timm_transform: bool = True,
+    defaults: frozenset[str] | set[str] = frozenset(),
 ) -> EvalResult:
     """Fine-tune a copy of ``backbone``'s ViT with MAE's recipe and evaluate it; every rank.
 
@@ -231,11 +240,28 @@ def mae_finetune(
         checkpoint: path recorded in the result.
         trainer_kwargs: extra ``pl.Trainer`` arguments.
         timm_transform: replace the provider's augmentation by MAE's.
+        defaults: names of ``recipe`` fields left at MAE's value; ``batch_size`` /
+            ``device_batch_size`` among them shrink to what the labelled set fills with full,
+            even device batches (Mixup), said once and recorded; explicit ones are refused.
+
+    Raises:
+        ValueError: no labelled or validation image, no full even device batch, or an
+            explicit batch larger than the labelled set, before training.
     """
     t0 = time.perf_counter()
     world, rank = dist_world_rank()
     check_dataset_labels(train_loader, num_classes, "the labelled training set")
-    device_batch, accumulate = split_batch(recipe.batch_size, world, recipe.device_batch_size)
+    split_batch(recipe.batch_size, world, recipe.device_batch_size)
+    asked = "all labels" if recipe.label_fraction is None else f"label_fraction={recipe.label_fraction:g}"
+    plan = plan_batches(
+        "MAEFineTune", len(train_loader.dataset), len(val_loader.dataset), world, recipe.batch_size,
+        recipe.device_batch_size, "batch_size" in defaults, "device_batch_size" in defaults, drop_last=True, even=True,
+        change=f"use more labelled images ({asked}: a larger label fraction)",
+    )
+    if plan.note:
+        say_once(plan.note)
+        recipe = replace(recipe, batch_size=plan.batch_size, device_batch_size=plan.device_batch)
+    device_batch, accumulate = plan.device_batch, plan.accumulate
     vit = prepare_vit(backbone, num_classes, recipe.drop_path, recipe.global_pool)
     dev = trunk_device(find_vit(backbone))
     if image_size is None:
@@ -265,6 +291,7 @@ def mae_finetune(
     hp = {**asdict(recipe), "lr": lr, "per_device_batch": device_batch, "accumulate_grad_batches": accumulate,
           "image_size": image_size, "seed": seed, "num_classes": num_classes,
           "real_label_fraction": (n / full_train_count) if full_train_count else None}
+    protocol += plan.record(hp)
     return protocol_result(
         module, t0, key=key or fraction_key("mae_finetune", recipe.label_fraction), protocol=protocol,
         epochs=recipe.epochs, train_samples=n, hparams=hp, checkpoint=checkpoint,

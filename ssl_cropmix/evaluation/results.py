@@ -108,8 +108,20 @@ def publish(res: EvalResult, trainer: pl.Trainer | None, results_path: str | Pat
 
     Returns:
         the JSON file written (``None`` when there is neither a path nor a trainer).
+
+    Raises:
+        ValueError: top-1 or top-5 is not a finite number: nothing is logged or written.
     """
+    import math
+
     from pytorch_lightning.utilities import rank_zero_info
+
+    if not (isinstance(res.top1, (int, float)) and math.isfinite(res.top1)
+            and isinstance(res.top5, (int, float)) and math.isfinite(res.top5)):
+        raise ValueError(
+            f"[eval/{res.key}] top-1 {res.top1!r} / top-5 {res.top5!r} is not a number ({res.val_samples} validation "
+            f"image(s), {res.train_samples} labelled image(s)): nothing logged or written; {res.protocol}"
+        )
 
     rank = int(getattr(trainer, "global_rank", 0)) if trainer is not None else _dist_rank()
     if trainer is not None:

@@ -25,6 +25,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchvision.transforms import v2
 
+from ssl_cropmix.methods.stem import warn_imagenet_stem_on_small_images
 from ssl_cropmix.models.backbones import build_backbone
 from ssl_cropmix.transforms.resizemix import ResizeMix
 from ssl_cropmix.validation import check_bools
@@ -178,6 +179,8 @@ class CropMixClassifier(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Soft-label CE when a batch augmentation is set, hard-label CE otherwise."""
         x, y = batch
+        if batch_idx == 0 and self.current_epoch == 0:  # once per fit: the first batch's size
+            warn_imagenet_stem_on_small_images(type(self).__name__, self.backbone, int(x.shape[-2]))
         if self.batch_aug is not None:
             x, y = self.batch_aug(x, y)
         loss = F.cross_entropy(self(x), y, label_smoothing=self.hparams.label_smoothing)

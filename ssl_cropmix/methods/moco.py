@@ -31,6 +31,7 @@ from ssl_cropmix.models.heads import asym_moco_projection_head
 from ssl_cropmix.models.queue import MomentumQueue
 from ssl_cropmix.methods.scaling import batch_size_of, log_lr_scaling, scaled_lr, warmup_cosine
 from ssl_cropmix.validation import check_bools
+from ssl_cropmix.methods.stem import warn_imagenet_stem_on_small_images
 
 OptimizerCallable = Callable[[Iterable[Any]], torch.optim.Optimizer]
 
@@ -214,6 +215,8 @@ class MoCoCropMix(pl.LightningModule):
                 f"step {self.global_step}: got a batch of {x_q.shape[0]} sample; MoCoCropMix needs >= 2 "
                 "per device (use drop_last=True in the train DataLoader)"
             )
+        if batch_idx == 0 and self.current_epoch == 0:  # once per fit: the first batch's size
+            warn_imagenet_stem_on_small_images(type(self).__name__, self.backbone, int(x_q.shape[-2]))
         m = self.current_momentum()
         update_momentum(self.backbone, self.backbone_momentum, m)
         update_momentum(self.projection_head, self.projection_head_momentum, m)
