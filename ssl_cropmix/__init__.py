@@ -48,6 +48,7 @@ _EXPORTS: dict[str, str] = {
     # checkpoints and export
     "load_backbone": "ssl_cropmix.checkpoints",
     "export_backbone": "ssl_cropmix.export",
+    "load_exported": "ssl_cropmix.export",
 }
 
 

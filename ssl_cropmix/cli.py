@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import errno
 import inspect
+import logging
 import os
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,47 @@ CLASS_MODULES = (
 
 #: Set ``SSL_CROPMIX_DEBUG=1`` to get the full traceback of configuration errors.
 DEBUG_ENV = "SSL_CROPMIX_DEBUG"
+
+
+# ---------------------------------------------------------------------------- known Lightning noise
+#: Lightning's advertisements, logged with ``rank_zero_info`` on every run:
+#: ``pytorch_lightning/trainer/connectors/logger_connector/logger_connector.py`` ("Tip: ...
+#: litlogger", when no ``LitLogger`` is attached) and ``.../callback_connector.py`` ("Tip: ...
+#: litmodels", when ``litmodels`` is not installed).
+LIGHTNING_TIP = re.compile(r"^💡 Tip: For seamless cloud .*\[lit(logger|models)\]")
+#: torch >= 2.10 deprecates ``torch.utils._pytree.LeafSpec`` (a ``FutureWarning`` when it is
+#: instantiated); ``pytorch_lightning/utilities/_pytree.py`` (``_tree_flatten``) still calls
+#: ``LeafSpec()`` in every training loop. Nothing a user can change.
+LEAFSPEC_DEPRECATION = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+_RANK_ZERO_LOGGERS = (  # where rank_zero_info logs (each package rebinds the logger on import)
+    "lightning_utilities.core.rank_zero", "lightning_fabric.utilities.rank_zero", "pytorch_lightning.utilities.rank_zero",
+)
+
+
+class _DropLightningTips(logging.Filter):
+    """Drops the log records that match :data:`LIGHTNING_TIP`, nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return LIGHTNING_TIP.match(record.getMessage()) is None
+
+
+_TIP_FILTER = _DropLightningTips()
+
+
+def silence_known_noise() -> None:
+    """Filter Lightning's advertisement lines and the ``LeafSpec`` deprecation, by message.
+
+    Only these messages: every other log record and warning (Lightning's, torch's, ours) is
+    printed as before. Called by the CLI entry points (not on ``import ssl_cropmix``: library
+    users keep their own logging and warning settings). Idempotent.
+    """
+    for name in _RANK_ZERO_LOGGERS:
+        log = logging.getLogger(name)
+        if _TIP_FILTER not in log.filters:
+            log.addFilter(_TIP_FILTER)
+    warnings.filterwarnings(
+        "ignore", message=LEAFSPEC_DEPRECATION, category=FutureWarning, module=r"pytorch_lightning\.utilities\._pytree"
+    )
 
 
 def default_callbacks() -> list[Any]:
@@ -387,6 +431,7 @@ def cli_main(args: list[str] | None = None, run: bool = True):
 
     from ssl_cropmix.runs import remove_if_empty
 
+    silence_known_noise()
     import_package_classes()
     CropMixCLI = _make_cli_class()
     try:
@@ -437,6 +482,7 @@ def _one_line(e: BaseException) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    silence_known_noise()
     if args and args[0] in TASK_COMMANDS:
         from ssl_cropmix import commands
 

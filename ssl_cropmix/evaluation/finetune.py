@@ -87,7 +87,9 @@ class SemiSupervisedFineTuneModule(EvalModule):
     def __init__(self, trunk: nn.Module, feature_dim: int, num_classes: int, recipe: FineTuneRecipe) -> None:
         super().__init__(num_classes)
         self.trunk = trunk
-        trunk.requires_grad_(True)
+        # fine-tuned end to end, BatchNorm included: a copy of a module in eval mode (as
+        # load_module returns it) would otherwise train with frozen BN statistics
+        trunk.requires_grad_(True).train()
         self.head = nn.Linear(feature_dim, num_classes)
         # N(0, 0.01) weights and zero bias, the fine-tuning head init of the reference recipe
         # (PyTorch's default uniform init would give std 1/sqrt(3 D), 0.026 for D = 512).

@@ -11,6 +11,7 @@ and all-gathered.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, TypeVar
 
@@ -277,7 +278,11 @@ def run_linear_probe(
             train = sharded_train_loader(train_loader, device_batch, world, rank, seed)
             val = shard_loader(val_loader, world, rank, val_loader.batch_size)
         t1 = time.perf_counter()
-        etrainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+        with warnings.catch_warnings():
+            # the trunk is frozen in eval mode on purpose (LinearProbeModule.train); Lightning's
+            # notice about it would only make users doubt the protocol
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+            etrainer.fit(module, train_dataloaders=train, val_dataloaders=val)
         train_s = time.perf_counter() - t1
     lr = recipe.base_lr * recipe.batch_size / 256
     if cached_features:

@@ -102,7 +102,7 @@ def prepare_vit(backbone: nn.Module, num_classes: int, drop_path: float, global_
     for blk, p in zip(vit.blocks, rates):
         blk.drop_path1 = DropPath(p) if p > 0 else nn.Identity()
         blk.drop_path2 = DropPath(p) if p > 0 else nn.Identity()
-    vit.requires_grad_(True)
+    vit.requires_grad_(True).train()  # fine-tuned end to end (the copied ViT may be in eval mode)
     return vit
 
 
