@@ -215,6 +215,12 @@ class BySourceSize:
                  max_area_ratio: float = PIL_BACKEND_MAX_AREA_RATIO) -> None:
         self.small, self.large, self.max_pixels = small, large, max_area_ratio * size * size
 
+    @property
+    def transforms(self) -> list[Callable[[Any], Any]]:
+        """``[small, large]``, as ``v2.Compose.transforms``: code that walks a recipe for its
+        ``CropMix`` (``device_views``) finds it (both share one configuration)."""
+        return [self.small, self.large]
+
     def __call__(self, img: Any) -> Any:
         if isinstance(img, PIL.Image.Image) and img.width * img.height <= self.max_pixels:
             return self.small(img)
