@@ -18,8 +18,13 @@ the table reports the median and the minimum over repeats, and the ratio to the 
 (median of the per-repeat ratios, and min over min, the least noise-sensitive on a shared
 machine). Single-threaded, like a data-loader worker.
 
+The 32-px MoCo pair tables time ``moco_views(query, 32)`` (query + key, normalised) per
+query against the plain pair, from the demo tiles (75-352 px: large sources, small outputs)
+and from CIFAR-10 (32-px sources).
+
 Usage:
     python benchmarks/transforms.py --repeats 7 --n-images 256
+    python benchmarks/transforms.py --only-pairs --n-cifar 256   # the pair tables only
 """
 
 from __future__ import annotations
@@ -107,9 +112,9 @@ def bench(images: list[Image.Image], size: int, repeats: int) -> list[tuple[str,
     return rows
 
 
-def print_table(title: str, rows: list[tuple[str, float, float, float, float]]) -> None:
+def print_table(title: str, rows: list[tuple[str, float, float, float, float]], ratio: str = "ratio") -> None:
     print(f"\n### {title}\n")
-    print("| path | µs / image (median) | µs / image (min) | ratio (median) | ratio (min/min) |")
+    print(f"| path | µs / image (median) | µs / image (min) | {ratio} (median) | {ratio} (min/min) |")
     print("|---|---:|---:|---:|---:|")
     for name, med, mn, ratio, ratio_min in rows:
         print(f"| {name} | {med:.0f} | {mn:.0f} | {ratio:.2f}x | {ratio_min:.2f}x |")
@@ -140,23 +145,73 @@ def load_cifar(root: str, n: int) -> list[Image.Image] | None:
     return out
 
 
+def pair_methods(size: int) -> dict[str, Callable]:
+    """The MoCo training pairs (query, key) of ``moco_views`` for each named query."""
+    from ssl_cropmix.data.views import moco_views
+
+    return {f"pair query={q}": moco_views(q, size) for q in ("plain", "contrastive", "scalemix", "cropmix")}
+
+
+def bench_pairs(images: list[Image.Image], size: int, repeats: int) -> list[tuple[str, float, float, float, float]]:
+    """Like :func:`bench`, for the pairs of :func:`pair_methods`, relative to the plain pair."""
+    ms = pair_methods(size)
+    times: dict[str, list[float]] = {k: [] for k in ms}
+    for fn in ms.values():
+        for img in images[:4]:
+            fn(img)
+    for r in range(repeats):
+        for i in torch.randperm(len(ms), generator=torch.Generator().manual_seed(r)).tolist():
+            name, fn = list(ms.items())[i]
+            t0 = time.perf_counter()
+            for img in images:
+                fn(img)
+            times[name].append((time.perf_counter() - t0) / len(images) * 1e6)
+    base = times["pair query=plain"]  # ratios here are speeds: plain time / pair time (pairs/s vs plain)
+    return [(k, statistics.median(v), min(v), statistics.median([b / t for t, b in zip(v, base)]), min(base) / min(v))
+            for k, v in times.items()]
+
+
+def load_demo_tiles(n: int) -> list[Image.Image]:
+    """The demo set's training tiles (75-352 px: large sources for 32-px views)."""
+    import tempfile
+
+    from ssl_cropmix.data.demo import write_demo_folder
+
+    with tempfile.TemporaryDirectory() as d:
+        files = sorted((write_demo_folder(d) / "train").glob("*/*.jpg"))
+        out = []
+        for f in files:
+            with Image.open(f) as im:
+                out.append(im.convert("RGB"))
+    return [out[i % len(out)] for i in range(n)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"),
                    help="CIFAR-10 JPEG archive folder / extracted root (default: ../shared/data)")
     p.add_argument("--n-images", type=int, default=64, help="images per timing pass (224 px)")
     p.add_argument("--n-cifar", type=int, default=512, help="images per timing pass (32 px)")
+    p.add_argument("--n-tiles", type=int, default=128, help="demo tiles per timing pass (32-px pairs)")
+    p.add_argument("--only-pairs", action="store_true", help="only the 32-px MoCo pair tables")
     p.add_argument("--repeats", type=int, default=5, help="interleaved timing passes per method")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 = a data-loader worker)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, repeats={args.repeats}")
-    print_table(f"224 px, {args.n_images} scikit-image photos (~512 px)",
-                bench(load_demo(args.n_images), 224, args.repeats))
+    if not args.only_pairs:
+        print_table(f"224 px, {args.n_images} scikit-image photos (~512 px)",
+                    bench(load_demo(args.n_images), 224, args.repeats))
+    tiles = load_demo_tiles(args.n_tiles)
+    print_table(f"32-px MoCo pairs from {len(tiles)} demo tiles (75-352 px sources), speed vs the plain pair",
+                bench_pairs(tiles, 32, args.repeats), ratio="pairs/s vs plain")
     cifar = load_cifar(args.data_root, args.n_cifar)
     if cifar:
-        print_table(f"32 px, {len(cifar)} CIFAR-10 test images", bench(cifar, 32, args.repeats))
+        if not args.only_pairs:
+            print_table(f"32 px, {len(cifar)} CIFAR-10 test images", bench(cifar, 32, args.repeats))
+        print_table(f"32-px MoCo pairs from {len(cifar)} CIFAR-10 test images, speed vs the plain pair",
+                    bench_pairs(cifar, 32, args.repeats), ratio="pairs/s vs plain")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from ssl_cropmix.callbacks.utils import (
     resolve_provider,
 )
 from ssl_cropmix.evaluation.base import record_adapted, say_once, scaled_warmup
+from ssl_cropmix.evaluation.data import precision_inputs
 from ssl_cropmix.evaluation.linear import PROBE_PRESETS, ProbeRecipe, recipe_with, run_linear_probe
 from ssl_cropmix.evaluation.results import EvalResult
 from ssl_cropmix.methods.scaling import warmup_cosine
@@ -36,16 +37,20 @@ __all__ = ["PROBE_PRESETS", "LinearProbe", "ProbeRecipe", "collect_features", "r
 def collect_features(pl_module: nn.Module, loader: Any, device: Any = None) -> tuple[Any, Any]:
     """Frozen features and labels of every batch of ``loader`` (one process, in order).
 
+    The images are converted and the backbone runs as in the module's own training step, at
+    its trainer's precision (:func:`~ssl_cropmix.evaluation.data.precision_inputs`: the
+    module's dtype for ``*-true``, autocast for ``*-mixed``).
+
     Shape:
-        returns ``(N, D)`` float features and ``(N,)`` long labels.
+        returns ``(N, D)`` float32 features and ``(N,)`` long labels.
     """
     import torch
 
     device = device or module_device(get_backbone(pl_module))
     feats, labels = [], []
-    with frozen(get_backbone(pl_module)):
+    with frozen(get_backbone(pl_module)), precision_inputs(pl_module) as convert:
         for x, y in loader:
-            feats.append(extract_features(pl_module, x.to(device, non_blocking=True)).float())
+            feats.append(extract_features(pl_module, convert(x.to(device, non_blocking=True))).float())
             labels.append(y.to(device))
     return torch.cat(feats), torch.cat(labels)
 

@@ -504,7 +504,11 @@ class CropMixDataModule(pl.LightningDataModule):
         params, self._device_params = self._device_params, None
         if params is None:  # called without the "before" hook (e.g. by hand)
             params = self._sample_device_params(batch.sizes)
-        return self.device_views.apply(batch.images, params), batch.labels
+        views = self.device_views.apply(batch.images, params)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:  # Lightning converted the uint8 batch before these views existed:
+            views = trainer.precision_plugin.convert_input(views)  # bf16 / fp16 for "*-true"
+        return views, batch.labels
 
     def _sample_device_params(self, sizes: Any) -> Any:
         """``device_views.sample(sizes)``, seeding its generator for the trainer's global rank

@@ -21,8 +21,8 @@ Performance: the MoCo v2 colour ops run in the PIL domain (C kernels; torchvisio
 ``benchmarks/dataloader.py``), so the plain key/query pair is as fast as lightly's
 ``MoCoV2Transform`` while drawing every random number from torch's RNG. The CropMix
 queries hand the colour ops a PIL image directly (``CropMix(keep_pil=True)``; for small
-images, where per-call overhead dominates, the NumPy backend for the generic Mixup query
-and the PIL backend for the CutMix ones; the tensor backend at 224 px).
+outputs, where per-call overhead dominates, the PIL backend from small sources and the
+tensor backend from large ones (:class:`BySourceSize`); the tensor backend at 224 px).
 """
 
 from __future__ import annotations
@@ -191,6 +191,45 @@ def _colour_ops(blur_prob: float) -> list[v2.Transform]:
     return ops
 
 
+#: A PIL source with more than this many times the output's pixels is mixed by CropMix's
+#: tensor backend, a smaller one by its PIL backend: PIL's per-crop antialiased resize costs
+#: in proportion to the source area (measured, 32-px Mixup n~{2,3,4}, one thread: PIL 0.12 ms
+#: from 48-px sources, 0.22 ms from 128 px, 0.49 ms from 256 px; tensor 0.23-0.30 ms).
+PIL_BACKEND_MAX_AREA_RATIO = 24
+
+
+class BySourceSize:
+    """Apply ``small`` to PIL images of at most ``max_area_ratio x size**2`` pixels, ``large``
+    otherwise (and to non-PIL inputs): two equally configured transforms that differ only in
+    the backend, chosen per image from the source and output sizes by cost (both draw the
+    same parameters from the same distributions).
+
+    Args:
+        small: the transform for small sources (e.g. ``CropMix(backend="pil")``).
+        large: the transform for large sources and tensors (e.g. ``CropMix(backend="tensor")``).
+        size: output side in pixels.
+        max_area_ratio: source pixels / output pixels at which ``large`` takes over.
+    """
+
+    def __init__(self, small: Callable[[Any], Any], large: Callable[[Any], Any], size: int,
+                 max_area_ratio: float = PIL_BACKEND_MAX_AREA_RATIO) -> None:
+        self.small, self.large, self.max_pixels = small, large, max_area_ratio * size * size
+
+    @property
+    def transforms(self) -> list[Callable[[Any], Any]]:
+        """``[small, large]``, as ``v2.Compose.transforms``: code that walks a recipe for its
+        ``CropMix`` (``device_views``) finds it (both share one configuration)."""
+        return [self.small, self.large]
+
+    def __call__(self, img: Any) -> Any:
+        if isinstance(img, PIL.Image.Image) and img.width * img.height <= self.max_pixels:
+            return self.small(img)
+        return self.large(img)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(small={self.small!r}, large={self.large!r}, max_pixels={self.max_pixels:.0f})"
+
+
 class TwoViews:
     """Apply two transforms to the same image: ``img -> (query(img), key(img))``.
 
@@ -258,17 +297,16 @@ def moco_query(
             mix = ScaleMix(size, crop_scale=(0.2, 1.0), **kw)
         return v2.Compose([mix, norm])
     # "cropmix": keep_pil: the mixed image stays PIL for the colour ops (no tensor round trip).
-    # Small images: every crop's resize and the Mixup as two matrix products (CropMix's
-    # "numpy" backend), a fixed number of calls whatever n is.
-    mix = CropMix(
-        size,
-        crop_scale=(0.2, 1.0),
-        num_crops=(2, 3, 4),
-        mixing="mixup",
-        output_dtype=None,
-        backend="numpy" if small else "tensor",
-        keep_pil=True,
-    )
+    # Small outputs: the backend by cost, per image (BySourceSize): PIL (one C crop + resize
+    # per crop, one weighted sum) for small sources, tensor for large ones. Not the "numpy"
+    # backend: its dense resize matrices grow with the source's height x width (32-px views
+    # cut from 75-352-px demo tiles: ~25 ms per image against ~1 ms), and on 32-px sources it
+    # is no faster than PIL.
+    def mixup(backend: str) -> CropMix:
+        return CropMix(size, crop_scale=(0.2, 1.0), num_crops=(2, 3, 4), mixing="mixup", output_dtype=None,
+                       backend=backend, keep_pil=True)
+
+    mix = BySourceSize(mixup("pil"), mixup("tensor"), size) if small else mixup("tensor")
     return v2.Compose([mix, *_colour_ops(blur), norm])  # PIL colour ops -> float
 
 

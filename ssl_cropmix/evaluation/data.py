@@ -8,11 +8,14 @@
   ``predict`` (its device and precision), then the shards are all-gathered and put back in
   dataset order, so every rank holds identical ``(N, D)`` features.
 * :class:`TensorBatches`: batches of in-memory features without per-sample indexing.
+* :func:`precision_inputs`: the pretraining trainer's precision for a forward pass that
+  runs outside Lightning's loops (the kNN monitor's and the cached probes' own loaders).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytorch_lightning as pl
@@ -26,6 +29,45 @@ def dist_world_rank() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size(), torch.distributed.get_rank()
     return 1, 0
+
+
+def floating_dtype(module: nn.Module) -> torch.dtype | None:
+    """dtype of ``module``'s first floating-point parameter or buffer (``None``: it has none)."""
+    for t in (*module.parameters(), *module.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+@contextlib.contextmanager
+def precision_inputs(module: Any) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """Run forward passes of ``module`` outside Lightning's loops at its trainer's precision.
+
+    Lightning converts the batches of its own loops (``precision_plugin.convert_input``) and
+    wraps ``training_step`` in ``precision_plugin.forward_context()``; a callback reading its
+    own loader (float32 images) must do the same, or ``precision="bf16-true"`` / ``"16-true"``
+    (a bf16 / fp16 module) fails with ``Input type (float) and bias type (BFloat16)``, and
+    ``"16-mixed"`` / ``"bf16-mixed"`` would run without autocast. Inside the context the
+    trainer's ``forward_context()`` is active (autocast for ``-mixed``) and the yielded
+    function converts an input tensor the way the trainer's loops do. Without an attached
+    trainer (a module evaluated by hand), floating inputs are cast to the module's own
+    floating dtype and no autocast is entered.
+
+    Yields:
+        ``convert(x) -> x`` for input tensors ``(B, 3, H, W)``.
+    """
+    trainer = getattr(module, "_trainer", None) if isinstance(module, pl.LightningModule) else None
+    plugin = getattr(trainer, "precision_plugin", None)
+    if plugin is not None:
+        with plugin.forward_context():
+            yield plugin.convert_input
+        return
+    dtype = floating_dtype(module) if isinstance(module, nn.Module) else None
+
+    def convert(x: torch.Tensor) -> torch.Tensor:
+        return x.to(dtype) if dtype is not None and x.is_floating_point() else x
+
+    yield convert
 
 
 class ShardSampler(Sampler[int]):
@@ -160,8 +202,8 @@ def feature_dim(trunk: nn.Module, loader: Any, device: torch.device) -> int:
     from ssl_cropmix.callbacks.utils import frozen  # lazy: the callbacks package imports this module
 
     x, _ = loader.dataset[0]
-    with frozen(trunk):
-        return int(trunk(torch.as_tensor(x)[None].to(device)).flatten(1).shape[1])
+    with frozen(trunk), precision_inputs(trunk) as convert:  # a bf16 / fp16 trunk takes its own dtype
+        return int(trunk(convert(torch.as_tensor(x)[None].to(device))).flatten(1).shape[1])
 
 
 class EpochBatchSampler(BatchSampler):

@@ -117,7 +117,7 @@ class SemiSupervisedFineTuneModule(EvalModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = F.cross_entropy(self.logits(x), y)
+        loss = F.cross_entropy(self.logits(x).float(), y)  # float32 loss under bf16 / fp16 precision
         self._seen += len(y)
         self.log("finetune_loss", loss, prog_bar=True)
         return loss

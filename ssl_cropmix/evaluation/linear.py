@@ -130,11 +130,17 @@ class LinearProbeModule(EvalModule):
         return (f.flatten(1) if f.ndim > 2 else f).float()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        """Head logits in the head's dtype (bf16 / fp16 under ``precision="*-true"``)."""
+        return self.head(self.features(x).to(self.head_dtype))
+
+    @property
+    def head_dtype(self) -> torch.dtype:
+        """dtype of the head's parameters (the evaluation trainer's precision converts it)."""
+        return next(p for p in self.head.parameters()).dtype
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
-        loss = F.cross_entropy(self.logits(x), y)
+        loss = F.cross_entropy(self.logits(x).float(), y)  # the loss in float32 at every precision
         self.log("probe_loss", loss, prog_bar=True)
         return loss
 

@@ -156,7 +156,7 @@ class MAEFineTuneModule(EvalModule):
         x, y = batch
         if self.mixup_fn is not None:
             x, y = self.mixup_fn(x, y)
-        loss = self.criterion(self.vit(x), y)
+        loss = self.criterion(self.vit(x).float(), y)  # float32 loss under bf16 / fp16 precision
         self.log("mae_finetune_loss", loss, prog_bar=True)
         return loss
 

@@ -131,6 +131,10 @@ class MoCoCropMix(pl.LightningModule):
         deactivate_requires_grad(self.backbone_momentum)
         deactivate_requires_grad(self.projection_head_momentum)
         self.queue = MomentumQueue(queue_size, out_dim, gather_distributed=True)
+        # Every rank fills its queue with the same all-gathered keys: DDP need not re-broadcast
+        # its K x out_dim floats from rank 0 every step (``broadcast_buffers``). DDP skips the
+        # names listed here (also in its initial sync: ``on_fit_start`` broadcasts the queue once).
+        self._ddp_params_and_buffers_to_ignore = [f"queue.{n}" for n, _ in self.queue.named_buffers()]
         self.optimizer_callable = optimizer
         self._shuffle_distributed = False
 
@@ -183,6 +187,16 @@ class MoCoCropMix(pl.LightningModule):
         bs = getattr(dm, "batch_size", None)
         if stage == "fit" and isinstance(bs, int):
             self._check_batch(bs)
+
+    def on_fit_start(self) -> None:
+        """Under DDP, give every rank rank 0's queue once (DDP's own start-up sync skips the
+        queue, see ``_ddp_params_and_buffers_to_ignore``); from then on every rank enqueues
+        the same gathered keys, so the queues stay identical without per-step broadcasts."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for buf in self.queue.buffers():
+                dist.broadcast(buf, src=0)
 
     def on_train_start(self) -> None:
         bs = batch_size_of(self.trainer.train_dataloader)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from eval_fixtures import FakeProvider, UserModule
-from ssl_cropmix.callbacks.knn import KNNMonitor, knn_classify
+from ssl_cropmix.callbacks.knn import KNNMonitor, knn_candidates, knn_classify, top_k_of
 
 
 def _reference(q, bank, labels, c, k, t):
@@ -29,6 +29,77 @@ def test_matches_reference_and_chunking():
     ref = _reference(q, bank, labels, 5, 20, 0.1)
     assert torch.equal(knn_classify(q, bank, labels, 5, k=20, temperature=0.1, chunk_size=7), ref)
     assert torch.equal(knn_classify(q, bank, labels, 5, k=20, temperature=0.1, chunk_size=1000), ref)
+
+
+def test_equals_lightly_knn_predict_with_uneven_bank_blocks():
+    """Blocked similarities + running top-k + vote == lightly's whole-bank ``knn_predict``."""
+    from lightly.utils.benchmarking import knn_predict
+
+    g = torch.Generator().manual_seed(1)
+    bank, q = torch.randn(1000, 32, generator=g), torch.randn(200, 32, generator=g)
+    labels = torch.randint(0, 7, (1000,), generator=g)
+    ref = knn_predict(F.normalize(q, dim=1), F.normalize(bank, dim=1).t(), labels, 7, 50, 0.1)[:, 0]
+    for chunk, block in ((1024, 65536), (64, 257), (37, 1000)):
+        assert torch.equal(knn_classify(q, bank, labels, 7, k=50, chunk_size=chunk, bank_chunk_size=block), ref)
+
+
+def test_shard_candidates_merge_to_the_whole_bank_top_k():
+    """What the ranks do: top-k per shard (a shard may be smaller than k, or empty), then the
+    top-k of the shards' candidates == the top-k over the whole bank."""
+    g = torch.Generator().manual_seed(2)
+    bank, q = torch.randn(103, 16, generator=g), torch.randn(9, 16, generator=g)
+    labels = torch.randint(0, 4, (103,), generator=g)
+    sim = F.normalize(q, dim=1) @ F.normalize(bank, dim=1).t()
+    ref_v, ref_i = sim.topk(10, dim=1)
+    shards = [(bank[r::4], labels[r::4]) for r in range(4)] + [(bank[:0], labels[:0]), (bank[:3], labels[:3])]
+    parts = [knn_candidates(q, b, y, 10, bank_chunk_size=5) for b, y in shards[:4]]
+    v, y = top_k_of([p[0] for p in parts], [p[1] for p in parts], 10)
+    torch.testing.assert_close(v, ref_v)
+    assert torch.equal(y, labels[ref_i])
+    empty_v, _ = knn_candidates(q, *shards[4], 10)
+    assert torch.isinf(empty_v).all()  # an empty shard offers only -inf candidates
+    small_v, _ = knn_candidates(q, *shards[5], 10)
+    assert torch.isinf(small_v[:, 3:]).all() and torch.isfinite(small_v[:, :3]).all()
+
+
+def _peak_cpu_bytes(fn):
+    """Peak of live CPU allocator bytes while ``fn`` runs, from the profiler's memory events
+    (every allocation and free of torch's CPU allocator, in order; deterministic)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, n in events:
+        live += n
+        peak = max(peak, live)
+    return out, peak
+
+
+def test_peak_memory_is_one_chunk_beyond_the_bank():
+    """A 200k x 512 bank (391 MiB): classifying never copies, normalises or transposes it whole;
+    the extra memory is one float32 normalised bank block + one similarity block (+ the
+    O(chunk x k) candidates). The previous implementation took 2 x the bank (781 MiB)."""
+    g = torch.Generator().manual_seed(0)
+    n, d, q_n, chunk, block, k = 200_000, 512, 64, 64, 8192, 200
+    bank, labels = torch.randn(n, d, generator=g), torch.randint(0, 10, (n,), generator=g)
+    q = torch.randn(q_n, d, generator=g)
+    pred, peak = _peak_cpu_bytes(lambda: knn_classify(q, bank, labels, 10, k=k, chunk_size=chunk, bank_chunk_size=block))
+    one_chunk = block * d * 4 + chunk * block * 4 + 2**20  # normalised block, similarities, candidates (< 1 MiB)
+    assert peak <= one_chunk, (peak / 2**20, one_chunk / 2**20)
+    assert peak < bank.nbytes / 20
+    assert pred.shape == (q_n,) and 0 <= int(pred.min()) and int(pred.max()) < 10
+
+
+def test_bank_storage_dtype():
+    """``"auto"`` keeps float32 on the CPU; a bf16 shard gives (nearly) the float32 result."""
+    assert KNNMonitor().storage_dtype(torch.device("cpu")) == torch.float32
+    assert KNNMonitor(bank_dtype="float16").storage_dtype(torch.device("cpu")) == torch.float16
+    knn32, knn16 = KNNMonitor(k=10, provider=FakeProvider()), KNNMonitor(k=10, bank_dtype="bfloat16", provider=FakeProvider())
+    acc32, acc16 = knn32.evaluate(UserModule()), knn16.evaluate(UserModule())
+    assert (knn32.last_bank_dtype, knn16.last_bank_dtype) == (torch.float32, torch.bfloat16)
+    assert abs(acc32 - acc16) <= 5.0 and acc16 > 90.0
 
 
 def test_separable_is_perfect_and_shuffled_is_chance():
@@ -90,3 +161,7 @@ def test_validation():
         KNNMonitor(k=0)
     with pytest.raises(ValueError, match="temperature.*-1"):
         KNNMonitor(temperature=-1)
+    with pytest.raises(ValueError, match="bank_chunk_size must be a positive int, got 0"):
+        KNNMonitor(bank_chunk_size=0)
+    with pytest.raises(ValueError, match="bank_dtype must be one of .*'half'"):
+        KNNMonitor(bank_dtype="half")  # type: ignore[arg-type]

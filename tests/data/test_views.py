@@ -130,3 +130,22 @@ def test_contrastive_crops_each_get_colour_augmentation(photo, monkeypatch):
     assert calls == [(torch.Tensor, [224, 224])] * 2
     with pytest.raises(ValueError, match="query must be one of .* got 'mixup'"):
         moco_views("mixup")
+
+
+def test_small_cropmix_query_picks_its_backend_by_source_size():
+    """32-px generic Mixup queries: PIL backend from small sources, tensor backend from large
+    ones (the NumPy backend's cost grows with the source area: ~25 ms per 32-px view from a
+    300-px image), decided per image by source and output size."""
+    from ssl_cropmix.data.views import PIL_BACKEND_MAX_AREA_RATIO, BySourceSize, moco_query
+
+    mix = moco_query("cropmix", 32).transforms[0]
+    assert isinstance(mix, BySourceSize) and (mix.small.backend, mix.large.backend) == ("pil", "tensor")
+    assert mix.max_pixels == PIL_BACKEND_MAX_AREA_RATIO * 32 * 32
+    used = []
+    mix.small, mix.large = (lambda im: used.append("small")), (lambda im: used.append("large"))
+    for side in (32, 150, 300):
+        mix(Image.new("RGB", (side, side)))
+    assert used == ["small", "small" if 150 * 150 <= mix.max_pixels else "large", "large"]
+    assert not isinstance(moco_query("cropmix", 224).transforms[0], BySourceSize)  # 224 px: tensor backend
+    out = moco_query("cropmix", 32)(Image.new("RGB", (300, 200), (200, 30, 30)))
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
