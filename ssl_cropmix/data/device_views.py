@@ -261,26 +261,22 @@ def sample_rrc_slots(
     ratio: tuple[float, float],
     generator: torch.Generator | None = None,
 ) -> CropSlots:
-    """One RandomResizedCrop box per image (:func:`~ssl_cropmix.transforms.functional.sample_crop_box`,
-    torchvision's algorithm), each image with its own draws.
+    """One RandomResizedCrop box per image, all drawn at once by
+    :func:`~ssl_cropmix.transforms.functional.sample_crop_boxes` (torchvision's algorithm,
+    batched: no loop over images).
 
     Args:
         sizes: ``(B, 2)`` true image sizes.
         scale, ratio: as ``v2.RandomResizedCrop``.
     """
-    stream = CF.RandomStream(generator, block=1024)
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    rows, targets = [], []
-    for h, w in sizes.tolist():
-        t, l, bh, bw, target, _ = CF.sample_crop_box(h, w, scale, log_ratio, stream)
-        rows.append((t, l, bh, bw))
-        targets.append(target)
-    b = len(rows)
+    boxes, target, _ = CF.sample_crop_boxes(sizes[:, 0], sizes[:, 1], scale[0], scale[1], log_ratio, generator)
+    b = int(sizes.shape[0])
     return CropSlots(
-        boxes=torch.tensor(rows, dtype=torch.int64).view(b, 1, 4),
+        boxes=boxes.view(b, 1, 4),
         valid=torch.ones((b, 1), dtype=torch.bool),
         scale_index=torch.zeros((b, 1), dtype=torch.int64),
-        target_scale=torch.tensor(targets, dtype=torch.float64).view(b, 1),
+        target_scale=target.view(b, 1),
         weights=torch.ones((b, 1), dtype=torch.float64),
         paste_boxes=None,
         paste_from_mix=None,
@@ -290,8 +286,9 @@ def sample_rrc_slots(
 def sample_cropmix_slots(
     cropmix: CropMix, sizes: torch.Tensor, generator: torch.Generator | None = None
 ) -> CropSlots:
-    """Per-image CropMix parameters drawn by ``cropmix.sample_params`` (the worker path's own
-    sampler: scale ranges, boxes, fold order, Beta / CutMix steps), laid out as slots.
+    """CropMix parameters of a batch drawn by ``cropmix.sample_batch`` (the batched form of
+    the worker path's ``sample_params``: scale ranges, boxes, fold order, Beta / CutMix
+    steps), laid out as slots in fold order.
 
     Supports ``mixing="mixup"`` and ``"cutmix"`` without ``intermediate``.
     """
@@ -300,33 +297,20 @@ def sample_cropmix_slots(
             "the device path mixes with Mixup or CutMix and no intermediate op; got "
             f"mixing={cropmix.mixing!r}, intermediate={cropmix.intermediate!r}"
         )
-    c = max(cropmix.num_crops)
-    stream = CF.RandomStream(generator, block=1024)  # one block draw for many samples
+    p = cropmix.sample_batch(sizes, generator)
+    boxes = p.boxes.gather(1, p.order[..., None].expand_as(p.boxes))  # fold order
+    index = torch.where(p.valid, p.order, -1)  # crop j of the ranges is from range j
+    target = p.target_scale.gather(1, p.order)
     mixup = cropmix.mixing == "mixup"
-    nan = float("nan")
-    # plain Python lists, one tensor each at the end: a torch call per sample costs ~5-10 µs
-    rows_boxes, rows_valid, rows_index, rows_target, rows_w, rows_paste, rows_from = [], [], [], [], [], [], []
-    for h, w in sizes.tolist():
-        p = cropmix.sample_params((h, w), generator=stream)  # type: ignore[arg-type]
-        n, pad = p.num_crops, c - p.num_crops
-        ordered = [p.boxes[j] for j in p.order]
-        rows_boxes.append([cb.box for cb in ordered] + [(0, 0, h, w)] * pad)
-        rows_valid.append([True] * n + [False] * pad)
-        rows_index.append(list(p.order) + [-1] * pad)  # crop j of params.boxes is from range j
-        rows_target.append([cb.target_scale for cb in ordered] + [nan] * pad)
-        if mixup:
-            rows_w.append(CF.mixup_fold_weights([s.lam for s in p.steps]) + [0.0] * pad)
-        else:
-            rows_paste.append([s.box for s in p.steps] + [(0, 0, 0, 0)] * pad)
-            rows_from.append([s.donor == "mix" for s in p.steps] + [False] * pad)
-    boxes = torch.tensor(rows_boxes, dtype=torch.int64)
-    valid = torch.tensor(rows_valid, dtype=torch.bool)
-    index = torch.tensor(rows_index, dtype=torch.int64)
-    target = torch.tensor(rows_target, dtype=torch.float64)
-    weights = torch.tensor(rows_w, dtype=torch.float64) if mixup else None
-    pboxes = None if mixup else torch.tensor(rows_paste, dtype=torch.int64).view(len(rows_boxes), c - 1, 4)
-    from_mix = None if mixup else torch.tensor(rows_from, dtype=torch.bool).view(len(rows_boxes), c - 1)
-    return CropSlots(boxes, valid, index, target, weights, pboxes, from_mix)
+    return CropSlots(
+        boxes=boxes,
+        valid=p.valid,
+        scale_index=index,
+        target_scale=target,
+        weights=CF.mixup_fold_weights_batch(p.lam) if mixup else None,
+        paste_boxes=p.paste_boxes,
+        paste_from_mix=p.donor_mix,
+    )
 
 
 # --------------------------------------------------------------------------- applying: resize
