@@ -39,6 +39,7 @@ GPU.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
@@ -324,8 +325,23 @@ def _filter(x: torch.Tensor, bicubic: bool) -> torch.Tensor:
     return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
 
 
+def filter_taps(max_length: int, out_size: int, bicubic: bool = False) -> int:
+    """Width of the widest filter window of a 1-D antialiased resize of segments of at most
+    ``max_length`` pixels to ``out_size`` (the band of :func:`crop_resize_weights`): a host
+    integer, computed from the CPU boxes before the transfer."""
+    half = 2.0 if bicubic else 1.0
+    return int(math.ceil(2.0 * half * max(1.0, max_length / out_size))) + 1
+
+
 def crop_resize_weights(
-    start: torch.Tensor, length: torch.Tensor, out_size: int, full: int, bicubic: bool = False
+    start: torch.Tensor,
+    length: torch.Tensor,
+    out_size: int,
+    full: int,
+    bicubic: bool = False,
+    taps: int | None = None,
+    flip: torch.Tensor | None = None,
+    scale: float = 1.0,
 ) -> torch.Tensor:
     """Matrices of the 1-D antialiased resize of segments ``[start, start + length)`` of an
     axis of ``full`` pixels to ``out_size`` pixels, zero outside the segment.
@@ -336,30 +352,81 @@ def crop_resize_weights(
     (``a = -0.5``) weights over the window torch uses, normalised to sum 1. So
     ``W_h @ X @ W_w.T`` is torchvision's float ``resized_crop`` up to float rounding (tested).
 
+    Banded: the weights are computed in float32 only over each output pixel's filter window
+    (``taps`` columns, :func:`filter_taps`), then scattered into the dense matrix, so no
+    ``(K, out_size, full)`` intermediate is ever built but the result.
+
     Args:
-        start, length: ``(K,)`` int64 segment starts and lengths (``length >= 1``).
+        start, length: ``(K,)`` segment starts and lengths (``length >= 1``; int or float).
         out_size: output length.
         full: axis length of the (padded) source.
         bicubic: cubic instead of triangle filter.
+        taps: window width, a host int (default: :func:`filter_taps` of ``length.max()``,
+            which reads ``length`` on the host: pass it for device tensors).
+        flip: optional ``(K,)`` bool / 0-1 float, reverse the output pixels of that segment
+            (a horizontal flip folded into the matrix).
+        scale: multiplies every weight (e.g. ``1 / 255`` for uint8 sources).
 
     Shape:
         ``(K,) -> (K, out_size, full)`` float32, on ``start``'s device.
     """
     dev = start.device
-    length_f = length.to(torch.float64)
-    scale = (length_f / out_size)[:, None, None]  # (K,1,1)
+    if taps is None:
+        taps = filter_taps(int(length.max()), out_size, bicubic)
+    length_f = length.to(torch.float32)[:, None]  # (K, 1)
+    ratio = length_f / out_size
     half = 2.0 if bicubic else 1.0
-    support = torch.where(scale >= 1.0, half * scale, torch.full_like(scale, half))
-    invscale = torch.where(scale >= 1.0, 1.0 / scale, torch.ones_like(scale))
-    i = torch.arange(out_size, device=dev, dtype=torch.float64)[None, :, None]
-    center = scale * (i + 0.5)  # (K,out,1)
-    xmin = torch.floor(center - support + 0.5).clamp(min=0.0)
-    xmax = torch.minimum(torch.floor(center + support + 0.5), length_f[:, None, None])
-    j = torch.arange(full, device=dev, dtype=torch.float64)[None, None, :] - start.to(torch.float64)[:, None, None]
-    w = _filter((j - center + 0.5) * invscale, bicubic) * ((j >= xmin) & (j < xmax))
-    total = w.sum(-1, keepdim=True)
-    w = w / torch.where(total == 0, torch.ones_like(total), total)
-    return w.to(torch.float32)
+    up = ratio.clamp(min=1.0)
+    support, invscale = up * half, up.reciprocal()
+    i = torch.arange(out_size, device=dev, dtype=torch.float32)[None, :]  # (1, O)
+    if flip is not None:  # output i reads what output out_size - 1 - i would
+        i = torch.addcmul(i, flip.to(torch.float32)[:, None], (out_size - 1.0) - 2.0 * i)
+    center = ratio * (i + 0.5)  # (K, O)
+    xmin = torch.floor(center - support + 0.5).clamp_(min=0.0)
+    xmax = torch.minimum(torch.floor(center + support + 0.5), length_f)
+    j = xmin[..., None] + torch.arange(taps, device=dev, dtype=torch.float32)  # (K, O, T)
+    w = _filter((j - center[..., None] + 0.5) * invscale[..., None], bicubic) * (j < xmax[..., None])
+    w = w * (scale / w.sum(-1, keepdim=True).clamp_(min=1e-30))
+    cols = (j.clamp_(max=length_f[..., None] - 1.0) + start.to(torch.float32)[:, None, None]).to(torch.int64)
+    dense = torch.zeros((start.shape[0], out_size, full), device=dev, dtype=torch.float32)
+    return dense.scatter_add_(2, cols, w)
+
+
+def _matrix_crops(
+    images: torch.Tensor,
+    boxes: torch.Tensor,
+    size: tuple[int, int],
+    bicubic: bool,
+    taps: tuple[int, int],
+    flip: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Every box of every image resized by two batched matrix products (banded weights).
+
+    The source is read once, as ``(B, H, C * W)``, the vertical product gives
+    ``(B, c * oh, C * W)`` and the horizontal one ``(B * c, oh * C, ow)``: no broadcast
+    copies of the source or of the matrices.
+
+    Args:
+        images: ``(B, C, H, W)`` uint8 (read as ``x / 255``) or float.
+        boxes: ``(B, c, 4)`` ``(top, left, h, w)`` (int or float), on ``images``' device.
+        taps: ``(vertical, horizontal)`` window widths (:func:`filter_taps`), host ints.
+        flip: optional ``(B * c,)`` 0-1, mirror that crop horizontally.
+
+    Returns:
+        ``(B * c, C, oh, ow)`` float32, a view of ``(B * c, oh, C, ow)`` storage.
+    """
+    b, ch, hh, ww = images.shape
+    c = boxes.shape[1]
+    oh, ow = size
+    flat = boxes.reshape(b * c, 4)
+    scale = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
+    wv = crop_resize_weights(flat[:, 0], flat[:, 2], oh, hh, bicubic, taps[0], scale=scale)  # (K, oh, H)
+    wh = crop_resize_weights(flat[:, 1], flat[:, 3], ow, ww, bicubic, taps[1], flip=flip)  # (K, ow, W)
+    xp = torch.empty((b, hh, ch, ww), device=images.device, dtype=torch.float32)
+    xp.copy_(images.permute(0, 2, 1, 3))  # one pass: layout and dtype
+    y = torch.bmm(wv.view(b, c * oh, hh), xp.view(b, hh, ch * ww))  # (B, c*oh, C*W)
+    y = torch.bmm(y.view(b * c, oh * ch, ww), wh.transpose(1, 2))  # (B*c, oh*C, ow)
+    return y.view(b * c, oh, ch, ow).permute(0, 2, 1, 3)
 
 
 def resized_crops(
@@ -376,15 +443,16 @@ def resized_crops(
         images: ``(B, C, H, W)`` float (taken as is) or uint8 (read as ``x / 255``).
         boxes: ``(B, c, 4)`` int64 ``(top, left, h, w)``, on ``images``' device.
         size: ``(oh, ow)``.
-        method: ``"matrix"`` (exact antialiasing, two batched products), ``"roi_align"``
+        method: ``"matrix"`` (exact antialiasing, two batched products with banded weights,
+            :func:`crop_resize_weights`), ``"roi_align"``
             (``torchvision.ops.roi_align``, adaptive sampling), ``"interpolate"`` (one
             antialiased resize per crop; uint8 on CPU: the worker path's own native uint8
             kernel, :func:`~ssl_cropmix.transforms.functional.resized_crop`, rounded to uint8)
             or ``"auto"``: ``"interpolate"`` for uint8 on CPU at >= 128 px, ``"matrix"``
-            elsewhere (measured, see ``docs/data.md``).
+            elsewhere (measured, see ``docs/data.md``). ``"interpolate"`` reads the boxes on
+            the host.
         bicubic: bicubic filter (``"matrix"`` and ``"interpolate"`` only).
-        weights: optional ``(B, c)`` Mixup weights: return the weighted sum over the crops
-            instead (folded into the horizontal matrices for ``"matrix"``).
+        weights: optional ``(B, c)`` Mixup weights: return the weighted sum over the crops.
 
     Shape:
         ``(B, C, H, W), (B, c, 4) -> (B, c, C, oh, ow)``, or ``(B, C, oh, ow)`` with ``weights``.
@@ -398,30 +466,19 @@ def resized_crops(
     c = boxes.shape[1]
     oh, ow = size
     flat = boxes.reshape(b * c, 4)
-    if method == "interpolate" and u8 and images.device.type == "cpu":
+    if method == "matrix":
+        # the band read on the host here; DeviceViews.apply passes it from the CPU parameters
+        taps = (filter_taps(int(flat[:, 2].max()), oh, bicubic), filter_taps(int(flat[:, 3].max()), ow, bicubic))
+        out = _matrix_crops(images if u8 else images.float(), boxes, size, bicubic, taps).unflatten(0, (b, c))
+    elif method == "interpolate" and u8 and images.device.type == "cpu":
         interp = InterpolationMode.BICUBIC if bicubic else InterpolationMode.BILINEAR
         rows = flat.tolist()
         out = torch.stack([CF.resized_crop(images[k // c], tuple(r), size, interp) for k, r in enumerate(rows)])
         out = out.view(b, c, ch, oh, ow).to(torch.float32).mul_(1.0 / 255.0)
-        if weights is not None:
-            return (out * weights.to(out.dtype)[:, :, None, None, None]).sum(1)
-        return out
-    x = images.to(torch.float32) if u8 else images
-    if method == "matrix":
-        wv = crop_resize_weights(flat[:, 0], flat[:, 2], oh, hh, bicubic).to(x.dtype).view(b, c * oh, hh)
-        if u8:
-            wv = wv * (1.0 / 255.0)
-        wh = crop_resize_weights(flat[:, 1], flat[:, 3], ow, ww, bicubic).to(x.dtype).view(b, c, ow, ww)
-        y = torch.matmul(wv[:, None], x)  # (B, C, c*oh, W)
-        if weights is not None:
-            whw = (wh * weights.to(x.dtype)[:, :, None, None]).permute(0, 1, 3, 2).reshape(b, 1, c * ww, ow)
-            y = y.view(b, ch, c, oh, ww).permute(0, 1, 3, 2, 4).reshape(b, ch, oh, c * ww)
-            return torch.matmul(y, whw)  # (B, C, oh, ow)
-        y = torch.matmul(y.view(b, ch, c, oh, ww), wh[:, None].transpose(-1, -2))  # (B, C, c, oh, ow)
-        return y.permute(0, 2, 1, 3, 4)
-    if method == "roi_align":
+    elif method == "roi_align":
         from torchvision.ops import roi_align
 
+        x = images.to(torch.float32) if u8 else images
         idx = torch.arange(b, device=x.device).repeat_interleave(c).to(x.dtype)
         f = flat.to(x.dtype)
         rois = torch.stack([idx, f[:, 1], f[:, 0], f[:, 1] + f[:, 3], f[:, 0] + f[:, 2]], dim=1)
@@ -429,6 +486,7 @@ def resized_crops(
         if u8:
             out = out * (1.0 / 255.0)
     else:
+        x = images.to(torch.float32) if u8 else images
         mode = "bicubic" if bicubic else "bilinear"
         rows = flat.tolist()
         crops = [
@@ -442,7 +500,7 @@ def resized_crops(
         if u8:
             out = out * (1.0 / 255.0)
     if weights is not None:
-        return (out * weights.to(x.dtype)[:, :, None, None, None]).sum(1)
+        return (out * weights.to(out.dtype)[:, :, None, None, None]).sum(1)
     return out
 
 
@@ -480,51 +538,34 @@ def cutmix_fold(views: torch.Tensor, paste_boxes: torch.Tensor, from_mix: torch.
 
 # --------------------------------------------------------------------------- applying: colour
 def _gray(x: torch.Tensor) -> torch.Tensor:
+    """Luma of ``(N, 3, H, W)`` (any strides) -> ``(N, 1, H, W)``, torchvision's weights."""
     r, g, b = x.unbind(-3)
-    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(-3)
-
-
-def _blend(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (f * x + (1.0 - f) * other).clamp_(0.0, 1.0)
+    return torch.add(_GRAY[0] * r + _GRAY[1] * g, b, alpha=_GRAY[2]).unsqueeze(-3)
 
 
 def _hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """torchvision's ``adjust_hue`` (RGB -> HSV, ``h <- (h + shift) mod 1``, -> RGB) with one
-    shift per image. Shape: ``(N, 3, H, W), (N, 1, 1, 1) -> (N, 3, H, W)``."""
-    r, g, b = x.unbind(-3)
-    maxc, _ = x.max(dim=-3)
-    minc, _ = x.min(dim=-3)
-    eqc = maxc == minc
-    cr = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = cr / torch.where(eqc, ones, maxc)
-    cr_div = torch.where(eqc, ones, cr)
-    rc, gc, bc = (maxc - r) / cr_div, (maxc - g) / cr_div, (maxc - b) / cr_div
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
-    h = torch.remainder(h + shift[:, 0], 1.0)
-    # HSV -> RGB as c_n = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6, n = 5, 3, 1:
-    # the same values as torchvision's sector table, without its (N, 3, 6, H, W) temporary
-    v, vs = maxc, maxc * s
-    h6 = h * 6.0
-    out = []
-    for n in (5.0, 3.0, 1.0):
-        k = torch.remainder(h6 + n, 6.0)
-        out.append(v - vs * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
-    return torch.stack(out, dim=-3).clamp_(0.0, 1.0)
+    shift per image, in a fixed small number of whole-tensor operations.
 
+    HSV keeps ``v = max`` and ``c = max - min``; the hue on the ``[0, 6)`` scale is
+    ``(x_{i+1} - x_{i+2}) / c + 2 i`` for the (first) largest channel ``i`` (torchvision's
+    r, g, b priority), and channel ``n`` of the result is
+    ``v - c clamp(min(k, 4 - k), 0, 1)`` with ``k = (6 h' + n) mod 6``, ``n = 5, 3, 1``:
+    torchvision's sector table without its ``(N, 3, 6, H, W)`` temporary. Gray pixels
+    (``c = 0``) keep their value.
 
-def _jitter_op(x: torch.Tensor, op: int, f: torch.Tensor) -> torch.Tensor:
-    f = f.view(-1, 1, 1, 1)
-    if op == 0:
-        return (x * f).clamp_(0.0, 1.0)
-    if op == 1:
-        return _blend(x, _gray(x).mean(dim=(-3, -2, -1), keepdim=True), f)
-    if op == 2:
-        return _blend(x, _gray(x), f)
-    return _hue_shift(x, f)
+    Shape: ``(N, 3, H, W), (N, 1, 1, 1) -> (N, 3, H, W)``.
+    """
+    maxc, imax = x.max(dim=-3, keepdim=True)  # first maximum: torchvision's priority
+    cr = maxc - x.amin(dim=-3, keepdim=True)
+    nxt = x.gather(-3, torch.remainder(imax + 1, 3))
+    nnx = x.gather(-3, torch.remainder(imax + 2, 3))
+    # a chroma below 1e-12 changes the output by less than that, whatever the hue
+    h6 = torch.add((nxt - nnx) / cr.clamp(min=1e-12), imax, alpha=2)  # hue * 6, in [-1, 5)
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(h6 + torch.addcmul(n, shift, torch.full_like(shift, 6.0)), 6.0)
+    t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return torch.addcmul(maxc, cr, t, value=-1.0).clamp_(0.0, 1.0)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
@@ -533,7 +574,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> to
     n, c, h, w = x.shape
     r = min(int(math.ceil(3.0 * max_sigma)), h - 1, w - 1)
     t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t[None, :] / sigma[:, None].to(x.dtype)) ** 2)
+    k = torch.exp((t * t)[None, :] * (-0.5 / (sigma * sigma).to(x.dtype))[:, None])
     k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, dim=0)  # (N*C, 2r+1)
     y = TF.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")
     y = TF.conv2d(y, k.view(n * c, 1, 2 * r + 1, 1), groups=n * c)
@@ -541,36 +582,145 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> to
     return y.view(n, c, h, w)
 
 
+class _Packer:
+    """Lays CPU tensors out in one byte buffer (int64 part, then float32 part), pinned when
+    CUDA is available, and keeps the layout as host integers (no device reads to unpack)."""
+
+    def __init__(self) -> None:
+        self.ints: list[torch.Tensor] = []
+        self.floats: list[torch.Tensor] = []
+        self.layout: dict[str, tuple[bool, int, tuple[int, ...]]] = {}
+        self.ni = self.nf = 0
+        self.host: dict[str, Any] = {}  # host-side integers of the plan (counts, taps)
+
+    def int(self, name: str, t: torch.Tensor) -> None:
+        self.layout[name] = (True, self.ni, tuple(t.shape))
+        self.ints.append(t.reshape(-1).to(torch.int64))
+        self.ni += t.numel()
+
+    def float(self, name: str, t: torch.Tensor) -> None:
+        self.layout[name] = (False, self.nf, tuple(t.shape))
+        self.floats.append(t.reshape(-1).to(torch.float32))
+        self.nf += t.numel()
+
+    def finish(self) -> PackedParams:
+        nbytes = 8 * self.ni + 4 * self.nf
+        buf = torch.empty(max(nbytes, 8), dtype=torch.uint8, pin_memory=torch.cuda.is_available())
+        if self.ni:
+            torch.cat(self.ints, out=buf[: 8 * self.ni].view(torch.int64))
+        if self.nf:
+            torch.cat(self.floats, out=buf[8 * self.ni : nbytes].view(torch.float32))
+        return PackedParams(buf, self.ni, self.layout, self.host)
+
+
+class PackedParams(NamedTuple):
+    """Every number :meth:`DeviceViews.apply` reads, in one CPU buffer sent with a single
+    ``non_blocking`` copy (pinned when CUDA is available).
+
+    Attributes:
+        buffer: ``(bytes,)`` uint8: ``n_int`` int64 values, then float32 values.
+        n_int: number of int64 values.
+        layout: name -> ``(is_int, offset, shape)`` (host integers).
+        host: the plan's host integers (selection counts, filter widths), so that no shape
+            depends on a device value.
+    """
+
+    buffer: torch.Tensor
+    n_int: int
+    layout: dict[str, tuple[bool, int, tuple[int, ...]]]
+    host: dict[str, Any]
+
+    def to(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """One copy of the buffer to ``device`` (``non_blocking``), then views by name."""
+        buf = self.buffer.to(device, non_blocking=True)
+        ints = buf[: 8 * self.n_int].view(torch.int64)
+        floats = buf[8 * self.n_int :]
+        floats = floats[: (floats.numel() // 4) * 4].view(torch.float32)
+        out = {}
+        for name, (is_int, off, shape) in self.layout.items():
+            src = ints if is_int else floats
+            n = math.prod(shape)
+            out[name] = src[off : off + n].view(shape)
+        return out
+
+
+def _pack_colour(pk: _Packer, name: str, p: ColourParams) -> None:
+    """Host plan of the jitter / grayscale / blur of ``p``'s rows (flip is folded into the
+    resize): for each of the four positions, the rows running a linear op (brightness,
+    contrast, saturation: ``lerp(other, x, f)``) and the rows running hue, then the
+    grayscale and blur rows; row indices, factors and counts are fixed on the host."""
+    rows = torch.arange(p.jitter.shape[0])
+    for pos in range(4):
+        op = p.order[:, pos]
+        lin = p.jitter & (op < 3)
+        hue = p.jitter & (op == 3)
+        idx = rows[lin]
+        o = op[lin]
+        pk.int(f"{name}.lin{pos}", idx)
+        # factor, saturation and contrast coefficients of "other" (brightness: other = 0)
+        pk.float(f"{name}.lin{pos}.f", torch.stack([p.factors[idx, o], (o == 2).float(), (o == 1).float()], 1))
+        pk.host[f"{name}.lin{pos}"] = int(idx.numel())
+        hidx = rows[hue]
+        pk.int(f"{name}.hue{pos}", hidx)
+        pk.float(f"{name}.hue{pos}.f", p.factors[hidx, 3])
+        pk.host[f"{name}.hue{pos}"] = int(hidx.numel())
+    gidx = rows[p.gray]
+    pk.int(f"{name}.gray", gidx)
+    pk.host[f"{name}.gray"] = int(gidx.numel())
+    bidx = rows[p.blur]
+    pk.int(f"{name}.blur", bidx)
+    pk.float(f"{name}.blur.sigma", p.sigma[bidx])
+    pk.host[f"{name}.blur"] = int(bidx.numel())
+
+
+def _apply_colour(x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, Any], name: str, max_sigma: float) -> None:
+    """Jitter (each row in its own op order), grayscale and blur of :func:`_pack_colour`,
+    in place on ``x`` ``(N, 3, H, W)`` (any strides), touching only the selected rows."""
+    for pos in range(4):
+        if host[f"{name}.lin{pos}"]:
+            idx = t[f"{name}.lin{pos}"]
+            coef = t[f"{name}.lin{pos}.f"].view(-1, 3, 1, 1, 1)
+            y = x.index_select(0, idx)
+            g = _gray(y)
+            mean = g.mean(dim=(-3, -2, -1), keepdim=True)
+            other = torch.addcmul(mean * coef[:, 2], g, coef[:, 1])  # saturation: gray, contrast: its mean
+            x.index_copy_(0, idx, torch.lerp(other, y, coef[:, 0]).clamp_(0.0, 1.0))
+        if host[f"{name}.hue{pos}"]:
+            idx = t[f"{name}.hue{pos}"]
+            x.index_copy_(0, idx, _hue_shift(x.index_select(0, idx), t[f"{name}.hue{pos}.f"].view(-1, 1, 1, 1)))
+    if host[f"{name}.gray"]:
+        idx = t[f"{name}.gray"]
+        x.index_copy_(0, idx, _gray(x.index_select(0, idx)).expand(-1, 3, -1, -1))
+    if host[f"{name}.blur"]:
+        idx = t[f"{name}.blur"]
+        x.index_copy_(0, idx, _gaussian_blur(x.index_select(0, idx), t[f"{name}.blur.sigma"], max_sigma))
+
+
 def colour_augment(x: torch.Tensor, params: ColourParams, spec: ColourSpec) -> torch.Tensor:
     """MoCo v2's flip, colour jitter (per-sample random op order), grayscale and blur, in
     that order (the worker recipe's order), each image with its own parameters.
 
+    Each op runs on its selected rows only (row sets fixed on the CPU, so no device
+    synchronisation). :meth:`DeviceViews.apply` runs the same code with the flip folded
+    into the resize.
+
     Args:
-        x: ``(N, 3, H, W)`` float in ``[0, 1]``.
-        params: from :func:`sample_colour_params` (CPU); index sets are computed on the CPU,
-            so no device synchronisation is needed.
+        x: ``(N, 3, H, W)`` float in ``[0, 1]`` (left unchanged).
+        params: from :func:`sample_colour_params` (CPU).
 
     Shape:
         ``(N, 3, H, W) -> (N, 3, H, W)``
     """
-    dev = x.device
-    # torch.where returns a new tensor, so the selected rows are then written in place
-    # (index_copy_) instead of copying the whole batch for each of up to 16 (position, op) groups
-    x = torch.where(params.flip.to(dev).view(-1, 1, 1, 1), x.flip(-1), x)
-    factors = params.factors.to(dev, x.dtype)
-    for pos in range(4):
-        for op in range(4):
-            sel = torch.nonzero(params.jitter & (params.order[:, pos] == op)).flatten()
-            if sel.numel():
-                idx = sel.to(dev)
-                x.index_copy_(0, idx, _jitter_op(x.index_select(0, idx), op, factors.index_select(0, idx)[:, op]))
-    gray = params.gray.to(dev).view(-1, 1, 1, 1)
-    x = torch.where(gray, _gray(x).expand_as(x), x)
-    sel = torch.nonzero(params.blur).flatten()
-    if sel.numel():
-        idx = sel.to(dev)
-        x.index_copy_(0, idx, _gaussian_blur(x.index_select(0, idx), params.sigma[sel].to(dev), spec.sigma[1]))
-    return x
+    pk = _Packer()
+    pk.int("flip", torch.arange(x.shape[0])[params.flip])
+    _pack_colour(pk, "c", params)
+    packed = pk.finish()
+    t = packed.to(x.device)
+    out = x.clone()
+    if int(params.flip.sum()):
+        out.index_copy_(0, t["flip"], out.index_select(0, t["flip"]).flip(-1))
+    _apply_colour(out, t, packed.host, "c", spec.sigma[1])
+    return out
 
 
 # --------------------------------------------------------------------------- recipes
@@ -583,12 +733,33 @@ class ViewParams(NamedTuple):
         query: query crops (MoCo), else ``None``.
         query_colour: query colour parameters, one row per crop for the per-crop presets
             (``(B * c)`` rows, sample-major) or one per sample.
+        packed: the same numbers laid out for :meth:`DeviceViews.apply` in one (pinned)
+            buffer (:meth:`DeviceViews.pack`), made by :meth:`DeviceViews.sample` on the
+            CPU; ``None``: ``apply`` packs the fields above. Derived data: a copy whose other
+            fields are changed (``_replace``) must set ``packed=None``.
     """
 
     key: CropSlots
     key_colour: ColourParams
     query: CropSlots | None
     query_colour: ColourParams | None
+    packed: PackedParams | None = None
+
+
+def _cat_colour(a: ColourParams, b: ColourParams, b_per: int) -> ColourParams:
+    """Rows ``[a_0, b_0 .. b_{per-1}, a_1, ...]``: sample ``i``'s key row, then its query rows."""
+    n = a.flip.shape[0]
+    return ColourParams(*(
+        torch.cat([x.reshape(n, 1, *x.shape[1:]), y.reshape(n, b_per, *y.shape[1:])], 1).flatten(0, 1)
+        for x, y in zip(a, b)
+    ))
+
+
+def _mirror(boxes: torch.Tensor, flip: torch.Tensor, width: int) -> torch.Tensor:
+    """Paste boxes ``(B, k, 4)`` of flipped samples mirrored left-right in a ``width``-wide image."""
+    mirrored = boxes.clone()
+    mirrored[..., 1] = width - boxes[..., 1] - boxes[..., 3]
+    return torch.where(flip[:, None, None], mirrored, boxes)
 
 
 def _find(t: Any, cls: type) -> Any:
@@ -715,7 +886,8 @@ class DeviceViews:
 
     # ------------------------------------------------------------------ sampling
     def sample(self, sizes: torch.Tensor) -> ViewParams:
-        """Draw every random number of a batch, per sample, on the CPU.
+        """Draw every random number of a batch on the CPU, with tensor operations over the
+        batch (no loop over samples), and pack them for :meth:`apply` (:meth:`pack`).
 
         Args:
             sizes: ``(B, 2)`` true image sizes (any device).
@@ -729,7 +901,8 @@ class DeviceViews:
                 if self.cropmix is None
                 else sample_cropmix_slots(self.cropmix, sizes, g)
             )
-            return ViewParams(slots, sample_colour_params(b, self.key_spec, g), None, None)
+            params = ViewParams(slots, sample_colour_params(b, self.key_spec, g), None, None)
+            return params._replace(packed=self.pack(params))
         key = sample_rrc_slots(sizes, self.rrc_scale, self.rrc_ratio, g)
         key_colour = sample_colour_params(b, self.key_spec, g)
         if self.cropmix is None:  # plain: an independent MoCo v2 view
@@ -738,53 +911,137 @@ class DeviceViews:
         else:
             query = sample_cropmix_slots(self.cropmix, sizes, g)
             qc = sample_colour_params(b * query.boxes.shape[1] if self.per_crop else b, self.query_spec, g)
-        return ViewParams(key, key_colour, query, qc)
+        params = ViewParams(key, key_colour, query, qc)
+        return params._replace(packed=self.pack(params))
+
+    # ------------------------------------------------------------------ packing
+    def pack(self, params: ViewParams) -> PackedParams:
+        """Lay every number :meth:`apply` needs out in one CPU buffer (pinned when CUDA is
+        available), with the host integers of the plan (selected-row counts, filter
+        widths): the boxes of all crops of a sample side by side (MoCo: the key's, then the
+        query's), each crop's flip folded into its resize, the Mixup weights / CutMix boxes,
+        the colour plan (:func:`_pack_colour`) and the normalisation constants.
+        """
+        key, kc, query, qc = params.key, params.key_colour, params.query, params.query_colour
+        pk = _Packer()
+        b = int(key.boxes.shape[0])
+        ow = self.size
+        pk.float("norm", torch.stack([1.0 / self.std.view(3), -self.mean.view(3) / self.std.view(3)]))
+        groups: list[tuple[str, CropSlots, torch.Tensor]] = []  # (name, slots, per-sample flip of a mix)
+        if self.views == "mae":
+            boxes, flip = key.boxes, kc.flip[:, None].expand(key.boxes.shape[:2])
+            groups.append(("key", key, kc.flip))
+            _pack_colour(pk, "key", kc)  # MAE's recipe: flip only, so no rows
+            pre = False
+        else:
+            assert query is not None and qc is not None
+            c = int(query.boxes.shape[1])
+            boxes = torch.cat([key.boxes, query.boxes], 1)
+            pre = self.per_crop or self.cropmix is None  # plain: one crop per view, colour per crop
+            if pre:
+                colour = _cat_colour(kc, qc, c)
+                flip = colour.flip.view(b, 1 + c)
+                _pack_colour(pk, "crops", colour)
+                groups.append(("query", query, torch.zeros(b, dtype=torch.bool)))
+            else:
+                flip = torch.cat([kc.flip[:, None], qc.flip[:, None].expand(b, c)], 1)
+                _pack_colour(pk, "key", kc)
+                _pack_colour(pk, "query", qc)
+                groups.append(("query", query, qc.flip))
+        m = int(boxes.shape[1])
+        pk.host["crops"] = m
+        pk.host["pre"] = pre
+        pk.float("boxes", boxes)
+        pk.float("flip", flip.reshape(-1))
+        pk.host["taps"] = (
+            filter_taps(int(boxes[..., 2].max()), self.size, self.bicubic),
+            filter_taps(int(boxes[..., 3].max()), self.size, self.bicubic),
+        )
+        for name, slots, mix_flip in groups:
+            n = int(slots.boxes.shape[1])
+            if n == 1 or slots.weights is not None:
+                pk.host[f"{name}.fold"] = "one" if n == 1 else "mixup"
+                if n > 1:
+                    pk.float(f"{name}.weights", slots.weights.view(b, 1, n))  # type: ignore[union-attr]
+            else:
+                pk.host[f"{name}.fold"] = "cutmix"
+                pk.float(f"{name}.paste", _mirror(slots.paste_boxes, mix_flip, ow))  # type: ignore[arg-type]
+                pk.int(f"{name}.from_mix", slots.paste_from_mix)  # type: ignore[arg-type]
+        pk.host["sigma"] = max(self.key_spec.sigma[1], self.query_spec.sigma[1])
+        return pk.finish()
 
     # ------------------------------------------------------------------ applying
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = self.mean.to(x.device, x.dtype), self.std.to(x.device, x.dtype)
-        return ((x - mean) / std).to(self.output_dtype)
+    def _fold(self, y: torch.Tensor, store: torch.Tensor, s: slice, name: str, t: dict[str, torch.Tensor], host: dict[str, Any]) -> torch.Tensor:
+        """Fold crops ``s`` of every sample: one crop, Mixup (one batched product over the
+        crops' storage ``store`` ``(B, m, oh * C * ow)``) or the CutMix fold."""
+        fold = host[f"{name}.fold"]
+        if fold == "one":
+            return y[:, s.start]
+        if fold == "mixup":
+            b, _, ch, oh, ow = y.shape
+            out = torch.bmm(t[f"{name}.weights"], store[:, s])  # (B, 1, oh*C*ow)
+            return out.view(b, oh, ch, ow).permute(0, 2, 1, 3)
+        return cutmix_fold(y[:, s], t[f"{name}.paste"], t[f"{name}.from_mix"] != 0)
 
-    def _view(self, x: torch.Tensor, slots: CropSlots, colour: ColourParams, spec: ColourSpec, per_crop: bool) -> torch.Tensor:
-        dev = x.device
-        s = (self.size, self.size)
-        boxes = slots.boxes.to(dev)
-        if slots.weights is not None and slots.boxes.shape[1] > 1 and not per_crop:
-            out = resized_crops(x, boxes, s, self.resize, self.bicubic, weights=slots.weights.to(dev))
-            if self.bicubic:  # the cubic filter overshoots [0, 1]
-                out = out.clamp_(0.0, 1.0)
-        else:
-            crops = resized_crops(x, boxes, s, self.resize, self.bicubic)  # (B, c, 3, S, S)
-            if self.bicubic:  # each crop clamped once; the folds below stay in [0, 1]
-                crops = crops.clamp_(0.0, 1.0)
-            if per_crop:
-                b, c = crops.shape[:2]
-                crops = colour_augment(crops.reshape(b * c, *crops.shape[2:]), colour, spec).view(crops.shape)
-            if crops.shape[1] == 1:
-                out = crops[:, 0]
-            elif slots.weights is not None:
-                out = (crops * slots.weights.to(dev, crops.dtype)[:, :, None, None, None]).sum(1)
-            else:
-                out = cutmix_fold(crops, slots.paste_boxes.to(dev), slots.paste_from_mix.to(dev))  # type: ignore[union-attr]
-        if not per_crop:
-            out = colour_augment(out, colour, spec)
-        return self._normalize(out)
+    def _normalize(self, x: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(x - mean) / std`` as one multiply-add into a contiguous ``output_dtype`` tensor."""
+        norm = t["norm"].view(2, 1, 3, 1, 1)
+        out = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+        torch.addcmul(norm[1], x, norm[0], out=out)
+        return out if self.output_dtype == torch.float32 else out.to(self.output_dtype)
 
     def apply(self, images: torch.Tensor, params: ViewParams) -> Any:
         """Apply ``params`` (deterministic). ``images`` are the padded uint8 batch.
+
+        Device work only: the parameters arrive in one ``non_blocking`` copy
+        (:meth:`pack`), every shape is a host integer, and nothing is read back, so the
+        views queue behind the previous step without a synchronisation (tested on the
+        ``meta`` device). With ``resize="matrix"`` (the default off CPU) all crops of the
+        batch are resized by two batched products with the flips folded in, the per-crop
+        colour ops run on their selected rows, and the folds and normalisation follow.
 
         Returns:
             ``(query, key)`` for MoCo, the images for MAE.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
-        with torch.autocast(images.device.type, enabled=False):
+        packed = params.packed if params.packed is not None else self.pack(params)
+        dev = images.device
+        ctx = torch.autocast(dev.type, enabled=False) if dev.type in ("cpu", "cuda") else contextlib.nullcontext()
+        with ctx:
+            t = packed.to(dev)
+            host = packed.host
             x = images if images.dtype == torch.uint8 else images.float()
-            key = self._view(x, params.key, params.key_colour, self.key_spec, False)
+            b, m = int(x.shape[0]), host["crops"]
+            s = (self.size, self.size)
+            method = self.resize
+            if method == "auto":
+                method = "interpolate" if dev.type == "cpu" and self.size >= 128 else "matrix"
+            boxes = t["boxes"].view(b, m, 4)
+            if method == "matrix":
+                y = _matrix_crops(x, boxes, s, self.bicubic, host["taps"], flip=t["flip"])  # (B*m, C, S, S)
+                store = y.permute(0, 2, 1, 3).reshape(b, m, -1)  # its (B, m, S*C*S) storage, a view
+            else:  # host-driven kernels (CPU); the flip after the resize
+                y = resized_crops(x, boxes.to(torch.int64), s, method, self.bicubic).flatten(0, 1)
+                y = torch.where(t["flip"].view(-1, 1, 1, 1) > 0.5, y.flip(-1), y).permute(0, 2, 1, 3).contiguous()
+                y = y.permute(0, 2, 1, 3)  # the (B*m, S, C, S) storage of the matrix path
+                store = y.permute(0, 2, 1, 3).reshape(b, m, -1)
+            if self.bicubic:  # the cubic filter overshoots [0, 1]; each crop clamped once
+                y.clamp_(0.0, 1.0)
+            sigma = host["sigma"]
+            if host["pre"]:
+                _apply_colour(y, t, host, "crops", sigma)
+            y5 = y.unflatten(0, (b, m))
             if self.views == "mae":
-                return key
-            query = self._view(x, params.query, params.query_colour, self.query_spec, self.per_crop)  # type: ignore[arg-type]
-        return query, key
+                out = self._fold(y5, store, slice(0, m), "key", t, host)
+                _apply_colour(out, t, host, "key", sigma)
+                return self._normalize(out, t)
+            key = y5[:, 0]
+            query = self._fold(y5, store, slice(1, m), "query", t, host)
+            if not host["pre"]:
+                _apply_colour(key, t, host, "key", sigma)
+                _apply_colour(query, t, host, "query", sigma)
+            return self._normalize(query, t), self._normalize(key, t)
 
     def __call__(self, images: torch.Tensor, sizes: torch.Tensor) -> Any:
         return self.apply(images, self.sample(sizes))
