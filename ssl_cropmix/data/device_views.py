@@ -333,6 +333,56 @@ def filter_taps(max_length: int, out_size: int, bicubic: bool = False) -> int:
     return int(math.ceil(2.0 * half * max(1.0, max_length / out_size))) + 1
 
 
+def resize_rows(
+    start: torch.Tensor,
+    length: torch.Tensor,
+    out_size: int,
+    bicubic: bool = False,
+    flip: torch.Tensor | None = None,
+    scale: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """Per-segment constants of :func:`banded_weights` (a few numbers per crop, cheap on the
+    CPU before the transfer): output ``i`` has centre ``a + b (i + 0.5)`` (``a = 0``,
+    ``b = length / out_size``; mirrored for ``flip``: ``a = length``, ``b = -length / out_size``)
+    and support ``s = b' max(1, b')`` (``b' = |b|``, ``s`` scaled by 2 for bicubic).
+
+    Shape:
+        ``(K,) -> (K, 9)`` float32: ``a, b, s - 0.5, s + 0.5, length, 1 / max(1, |b|), scale,
+        length - 1, start``.
+    """
+    length_f = length.to(torch.float32)
+    ratio = length_f / out_size
+    up = ratio.clamp(min=1.0)
+    support = up * (2.0 if bicubic else 1.0)
+    f = torch.zeros_like(ratio) if flip is None else flip.to(torch.float32)
+    scale_t = torch.as_tensor(scale, dtype=torch.float32, device=ratio.device).expand_as(ratio)
+    return torch.stack([
+        f * length_f, ratio * (1.0 - 2.0 * f), support - 0.5, support + 0.5, length_f, up.reciprocal(),
+        scale_t, length_f - 1.0, start.to(torch.float32),
+    ], 1)
+
+
+def banded_weights(rows: torch.Tensor, out_size: int, full: int, taps: int, bicubic: bool = False) -> torch.Tensor:
+    """Dense resize matrices from :func:`resize_rows`, computed only over each output
+    pixel's filter window (``taps`` columns) in float32 and scattered into place.
+
+    Shape:
+        ``(K, 9) -> (K, out_size, full)`` float32.
+    """
+    r = rows[:, :, None, None].unbind(1)  # each (K, 1, 1)
+    a, b, s_lo, s_hi, length, inv, scale, last, start = r
+    i = torch.arange(0.5, out_size, device=rows.device, dtype=torch.float32).view(1, out_size, 1)
+    center = torch.addcmul(a, b, i)  # (K, O, 1)
+    xmin = torch.floor(center - s_lo).clamp_(min=0.0)
+    xmax = torch.minimum(torch.floor(center + s_hi), length)
+    j = xmin + torch.arange(taps, device=rows.device, dtype=torch.float32)  # (K, O, T)
+    w = _filter((j - center + 0.5) * inv, bicubic) * (j < xmax)
+    w = w / (w.sum(-1, keepdim=True) / scale)
+    cols = (torch.minimum(j, last) + start).to(torch.int64)
+    dense = torch.zeros((rows.shape[0], out_size, full), device=rows.device, dtype=torch.float32)
+    return dense.scatter_add_(2, cols, w)
+
+
 def crop_resize_weights(
     start: torch.Tensor,
     length: torch.Tensor,
@@ -350,11 +400,12 @@ def crop_resize_weights(
     PIL-style kernel): output ``i`` has centre ``scale * (i + 0.5)``, support
     ``scale * s`` (``s`` 1 bilinear, 2 bicubic; ``s`` when upsampling), triangle / cubic
     (``a = -0.5``) weights over the window torch uses, normalised to sum 1. So
-    ``W_h @ X @ W_w.T`` is torchvision's float ``resized_crop`` up to float rounding (tested).
+    ``W_h @ X @ W_w.T`` is torchvision's float ``resize_crop`` up to float rounding (tested).
 
     Banded: the weights are computed in float32 only over each output pixel's filter window
-    (``taps`` columns, :func:`filter_taps`), then scattered into the dense matrix, so no
-    ``(K, out_size, full)`` intermediate is ever built but the result.
+    (``taps`` columns, :func:`filter_taps`), then scattered into the dense matrix
+    (:func:`resize_rows`, :func:`banded_weights`), so no ``(K, out_size, full)``
+    intermediate is built but the result.
 
     Args:
         start, length: ``(K,)`` segment starts and lengths (``length >= 1``; int or float).
@@ -362,43 +413,40 @@ def crop_resize_weights(
         full: axis length of the (padded) source.
         bicubic: cubic instead of triangle filter.
         taps: window width, a host int (default: :func:`filter_taps` of ``length.max()``,
-            which reads ``length`` on the host: pass it for device tensors).
-        flip: optional ``(K,)`` bool / 0-1 float, reverse the output pixels of that segment
+            which reads ``length`` on the host).
+        flip: optional ``(K,)`` bool / 0-1, reverse the output pixels of that segment
             (a horizontal flip folded into the matrix).
         scale: multiplies every weight (e.g. ``1 / 255`` for uint8 sources).
 
     Shape:
         ``(K,) -> (K, out_size, full)`` float32, on ``start``'s device.
     """
-    dev = start.device
     if taps is None:
         taps = filter_taps(int(length.max()), out_size, bicubic)
-    length_f = length.to(torch.float32)[:, None]  # (K, 1)
-    ratio = length_f / out_size
-    half = 2.0 if bicubic else 1.0
-    up = ratio.clamp(min=1.0)
-    support, invscale = up * half, up.reciprocal()
-    i = torch.arange(out_size, device=dev, dtype=torch.float32)[None, :]  # (1, O)
-    if flip is not None:  # output i reads what output out_size - 1 - i would
-        i = torch.addcmul(i, flip.to(torch.float32)[:, None], (out_size - 1.0) - 2.0 * i)
-    center = ratio * (i + 0.5)  # (K, O)
-    xmin = torch.floor(center - support + 0.5).clamp_(min=0.0)
-    xmax = torch.minimum(torch.floor(center + support + 0.5), length_f)
-    j = xmin[..., None] + torch.arange(taps, device=dev, dtype=torch.float32)  # (K, O, T)
-    w = _filter((j - center[..., None] + 0.5) * invscale[..., None], bicubic) * (j < xmax[..., None])
-    w = w * (scale / w.sum(-1, keepdim=True).clamp_(min=1e-30))
-    cols = (j.clamp_(max=length_f[..., None] - 1.0) + start.to(torch.float32)[:, None, None]).to(torch.int64)
-    dense = torch.zeros((start.shape[0], out_size, full), device=dev, dtype=torch.float32)
-    return dense.scatter_add_(2, cols, w)
+    return banded_weights(resize_rows(start, length, out_size, bicubic, flip, scale), out_size, full, taps, bicubic)
+
+
+def crop_rows(
+    boxes: torch.Tensor, size: tuple[int, int], bicubic: bool, flip: torch.Tensor | None = None, u8: bool = True
+) -> torch.Tensor:
+    """:func:`resize_rows` of every box: the ``K = B * c`` vertical rows (scaled by ``1 / 255``
+    for uint8 sources), then the ``K`` horizontal rows (mirrored where ``flip``).
+
+    Shape:
+        ``(B, c, 4)`` -> ``(2 K, 9)`` float32.
+    """
+    flat = boxes.reshape(-1, 4)
+    v = resize_rows(flat[:, 0], flat[:, 2], size[0], bicubic, scale=1.0 / 255.0 if u8 else 1.0)
+    h = resize_rows(flat[:, 1], flat[:, 3], size[1], bicubic, flip=flip)
+    return torch.cat([v, h])
 
 
 def _matrix_crops(
     images: torch.Tensor,
-    boxes: torch.Tensor,
+    rows: torch.Tensor,
     size: tuple[int, int],
     bicubic: bool,
     taps: tuple[int, int],
-    flip: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Every box of every image resized by two batched matrix products (banded weights).
 
@@ -407,24 +455,26 @@ def _matrix_crops(
     copies of the source or of the matrices.
 
     Args:
-        images: ``(B, C, H, W)`` uint8 (read as ``x / 255``) or float.
-        boxes: ``(B, c, 4)`` ``(top, left, h, w)`` (int or float), on ``images``' device.
+        images: ``(B, C, H, W)`` uint8 or float (the rows' scale reads uint8 as ``x / 255``).
+        rows: ``(2 K, 9)`` from :func:`crop_rows`, on ``images``' device, ``K = B * c``.
         taps: ``(vertical, horizontal)`` window widths (:func:`filter_taps`), host ints.
-        flip: optional ``(B * c,)`` 0-1, mirror that crop horizontally.
 
     Returns:
         ``(B * c, C, oh, ow)`` float32, a view of ``(B * c, oh, C, ow)`` storage.
     """
     b, ch, hh, ww = images.shape
-    c = boxes.shape[1]
+    k = rows.shape[0] // 2
+    c = k // b
     oh, ow = size
-    flat = boxes.reshape(b * c, 4)
-    scale = 1.0 / 255.0 if images.dtype == torch.uint8 else 1.0
-    wv = crop_resize_weights(flat[:, 0], flat[:, 2], oh, hh, bicubic, taps[0], scale=scale)  # (K, oh, H)
-    wh = crop_resize_weights(flat[:, 1], flat[:, 3], ow, ww, bicubic, taps[1], flip=flip)  # (K, ow, W)
+    if oh == ow:  # one set of banded weights for both axes
+        w = banded_weights(rows, oh, max(hh, ww), max(taps), bicubic)
+        wv, wh = w[:k, :, :hh], w[k:, :, :ww]
+    else:
+        wv = banded_weights(rows[:k], oh, hh, taps[0], bicubic)
+        wh = banded_weights(rows[k:], ow, ww, taps[1], bicubic)
     xp = torch.empty((b, hh, ch, ww), device=images.device, dtype=torch.float32)
     xp.copy_(images.permute(0, 2, 1, 3))  # one pass: layout and dtype
-    y = torch.bmm(wv.view(b, c * oh, hh), xp.view(b, hh, ch * ww))  # (B, c*oh, C*W)
+    y = torch.bmm(wv.reshape(b, c * oh, hh), xp.view(b, hh, ch * ww))  # (B, c*oh, C*W)
     y = torch.bmm(y.view(b * c, oh * ch, ww), wh.transpose(1, 2))  # (B*c, oh*C, ow)
     return y.view(b * c, oh, ch, ow).permute(0, 2, 1, 3)
 
@@ -469,7 +519,8 @@ def resized_crops(
     if method == "matrix":
         # the band read on the host here; DeviceViews.apply passes it from the CPU parameters
         taps = (filter_taps(int(flat[:, 2].max()), oh, bicubic), filter_taps(int(flat[:, 3].max()), ow, bicubic))
-        out = _matrix_crops(images if u8 else images.float(), boxes, size, bicubic, taps).unflatten(0, (b, c))
+        rows = crop_rows(boxes, size, bicubic, u8=u8)
+        out = _matrix_crops(images if u8 else images.float(), rows, size, bicubic, taps).unflatten(0, (b, c))
     elif method == "interpolate" and u8 and images.device.type == "cpu":
         interp = InterpolationMode.BICUBIC if bicubic else InterpolationMode.BILINEAR
         rows = flat.tolist()
@@ -537,48 +588,68 @@ def cutmix_fold(views: torch.Tensor, paste_boxes: torch.Tensor, from_mix: torch.
 
 
 # --------------------------------------------------------------------------- applying: colour
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    """Luma of ``(N, 3, H, W)`` (any strides) -> ``(N, 1, H, W)``, torchvision's weights."""
-    r, g, b = x.unbind(-3)
-    return torch.add(_GRAY[0] * r + _GRAY[1] * g, b, alpha=_GRAY[2]).unsqueeze(-3)
+def _gray(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Luma of ``(N, 3, H, W)`` with torchvision's weights ``weight`` ``(1, 3, 1, 1)``, one
+    1x1 convolution. Shape: ``(N, 3, H, W) -> (N, 1, H, W)``."""
+    return TF.conv2d(x, weight)
 
 
-def _hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def _hue_shift(x: torch.Tensor, base: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """torchvision's ``adjust_hue`` (RGB -> HSV, ``h <- (h + shift) mod 1``, -> RGB) with one
     shift per image, in a fixed small number of whole-tensor operations.
 
     HSV keeps ``v = max`` and ``c = max - min``; the hue on the ``[0, 6)`` scale is
     ``(x_{i+1} - x_{i+2}) / c + 2 i`` for the (first) largest channel ``i`` (torchvision's
     r, g, b priority), and channel ``n`` of the result is
-    ``v - c clamp(min(k, 4 - k), 0, 1)`` with ``k = (6 h' + n) mod 6``, ``n = 5, 3, 1``:
-    torchvision's sector table without its ``(N, 3, 6, H, W)`` temporary. Gray pixels
-    (``c = 0``) keep their value.
+    ``v - c clamp(min(k, 4 - k), 0, 1)`` with ``k = (6 h + 6 shift + n) mod 6``,
+    ``n = 5, 3, 1``: torchvision's sector table without its ``(N, 3, 6, H, W)`` temporary.
+    Gray pixels (``c = 0``) keep their value.
 
-    Shape: ``(N, 3, H, W), (N, 1, 1, 1) -> (N, 3, H, W)``.
+    Args:
+        x: ``(N, 3, H, W)`` in ``[0, 1]`` (any strides).
+        base: ``(N, 3, 1, 1)``, ``6 shift + (5, 3, 1)`` (:func:`hue_base`).
+        offsets: ``(1, 2, 1, 1)`` int64 ``(1, 2)``.
+
+    Shape: ``(N, 3, H, W) -> (N, 3, H, W)``.
     """
     maxc, imax = x.max(dim=-3, keepdim=True)  # first maximum: torchvision's priority
     cr = maxc - x.amin(dim=-3, keepdim=True)
-    nxt = x.gather(-3, torch.remainder(imax + 1, 3))
-    nnx = x.gather(-3, torch.remainder(imax + 2, 3))
+    nxt = x.gather(-3, torch.remainder(imax + offsets, 3))  # x_{i+1}, x_{i+2}
     # a chroma below 1e-12 changes the output by less than that, whatever the hue
-    h6 = torch.add((nxt - nnx) / cr.clamp(min=1e-12), imax, alpha=2)  # hue * 6, in [-1, 5)
-    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    k = torch.remainder(h6 + torch.addcmul(n, shift, torch.full_like(shift, 6.0)), 6.0)
+    h6 = torch.add(torch.sub(*nxt.unbind(-3)).unsqueeze(-3) / cr.clamp(min=1e-12), imax, alpha=2)  # in [-1, 5)
+    k = torch.remainder(h6 + base, 6.0)
     t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return torch.addcmul(maxc, cr, t, value=-1.0).clamp_(0.0, 1.0)
+    return torch.addcmul(maxc, cr, t, value=-1.0)  # in [min, max]: no clamp needed
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with one ``sigma`` per image (reflect padding; kernel
-    ``+-ceil(3 max_sigma)``). Shape: ``(N, C, H, W), (N,) -> (N, C, H, W)``."""
+def hue_base(shift: torch.Tensor) -> torch.Tensor:
+    """``6 shift + (5, 3, 1)`` per image, the host constants of :func:`_hue_shift`. Shape: ``(N,) -> (N, 3)``."""
+    return 6.0 * shift.to(torch.float32)[:, None] + torch.tensor([5.0, 3.0, 1.0])
+
+
+def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps ``-radius .. radius``, one row per ``sigma`` (host
+    constants of :func:`_gaussian_blur`). Shape: ``(N,) -> (N, 2 radius + 1)`` float32."""
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t[None, :] / sigma.to(torch.float32)[:, None]) ** 2)
+    return k / k.sum(1, keepdim=True)
+
+
+def blur_radius(max_sigma: float, size: tuple[int, int]) -> int:
+    """``ceil(3 max_sigma)``, at most ``size - 1`` (reflect padding)."""
+    return min(int(math.ceil(3.0 * max_sigma)), size[0] - 1, size[1] - 1)
+
+
+def _gaussian_blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with one kernel per image (reflect padding), two grouped
+    convolutions. Shape: ``(N, C, H, W), (N, 2r+1) -> (N, C, H, W)``."""
     n, c, h, w = x.shape
-    r = min(int(math.ceil(3.0 * max_sigma)), h - 1, w - 1)
-    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp((t * t)[None, :] * (-0.5 / (sigma * sigma).to(x.dtype))[:, None])
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, dim=0)  # (N*C, 2r+1)
+    taps = kernels.shape[1]
+    r = taps // 2
+    k = kernels.repeat_interleave(c, dim=0) if c > 1 else kernels
     y = TF.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")
-    y = TF.conv2d(y, k.view(n * c, 1, 2 * r + 1, 1), groups=n * c)
-    y = TF.conv2d(y, k.view(n * c, 1, 1, 2 * r + 1), groups=n * c)
+    y = TF.conv2d(y, k.view(n * c, 1, taps, 1), groups=n * c)
+    y = TF.conv2d(y, k.view(n * c, 1, 1, taps), groups=n * c)
     return y.view(n, c, h, w)
 
 
@@ -644,11 +715,15 @@ class PackedParams(NamedTuple):
         return out
 
 
-def _pack_colour(pk: _Packer, name: str, p: ColourParams) -> None:
+def _pack_colour(pk: _Packer, name: str, p: ColourParams, max_sigma: float, size: tuple[int, int]) -> None:
     """Host plan of the jitter / grayscale / blur of ``p``'s rows (flip is folded into the
     resize): for each of the four positions, the rows running a linear op (brightness,
     contrast, saturation: ``lerp(other, x, f)``) and the rows running hue, then the
-    grayscale and blur rows; row indices, factors and counts are fixed on the host."""
+    grayscale and blur rows; row indices, factors, hue constants, blur kernels and counts
+    are fixed on the host."""
+    if "gray_w" not in pk.layout:
+        pk.float("gray_w", torch.tensor(_GRAY).view(1, 3, 1, 1))
+        pk.int("hue_off", torch.tensor([1, 2]).view(1, 2, 1, 1))
     rows = torch.arange(p.jitter.shape[0])
     for pos in range(4):
         op = p.order[:, pos]
@@ -662,38 +737,40 @@ def _pack_colour(pk: _Packer, name: str, p: ColourParams) -> None:
         pk.host[f"{name}.lin{pos}"] = int(idx.numel())
         hidx = rows[hue]
         pk.int(f"{name}.hue{pos}", hidx)
-        pk.float(f"{name}.hue{pos}.f", p.factors[hidx, 3])
+        pk.float(f"{name}.hue{pos}.f", hue_base(p.factors[hidx, 3]))
         pk.host[f"{name}.hue{pos}"] = int(hidx.numel())
     gidx = rows[p.gray]
     pk.int(f"{name}.gray", gidx)
     pk.host[f"{name}.gray"] = int(gidx.numel())
     bidx = rows[p.blur]
     pk.int(f"{name}.blur", bidx)
-    pk.float(f"{name}.blur.sigma", p.sigma[bidx])
+    pk.float(f"{name}.blur.k", gaussian_kernels(p.sigma[bidx], blur_radius(max_sigma, size)))
     pk.host[f"{name}.blur"] = int(bidx.numel())
 
 
-def _apply_colour(x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, Any], name: str, max_sigma: float) -> None:
+def _apply_colour(x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, Any], name: str) -> None:
     """Jitter (each row in its own op order), grayscale and blur of :func:`_pack_colour`,
     in place on ``x`` ``(N, 3, H, W)`` (any strides), touching only the selected rows."""
+    gw = t["gray_w"]
     for pos in range(4):
         if host[f"{name}.lin{pos}"]:
             idx = t[f"{name}.lin{pos}"]
             coef = t[f"{name}.lin{pos}.f"].view(-1, 3, 1, 1, 1)
             y = x.index_select(0, idx)
-            g = _gray(y)
+            g = _gray(y, gw)
             mean = g.mean(dim=(-3, -2, -1), keepdim=True)
             other = torch.addcmul(mean * coef[:, 2], g, coef[:, 1])  # saturation: gray, contrast: its mean
             x.index_copy_(0, idx, torch.lerp(other, y, coef[:, 0]).clamp_(0.0, 1.0))
         if host[f"{name}.hue{pos}"]:
             idx = t[f"{name}.hue{pos}"]
-            x.index_copy_(0, idx, _hue_shift(x.index_select(0, idx), t[f"{name}.hue{pos}.f"].view(-1, 1, 1, 1)))
+            base = t[f"{name}.hue{pos}.f"].view(-1, 3, 1, 1)
+            x.index_copy_(0, idx, _hue_shift(x.index_select(0, idx), base, t["hue_off"]))
     if host[f"{name}.gray"]:
         idx = t[f"{name}.gray"]
-        x.index_copy_(0, idx, _gray(x.index_select(0, idx)).expand(-1, 3, -1, -1))
+        x.index_copy_(0, idx, _gray(x.index_select(0, idx), gw).expand(-1, 3, -1, -1))
     if host[f"{name}.blur"]:
         idx = t[f"{name}.blur"]
-        x.index_copy_(0, idx, _gaussian_blur(x.index_select(0, idx), t[f"{name}.blur.sigma"], max_sigma))
+        x.index_copy_(0, idx, _gaussian_blur(x.index_select(0, idx), t[f"{name}.blur.k"]))
 
 
 def colour_augment(x: torch.Tensor, params: ColourParams, spec: ColourSpec) -> torch.Tensor:
@@ -713,13 +790,13 @@ def colour_augment(x: torch.Tensor, params: ColourParams, spec: ColourSpec) -> t
     """
     pk = _Packer()
     pk.int("flip", torch.arange(x.shape[0])[params.flip])
-    _pack_colour(pk, "c", params)
+    _pack_colour(pk, "c", params, spec.sigma[1], tuple(x.shape[-2:]))
     packed = pk.finish()
     t = packed.to(x.device)
     out = x.clone()
     if int(params.flip.sum()):
         out.index_copy_(0, t["flip"], out.index_select(0, t["flip"]).flip(-1))
-    _apply_colour(out, t, packed.host, "c", spec.sigma[1])
+    _apply_colour(out, t, packed.host, "c")
     return out
 
 
@@ -927,11 +1004,12 @@ class DeviceViews:
         b = int(key.boxes.shape[0])
         ow = self.size
         pk.float("norm", torch.stack([1.0 / self.std.view(3), -self.mean.view(3) / self.std.view(3)]))
+        sigma, size2 = max(self.key_spec.sigma[1], self.query_spec.sigma[1]), (self.size, self.size)
         groups: list[tuple[str, CropSlots, torch.Tensor]] = []  # (name, slots, per-sample flip of a mix)
         if self.views == "mae":
             boxes, flip = key.boxes, kc.flip[:, None].expand(key.boxes.shape[:2])
             groups.append(("key", key, kc.flip))
-            _pack_colour(pk, "key", kc)  # MAE's recipe: flip only, so no rows
+            _pack_colour(pk, "key", kc, sigma, size2)  # MAE's recipe: flip only, so no rows
             pre = False
         else:
             assert query is not None and qc is not None
@@ -941,18 +1019,19 @@ class DeviceViews:
             if pre:
                 colour = _cat_colour(kc, qc, c)
                 flip = colour.flip.view(b, 1 + c)
-                _pack_colour(pk, "crops", colour)
+                _pack_colour(pk, "crops", colour, sigma, size2)
                 groups.append(("query", query, torch.zeros(b, dtype=torch.bool)))
             else:
                 flip = torch.cat([kc.flip[:, None], qc.flip[:, None].expand(b, c)], 1)
-                _pack_colour(pk, "key", kc)
-                _pack_colour(pk, "query", qc)
+                _pack_colour(pk, "key", kc, sigma, size2)
+                _pack_colour(pk, "query", qc, sigma, size2)
                 groups.append(("query", query, qc.flip))
         m = int(boxes.shape[1])
         pk.host["crops"] = m
         pk.host["pre"] = pre
         pk.float("boxes", boxes)
         pk.float("flip", flip.reshape(-1))
+        pk.float("rows", crop_rows(boxes, (self.size, self.size), self.bicubic, flip.reshape(-1)))
         pk.host["taps"] = (
             filter_taps(int(boxes[..., 2].max()), self.size, self.bicubic),
             filter_taps(int(boxes[..., 3].max()), self.size, self.bicubic),
@@ -967,7 +1046,6 @@ class DeviceViews:
                 pk.host[f"{name}.fold"] = "cutmix"
                 pk.float(f"{name}.paste", _mirror(slots.paste_boxes, mix_flip, ow))  # type: ignore[arg-type]
                 pk.int(f"{name}.from_mix", slots.paste_from_mix)  # type: ignore[arg-type]
-        pk.host["sigma"] = max(self.key_spec.sigma[1], self.query_spec.sigma[1])
         return pk.finish()
 
     # ------------------------------------------------------------------ applying
@@ -1011,7 +1089,8 @@ class DeviceViews:
         with ctx:
             t = packed.to(dev)
             host = packed.host
-            x = images if images.dtype == torch.uint8 else images.float()
+            # the packed resize rows read uint8 as x / 255: float images in [0, 1] are scaled up
+            x = images if images.dtype == torch.uint8 else images.float() * 255.0
             b, m = int(x.shape[0]), host["crops"]
             s = (self.size, self.size)
             method = self.resize
@@ -1019,7 +1098,7 @@ class DeviceViews:
                 method = "interpolate" if dev.type == "cpu" and self.size >= 128 else "matrix"
             boxes = t["boxes"].view(b, m, 4)
             if method == "matrix":
-                y = _matrix_crops(x, boxes, s, self.bicubic, host["taps"], flip=t["flip"])  # (B*m, C, S, S)
+                y = _matrix_crops(x, t["rows"], s, self.bicubic, host["taps"])  # (B*m, C, S, S)
                 store = y.permute(0, 2, 1, 3).reshape(b, m, -1)  # its (B, m, S*C*S) storage, a view
             else:  # host-driven kernels (CPU); the flip after the resize
                 y = resized_crops(x, boxes.to(torch.int64), s, method, self.bicubic).flatten(0, 1)
@@ -1028,19 +1107,18 @@ class DeviceViews:
                 store = y.permute(0, 2, 1, 3).reshape(b, m, -1)
             if self.bicubic:  # the cubic filter overshoots [0, 1]; each crop clamped once
                 y.clamp_(0.0, 1.0)
-            sigma = host["sigma"]
             if host["pre"]:
-                _apply_colour(y, t, host, "crops", sigma)
+                _apply_colour(y, t, host, "crops")
             y5 = y.unflatten(0, (b, m))
             if self.views == "mae":
                 out = self._fold(y5, store, slice(0, m), "key", t, host)
-                _apply_colour(out, t, host, "key", sigma)
+                _apply_colour(out, t, host, "key")
                 return self._normalize(out, t)
             key = y5[:, 0]
             query = self._fold(y5, store, slice(1, m), "query", t, host)
             if not host["pre"]:
-                _apply_colour(key, t, host, "key", sigma)
-                _apply_colour(query, t, host, "query", sigma)
+                _apply_colour(key, t, host, "key")
+                _apply_colour(query, t, host, "query")
             return self._normalize(query, t), self._normalize(key, t)
 
     def __call__(self, images: torch.Tensor, sizes: torch.Tensor) -> Any:
