@@ -47,6 +47,8 @@ from typing import Any, Literal, NamedTuple
 import PIL.Image
 import torch
 import torch.nn.functional as TF
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
@@ -624,7 +626,11 @@ def _hue_shift(x: torch.Tensor, base: torch.Tensor, offsets: torch.Tensor) -> to
 
 def hue_base(shift: torch.Tensor) -> torch.Tensor:
     """``6 shift + (5, 3, 1)`` per image, the host constants of :func:`_hue_shift`. Shape: ``(N,) -> (N, 3)``."""
-    return 6.0 * shift.to(torch.float32)[:, None] + torch.tensor([5.0, 3.0, 1.0])
+    return torch.addcmul(_HUE_N, shift.to(torch.float32)[:, None], _SIX)
+
+
+_HUE_N = torch.tensor([5.0, 3.0, 1.0])
+_SIX = torch.tensor(6.0)
 
 
 def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
@@ -719,32 +725,31 @@ def _pack_colour(pk: _Packer, name: str, p: ColourParams, max_sigma: float, size
     """Host plan of the jitter / grayscale / blur of ``p``'s rows (flip is folded into the
     resize): for each of the four positions, the rows running a linear op (brightness,
     contrast, saturation: ``lerp(other, x, f)``) and the rows running hue, then the
-    grayscale and blur rows; row indices, factors, hue constants, blur kernels and counts
-    are fixed on the host."""
+    grayscale and blur rows. Row indices, per-row constants (linear: factor and the
+    saturation / contrast coefficients of ``other``; hue: :func:`hue_base`), blur kernels and
+    the group sizes are fixed on the host, with one sort over all (row, position) pairs."""
     if "gray_w" not in pk.layout:
         pk.float("gray_w", torch.tensor(_GRAY).view(1, 3, 1, 1))
         pk.int("hue_off", torch.tensor([1, 2]).view(1, 2, 1, 1))
-    rows = torch.arange(p.jitter.shape[0])
-    for pos in range(4):
-        op = p.order[:, pos]
-        lin = p.jitter & (op < 3)
-        hue = p.jitter & (op == 3)
-        idx = rows[lin]
-        o = op[lin]
-        pk.int(f"{name}.lin{pos}", idx)
-        # factor, saturation and contrast coefficients of "other" (brightness: other = 0)
-        pk.float(f"{name}.lin{pos}.f", torch.stack([p.factors[idx, o], (o == 2).float(), (o == 1).float()], 1))
-        pk.host[f"{name}.lin{pos}"] = int(idx.numel())
-        hidx = rows[hue]
-        pk.int(f"{name}.hue{pos}", hidx)
-        pk.float(f"{name}.hue{pos}.f", hue_base(p.factors[hidx, 3]))
-        pk.host[f"{name}.hue{pos}"] = int(hidx.numel())
-    gidx = rows[p.gray]
+    is_hue = p.order == 3  # (N, 4): the op at each position
+    group = torch.where(p.jitter[:, None], torch.arange(0, 8, 2) + is_hue, 8).view(-1)  # 2 pos + hue
+    entries = group.argsort(stable=True)  # by group, then by row
+    counts = torch.bincount(group, minlength=9)[:8].tolist()
+    entries = entries[: sum(counts)]
+    rows = entries // 4
+    op = p.order.view(-1)[entries]
+    f = p.factors[rows, op]
+    lin = torch.stack([f, (op == 2).float(), (op == 1).float()], 1)
+    consts = torch.where((op == 3)[:, None], hue_base(f), lin)
+    pk.int(f"{name}.jit", rows)
+    pk.float(f"{name}.jit.f", consts)
+    pk.host[f"{name}.jit"] = counts
+    gidx = torch.nonzero(p.gray).view(-1)
+    bidx = torch.nonzero(p.blur).view(-1)
     pk.int(f"{name}.gray", gidx)
-    pk.host[f"{name}.gray"] = int(gidx.numel())
-    bidx = rows[p.blur]
     pk.int(f"{name}.blur", bidx)
     pk.float(f"{name}.blur.k", gaussian_kernels(p.sigma[bidx], blur_radius(max_sigma, size)))
+    pk.host[f"{name}.gray"] = int(gidx.numel())
     pk.host[f"{name}.blur"] = int(bidx.numel())
 
 
@@ -752,19 +757,24 @@ def _apply_colour(x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, A
     """Jitter (each row in its own op order), grayscale and blur of :func:`_pack_colour`,
     in place on ``x`` ``(N, 3, H, W)`` (any strides), touching only the selected rows."""
     gw = t["gray_w"]
-    for pos in range(4):
-        if host[f"{name}.lin{pos}"]:
-            idx = t[f"{name}.lin{pos}"]
-            coef = t[f"{name}.lin{pos}.f"].view(-1, 3, 1, 1, 1)
-            y = x.index_select(0, idx)
+    rows, consts = t[f"{name}.jit"], t[f"{name}.jit.f"]
+    start = 0
+    for group, count in enumerate(host[f"{name}.jit"]):
+        if not count:
+            continue
+        idx = rows[start : start + count]
+        coef = consts[start : start + count]
+        start += count
+        y = x.index_select(0, idx)
+        if group % 2:  # hue
+            y = _hue_shift(y, coef.view(-1, 3, 1, 1), t["hue_off"])
+        else:  # brightness / contrast / saturation as one blend with "other"
+            coef = coef.view(-1, 3, 1, 1, 1)
             g = _gray(y, gw)
             mean = g.mean(dim=(-3, -2, -1), keepdim=True)
             other = torch.addcmul(mean * coef[:, 2], g, coef[:, 1])  # saturation: gray, contrast: its mean
-            x.index_copy_(0, idx, torch.lerp(other, y, coef[:, 0]).clamp_(0.0, 1.0))
-        if host[f"{name}.hue{pos}"]:
-            idx = t[f"{name}.hue{pos}"]
-            base = t[f"{name}.hue{pos}.f"].view(-1, 3, 1, 1)
-            x.index_copy_(0, idx, _hue_shift(x.index_select(0, idx), base, t["hue_off"]))
+            y = torch.lerp(other, y, coef[:, 0]).clamp_(0.0, 1.0)
+        x.index_copy_(0, idx, y)
     if host[f"{name}.gray"]:
         idx = t[f"{name}.gray"]
         x.index_copy_(0, idx, _gray(x.index_select(0, idx), gw).expand(-1, 3, -1, -1))
@@ -1132,3 +1142,80 @@ class DeviceViews:
     def __repr__(self) -> str:
         what = f"query={self.query!r}" if self.views == "moco" else f"mae_view={self.mae_view!r}"
         return f"DeviceViews(views={self.views!r}, {what}, size={self.size}, resize={self.resize!r})"
+
+
+# --------------------------------------------------------------------------- cost model
+class DeviceOpCounter(TorchDispatchMode):
+    """Counts what a piece of device code costs, from the operators torch dispatches (the
+    cost model of ``benchmarks/device_views.py`` and of the transfer tests).
+
+    Every aten operator with a tensor on ``device`` counts as one kernel launch, except
+    views and allocations (``empty``, ``view``, ``permute``, ``expand``, ...), which launch
+    none; its memory traffic is the bytes of its tensor inputs and outputs (an in-place op
+    reads and writes its first argument; ``index_copy_`` / ``scatter_*`` / ``copy_`` read
+    their source and write as much). Copies from the CPU to ``device`` are counted apart
+    (``h2d``), and so are host synchronisations (``syncs``: ``item`` / ``tolist``
+    / ``nonzero`` on the device, copies back to the CPU). Run it on the ``meta`` device to
+    cost a full-size batch without memory or time: a meta tensor has no values, so any
+    read of one would raise.
+
+    Example:
+        >>> with DeviceOpCounter("meta") as cost:
+        ...     views.apply(images_on_meta, params)
+        >>> cost.kernels, cost.bytes, cost.h2d, cost.syncs
+    """
+
+    _FREE = frozenset({
+        "empty", "empty_strided", "empty_like", "detach", "alias", "lift_fresh", "_unsafe_view",
+        "_reshape_alias", "set_", "resize_",
+    })
+    _SYNCS = frozenset({"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "item"})
+
+    def __init__(self, device: str | torch.device) -> None:
+        super().__init__()
+        self.device = torch.device(device)
+        self.kernels = 0
+        self.bytes = 0
+        self.h2d = 0
+        self.syncs = 0
+        self.by_op: dict[str, list[int]] = {}
+
+    def _on(self, t: torch.Tensor) -> bool:
+        return t.device.type == self.device.type
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if name in self._SYNCS and any(self._on(t) for t in ins):
+            self.syncs += 1
+        out = func(*args, **kwargs)
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        if name in ("_to_copy", "copy_") and ins and outs:
+            src = ins[1] if name == "copy_" else ins[0]
+            if src.device.type == "cpu" and self._on(outs[0]) and self.device.type != "cpu":
+                self.h2d += 1
+                return out
+            if self._on(src) and outs[0].device.type == "cpu" and self.device.type != "cpu":
+                self.syncs += 1
+                return out
+        if func.is_view or name in self._FREE or not any(self._on(t) for t in ins + outs):
+            return out
+
+        def nbytes(ts: list[torch.Tensor]) -> int:
+            return sum(t.numel() * t.element_size() for t in ts)
+
+        if name in ("index_copy_", "index_put_", "index_add_", "scatter_", "scatter_add_"):
+            b = 2 * nbytes(ins[1:])
+        elif name == "copy_":
+            b = nbytes(ins[:2])
+        elif name.endswith("_"):
+            b = 2 * nbytes(ins[:1]) + nbytes(ins[1:])
+        else:
+            b = nbytes(ins) + nbytes(outs)
+        self.kernels += 1
+        self.bytes += b
+        entry = self.by_op.setdefault(name, [0, 0])
+        entry[0] += 1
+        entry[1] += b
+        return out

@@ -558,7 +558,7 @@ class CropMix(Transform):
                 donor_mix = torch.rand((bsz, c - 1), generator=g, dtype=torch.float64) >= 0.5
             else:
                 donor_mix = torch.full((bsz, c - 1), self.paste == "into_crop", dtype=torch.bool)
-            donor_mix &= step_valid
+            donor_mix = torch.logical_and(donor_mix, step_valid)
         lam = torch.where(step_valid, lam, 1.0)  # a step with lam = 1 changes nothing
         return CropMixBatch(n, valid, boxes, target, fallback, order, lam, paste_boxes, donor_mix)
 

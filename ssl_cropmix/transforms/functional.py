@@ -172,8 +172,8 @@ def sample_crop_boxes(
     images where none fits get the central fallback crop. Every try of every image is drawn
     in one ``torch.rand`` call and the first fitting try is picked by an ``argmax``, so the
     cost is a fixed number of tensor operations whatever the batch size. The numbers differ
-    from :func:`sample_crop_box`'s (which draws the corner of the accepted try only), the
-    distribution does not (tested against it and against the worker recipe).
+    from :func:`sample_crop_box`'s, the distribution does not (tested against it and
+    against the worker recipe).
 
     Args:
         heights, widths: ``(B,)`` int64 source sizes.
@@ -189,22 +189,23 @@ def sample_crop_boxes(
     hh = heights.to(torch.float64)
     ww = widths.to(torch.float64)
     b = hh.shape[0]
-    u = torch.rand((b, attempts, 4), generator=generator, dtype=torch.float64)
+    # every try's (area, ratio) draw, and one corner draw: only the accepted try's corner is
+    # used, so drawing it once gives the same distribution with fewer numbers
+    u = torch.rand((b, 2 * attempts + 2), generator=generator, dtype=torch.float64)
     lo = torch.as_tensor(scale_lo, dtype=torch.float64)
     hi = torch.as_tensor(scale_hi, dtype=torch.float64)
     lo, hi = (lo[:, None], hi[:, None]) if lo.ndim else (lo, hi)
-    target = lo + (hi - lo) * u[..., 0]  # (B, T)
+    target = torch.lerp(lo, hi, u[:, :attempts]) if lo.ndim else lo + (hi - lo) * u[:, :attempts]  # (B, T)
     target_area = (hh * ww)[:, None] * target
-    aspect = torch.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[..., 1])
+    aspect = torch.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[:, attempts : 2 * attempts])
     w = torch.round(torch.sqrt(target_area * aspect))  # round half to even, as Python's round
     h = torch.round(torch.sqrt(target_area / aspect))
-    fits = (w > 0) & (w <= ww[:, None]) & (h > 0) & (h <= hh[:, None])
+    fits = torch.logical_and(torch.logical_and(w > 0, w <= ww[:, None]), torch.logical_and(h > 0, h <= hh[:, None]))
     first = fits.to(torch.uint8).argmax(1, keepdim=True)  # the first try that fits (0 if none)
     found = fits.any(1)
     h1, w1, t1 = h.gather(1, first)[:, 0], w.gather(1, first)[:, 0], target.gather(1, first)[:, 0]
-    uu = u.gather(1, first[:, :, None].expand(b, 1, 4))[:, 0]
-    top = torch.minimum(torch.floor(uu[:, 2] * (hh - h1 + 1)), hh - h1)
-    left = torch.minimum(torch.floor(uu[:, 3] * (ww - w1 + 1)), ww - w1)
+    top = torch.minimum(torch.floor(u[:, -2] * (hh - h1 + 1)), hh - h1)
+    left = torch.minimum(torch.floor(u[:, -1] * (ww - w1 + 1)), ww - w1)
     # torchvision's central fallback: the largest box of an allowed ratio (the whole image
     # when its own ratio is allowed)
     r_min, r_max = math.exp(log_ratio[0]), math.exp(log_ratio[1])
