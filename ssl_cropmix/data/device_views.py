@@ -11,20 +11,25 @@ Everything else runs batched in the DataModule's ``on_after_batch_transfer``
 Sampling is split from applying (STYLE principles 1 and 13):
 
 * :meth:`DeviceViews.sample` draws every random number on the CPU from one
-  ``torch.Generator``, per sample, with the package's own samplers: the crop boxes with
-  :func:`~ssl_cropmix.transforms.functional.sample_crop_box`, CropMix / ScaleMix /
-  contrastive-preset parameters with the very ``CropMix`` objects of the worker recipe
-  (:meth:`~ssl_cropmix.transforms.CropMix.sample_params`: scale ranges, Beta weights,
-  CutMix boxes, fold order), and the colour parameters with the ranges and probabilities
-  read off the worker recipe's torchvision transforms (:func:`colour_spec`). So the two paths
-  share one definition of every distribution, and the per-sample Python loop costs a few
-  µs per sample (measured in ``benchmarks/device_views.py``), not the pixels.
-* :meth:`DeviceViews.apply` is deterministic given the parameters: every crop is resized by
-  two batched matrix products with torch's own antialiasing filter
-  (:func:`crop_resize_weights`; equal to torchvision's float antialiased ``resized_crop``),
-  Mixup weights are folded into the horizontal matrices, CutMix is a per-sample box mask,
-  colour jitter runs per sample in each sample's own random order of the four ops, blur is a
-  grouped separable convolution with a per-sample sigma, and normalisation is last.
+  ``torch.Generator`` with tensor operations over the whole batch (no loop over samples):
+  the crop boxes with :func:`~ssl_cropmix.transforms.functional.sample_crop_boxes`
+  (torchvision's RRC tries, vectorised), CropMix / ScaleMix / contrastive-preset parameters
+  with the worker recipe's own ``CropMix`` objects
+  (:meth:`~ssl_cropmix.transforms.CropMix.sample_batch`, the batched form of
+  ``sample_params``: scale ranges, Beta weights, CutMix boxes, fold order), and the colour
+  parameters with the ranges and probabilities read off the worker recipe's torchvision
+  transforms (:func:`colour_spec`). Both paths draw from the same distributions (KS tests).
+  It then packs everything :meth:`~DeviceViews.apply` reads into one (pinned) buffer with
+  the host integers of the plan (:meth:`DeviceViews.pack`).
+* :meth:`DeviceViews.apply` is deterministic given the parameters and device-only: one
+  ``non_blocking`` copy of the buffer, no value read back. All crops of a batch are resized
+  by two batched matrix products with torch's own antialiasing filter (banded weights,
+  :func:`crop_resize_weights`; equal to torchvision's float antialiased ``resized_crop``),
+  flips folded into the matrices, Mixup a product over the crops, CutMix a per-sample box
+  mask, colour jitter on the selected rows of each (position, op) group (brightness /
+  contrast / saturation one blend, hue in a fixed few ops), blur a grouped separable
+  convolution with host-computed taps, and normalisation one multiply-add.
+  :class:`DeviceOpCounter` costs it (kernels, bytes, copies, syncs) on the ``meta`` device.
 
 Choice of the crop + resize kernel (measured, see ``docs/data.md``): ``"matrix"`` (the
 default off CPU, exact antialiasing), ``"roi_align"`` (``torchvision.ops.roi_align`` with
