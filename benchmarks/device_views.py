@@ -13,6 +13,13 @@
   (views built from a uint8 batch on the device, then the step) vs the same step on
   pre-made tensors; the ratio ``premade / fed`` (1.0: the views cost nothing).
 
+* ``sampling_us(query, batch)``: µs per sample of :meth:`DeviceViews.sample` (batched draws
+  + packing) on one CPU thread, against the per-sample loop it replaced
+  (:func:`per_sample_reference`, ``CropMix.sample_params`` per image), same batch.
+* ``cost_model(batch, size, source, query)``: kernels launched, bytes read + written and
+  host-to-device copies / host syncs of :meth:`DeviceViews.apply` for a full-size batch,
+  counted on the ``meta`` device (:class:`~ssl_cropmix.data.device_views.DeviceOpCounter`).
+
 ``benchmarks/gpu_acceptance.py`` calls these with ``device="cuda"`` (targets: >= 5,000
 contrastive pairs/s at 224 px; step ratio >= 0.95 with ResNet-50).
 
@@ -20,6 +27,7 @@ Usage:
     python benchmarks/device_views.py                                   # CPU, 224 px, batch 32
     python benchmarks/device_views.py --image-size 32 --batch 256
     python benchmarks/device_views.py --device cuda --batch 256 --step  # one GPU
+    python benchmarks/device_views.py --sampling --cost --queries contrastive,cropmix,scalemix
 """
 
 from __future__ import annotations
@@ -34,7 +42,17 @@ import PIL.Image
 import torch
 
 from ssl_cropmix.data import views as V
-from ssl_cropmix.data.device_views import DecodeToUint8, DeviceViews, pad_collate, resized_crops
+from ssl_cropmix.data.device_views import (
+    CropSlots,
+    DecodeToUint8,
+    DeviceOpCounter,
+    DeviceViews,
+    ViewParams,
+    pad_collate,
+    resized_crops,
+    sample_colour_params,
+)
+from ssl_cropmix.transforms import functional as CF
 
 
 def _sync(dev: torch.device) -> None:
@@ -249,6 +267,88 @@ def step_ratio(
             "amp": amp, "premade_ms": pre * 1e3, "fed_ms": fd * 1e3, "ratio": pre / fd}
 
 
+def per_sample_reference(dv: DeviceViews, sizes: torch.Tensor, generator: torch.Generator) -> ViewParams:
+    """The sampler :meth:`DeviceViews.sample` replaced (kept to measure against): RRC boxes by
+    :func:`~ssl_cropmix.transforms.functional.sample_crop_box` and CropMix parameters by
+    ``CropMix.sample_params``, one image at a time in Python (MoCo views only)."""
+    import math
+
+    stream = CF.RandomStream(generator, block=1024)
+
+    def rrc() -> CropSlots:
+        lr = (math.log(dv.rrc_ratio[0]), math.log(dv.rrc_ratio[1]))
+        rows = [CF.sample_crop_box(h, w, dv.rrc_scale, lr, stream)[:4] for h, w in sizes.tolist()]
+        b = len(rows)
+        return CropSlots(torch.tensor(rows).view(b, 1, 4), torch.ones(b, 1, dtype=torch.bool),
+                         torch.zeros(b, 1, dtype=torch.int64), torch.zeros(b, 1), torch.ones(b, 1), None, None)
+
+    b = int(sizes.shape[0])
+    key, kc = rrc(), sample_colour_params(b, dv.key_spec, generator)
+    cm = dv.cropmix
+    if cm is None:
+        return ViewParams(key, kc, rrc(), sample_colour_params(b, dv.query_spec, generator))
+    c = max(cm.num_crops)
+    rows_boxes, rows_w, rows_paste, rows_from = [], [], [], []
+    for h, w in sizes.tolist():
+        p = cm.sample_params((h, w), generator=stream)  # type: ignore[arg-type]
+        pad = c - p.num_crops
+        rows_boxes.append([p.boxes[j].box for j in p.order] + [(0, 0, h, w)] * pad)
+        if cm.mixing == "mixup":
+            rows_w.append(CF.mixup_fold_weights([s.lam for s in p.steps]) + [0.0] * pad)
+        else:
+            rows_paste.append([s.box for s in p.steps] + [(0, 0, 0, 0)] * pad)
+            rows_from.append([s.donor == "mix" for s in p.steps] + [False] * pad)
+    valid = torch.tensor([[bool(bx[2]) for bx in r] for r in rows_boxes])
+    query = CropSlots(torch.tensor(rows_boxes), valid, torch.zeros(b, c, dtype=torch.int64), torch.zeros(b, c),
+                      torch.tensor(rows_w) if rows_w else None,
+                      torch.tensor(rows_paste).view(b, c - 1, 4) if rows_paste else None,
+                      torch.tensor(rows_from).view(b, c - 1) if rows_from else None)
+    qc = sample_colour_params(b * c if dv.per_crop else b, dv.query_spec, generator)
+    return ViewParams(key, kc, query, qc)
+
+
+def sampling_us(query: str = "contrastive", batch: int = 256, image_size: int = 224, repeats: int = 7) -> dict[str, float]:
+    """µs per sample to draw (and pack) a batch's view parameters on one CPU thread: the
+    batched :meth:`DeviceViews.sample` and the per-sample loop it replaced, same sizes
+    (ImageNet-like: 1.15-2x ``image_size`` per side). Fastest of ``repeats``."""
+    g = torch.Generator().manual_seed(0)
+    sizes = (image_size * (1.15 + 0.85 * torch.rand(batch, 2, generator=g))).to(torch.int64)
+    dv = DeviceViews("moco", query, size=image_size, generator=torch.Generator().manual_seed(0))
+    ref_gen = torch.Generator().manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fns = {"batched": lambda: dv.sample(sizes), "per_sample": lambda: per_sample_reference(dv, sizes, ref_gen)}
+        out = {}
+        for name, fn in fns.items():
+            fn()
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            out[name] = min(ts) / batch * 1e6  # the least-disturbed run: a shared machine only adds time
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def cost_model(batch: int = 256, image_size: int = 224, source: int = 448, query: str = "contrastive") -> dict[str, Any]:
+    """Kernels, GB read + written, host-to-device copies and host syncs of one
+    :meth:`DeviceViews.apply` on ``batch`` ``source``-px images (``resize="matrix"``, the
+    default off CPU), counted on the ``meta`` device (no memory, no time): the cost a GPU
+    would pay, from the sizes of every operator's tensors."""
+    dv = DeviceViews("moco", query, size=image_size, resize="matrix", generator=torch.Generator().manual_seed(0))
+    sizes = torch.full((batch, 2), source, dtype=torch.int64)
+    params = dv.sample(sizes)
+    images = torch.empty((batch, 3, source, source), dtype=torch.uint8, device="meta")
+    with DeviceOpCounter("meta") as cost:
+        dv.apply(images, params)
+    top = sorted(cost.by_op.items(), key=lambda kv: -kv[1][1])[:6]
+    return {"kernels": cost.kernels, "gb": cost.bytes / 1e9, "h2d_copies": cost.h2d, "syncs": cost.syncs,
+            "top": [(n, k, b / 1e9) for n, (k, b) in top]}
+
+
 #: GPU targets of the device path (issue 17): contrastive pairs/s at 224 px on one GPU,
 #: decode excluded, and the ResNet-50 step fed by it relative to the step on pre-made tensors.
 GPU_MIN_PAIRS_PER_S = 5000.0
@@ -298,8 +398,25 @@ def main() -> None:
     p.add_argument("--candidates", action="store_true", help="also time the crop + resize kernels")
     p.add_argument("--step", action="store_true", help="also the MoCoCropMix step ratio (ResNet-50 on cuda)")
     p.add_argument("--backbone", default=None, help="step backbone (default: resnet50 on cuda, resnet18 on cpu)")
+    p.add_argument("--sampling", action="store_true", help="only: sampling µs per sample, batched vs per-sample")
+    p.add_argument("--cost", action="store_true", help="only: the cost model (meta device) of apply")
     a = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}\n")
+    if a.sampling or a.cost:
+        if a.sampling:
+            print(f"| query | sample µs/sample (batched, b{a.batch}, 1 thread) | per-sample loop (before) | ratio |")
+            print("|---|---|---|---|")
+            for q in a.queries.split(","):
+                r = sampling_us(q, a.batch, a.image_size)
+                print(f"| {q} | {r['batched']:.1f} | {r['per_sample']:.1f} | {r['per_sample'] / r['batched']:.0f}x |")
+        if a.cost:
+            print(f"\n| query | kernels | GB read+written | H2D copies | host syncs | largest (op, kernels, GB) |")
+            print("|---|---|---|---|---|---|")
+            for q in a.queries.split(","):
+                r = cost_model(a.batch, a.image_size, 2 * a.image_size, q)
+                top = ", ".join(f"{n} {k} {g:.1f}" for n, k, g in r["top"][:3])
+                print(f"| {q} | {r['kernels']} | {r['gb']:.1f} | {r['h2d_copies']} | {r['syncs']} | {top} |")
+        return
     print("| query | device pairs/s | sample ms/batch | apply ms/batch | worker pairs/s (1 core) | ratio |")
     print("|---|---|---|---|---|---|")
     for q in a.queries.split(","):

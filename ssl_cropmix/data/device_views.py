@@ -11,20 +11,25 @@ Everything else runs batched in the DataModule's ``on_after_batch_transfer``
 Sampling is split from applying (STYLE principles 1 and 13):
 
 * :meth:`DeviceViews.sample` draws every random number on the CPU from one
-  ``torch.Generator``, per sample, with the package's own samplers: the crop boxes with
-  :func:`~ssl_cropmix.transforms.functional.sample_crop_box`, CropMix / ScaleMix /
-  contrastive-preset parameters with the very ``CropMix`` objects of the worker recipe
-  (:meth:`~ssl_cropmix.transforms.CropMix.sample_params`: scale ranges, Beta weights,
-  CutMix boxes, fold order), and the colour parameters with the ranges and probabilities
-  read off the worker recipe's torchvision transforms (:func:`colour_spec`). So the two paths
-  share one definition of every distribution, and the per-sample Python loop costs a few
-  µs per sample (measured in ``benchmarks/device_views.py``), not the pixels.
-* :meth:`DeviceViews.apply` is deterministic given the parameters: every crop is resized by
-  two batched matrix products with torch's own antialiasing filter
-  (:func:`crop_resize_weights`; equal to torchvision's float antialiased ``resized_crop``),
-  Mixup weights are folded into the horizontal matrices, CutMix is a per-sample box mask,
-  colour jitter runs per sample in each sample's own random order of the four ops, blur is a
-  grouped separable convolution with a per-sample sigma, and normalisation is last.
+  ``torch.Generator`` with tensor operations over the whole batch (no loop over samples):
+  the crop boxes with :func:`~ssl_cropmix.transforms.functional.sample_crop_boxes`
+  (torchvision's RRC tries, vectorised), CropMix / ScaleMix / contrastive-preset parameters
+  with the worker recipe's own ``CropMix`` objects
+  (:meth:`~ssl_cropmix.transforms.CropMix.sample_batch`, the batched form of
+  ``sample_params``: scale ranges, Beta weights, CutMix boxes, fold order), and the colour
+  parameters with the ranges and probabilities read off the worker recipe's torchvision
+  transforms (:func:`colour_spec`). Both paths draw from the same distributions (KS tests).
+  It then packs everything :meth:`~DeviceViews.apply` reads into one (pinned) buffer with
+  the host integers of the plan (:meth:`DeviceViews.pack`).
+* :meth:`DeviceViews.apply` is deterministic given the parameters and device-only: one
+  ``non_blocking`` copy of the buffer, no value read back. All crops of a batch are resized
+  by two batched matrix products with torch's own antialiasing filter (banded weights,
+  :func:`crop_resize_weights`; equal to torchvision's float antialiased ``resized_crop``),
+  flips folded into the matrices, Mixup a product over the crops, CutMix a per-sample box
+  mask, colour jitter on the selected rows of each (position, op) group (brightness /
+  contrast / saturation one blend, hue in a fixed few ops), blur a grouped separable
+  convolution with host-computed taps, and normalisation one multiply-add.
+  :class:`DeviceOpCounter` costs it (kernels, bytes, copies, syncs) on the ``meta`` device.
 
 Choice of the crop + resize kernel (measured, see ``docs/data.md``): ``"matrix"`` (the
 default off CPU, exact antialiasing), ``"roi_align"`` (``torchvision.ops.roi_align`` with
@@ -39,6 +44,7 @@ GPU.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
@@ -46,6 +52,8 @@ from typing import Any, Literal, NamedTuple
 import PIL.Image
 import torch
 import torch.nn.functional as TF
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
@@ -262,26 +270,22 @@ def sample_rrc_slots(
     ratio: tuple[float, float],
     generator: torch.Generator | None = None,
 ) -> CropSlots:
-    """One RandomResizedCrop box per image (:func:`~ssl_cropmix.transforms.functional.sample_crop_box`,
-    torchvision's algorithm), each image with its own draws.
+    """One RandomResizedCrop box per image, all drawn at once by
+    :func:`~ssl_cropmix.transforms.functional.sample_crop_boxes` (torchvision's algorithm,
+    batched: no loop over images).
 
     Args:
         sizes: ``(B, 2)`` true image sizes.
         scale, ratio: as ``v2.RandomResizedCrop``.
     """
-    stream = CF.RandomStream(generator, block=1024)
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    rows, targets = [], []
-    for h, w in sizes.tolist():
-        t, l, bh, bw, target, _ = CF.sample_crop_box(h, w, scale, log_ratio, stream)
-        rows.append((t, l, bh, bw))
-        targets.append(target)
-    b = len(rows)
+    boxes, target, _ = CF.sample_crop_boxes(sizes[:, 0], sizes[:, 1], scale[0], scale[1], log_ratio, generator)
+    b = int(sizes.shape[0])
     return CropSlots(
-        boxes=torch.tensor(rows, dtype=torch.int64).view(b, 1, 4),
+        boxes=boxes.view(b, 1, 4),
         valid=torch.ones((b, 1), dtype=torch.bool),
         scale_index=torch.zeros((b, 1), dtype=torch.int64),
-        target_scale=torch.tensor(targets, dtype=torch.float64).view(b, 1),
+        target_scale=target.view(b, 1),
         weights=torch.ones((b, 1), dtype=torch.float64),
         paste_boxes=None,
         paste_from_mix=None,
@@ -291,8 +295,9 @@ def sample_rrc_slots(
 def sample_cropmix_slots(
     cropmix: CropMix, sizes: torch.Tensor, generator: torch.Generator | None = None
 ) -> CropSlots:
-    """Per-image CropMix parameters drawn by ``cropmix.sample_params`` (the worker path's own
-    sampler: scale ranges, boxes, fold order, Beta / CutMix steps), laid out as slots.
+    """CropMix parameters of a batch drawn by ``cropmix.sample_batch`` (the batched form of
+    the worker path's ``sample_params``: scale ranges, boxes, fold order, Beta / CutMix
+    steps), laid out as slots in fold order.
 
     Supports ``mixing="mixup"`` and ``"cutmix"`` without ``intermediate``.
     """
@@ -301,33 +306,20 @@ def sample_cropmix_slots(
             "the device path mixes with Mixup or CutMix and no intermediate op; got "
             f"mixing={cropmix.mixing!r}, intermediate={cropmix.intermediate!r}"
         )
-    c = max(cropmix.num_crops)
-    stream = CF.RandomStream(generator, block=1024)  # one block draw for many samples
+    p = cropmix.sample_batch(sizes, generator)
+    boxes = p.boxes.gather(1, p.order[..., None].expand_as(p.boxes))  # fold order
+    index = torch.where(p.valid, p.order, -1)  # crop j of the ranges is from range j
+    target = p.target_scale.gather(1, p.order)
     mixup = cropmix.mixing == "mixup"
-    nan = float("nan")
-    # plain Python lists, one tensor each at the end: a torch call per sample costs ~5-10 µs
-    rows_boxes, rows_valid, rows_index, rows_target, rows_w, rows_paste, rows_from = [], [], [], [], [], [], []
-    for h, w in sizes.tolist():
-        p = cropmix.sample_params((h, w), generator=stream)  # type: ignore[arg-type]
-        n, pad = p.num_crops, c - p.num_crops
-        ordered = [p.boxes[j] for j in p.order]
-        rows_boxes.append([cb.box for cb in ordered] + [(0, 0, h, w)] * pad)
-        rows_valid.append([True] * n + [False] * pad)
-        rows_index.append(list(p.order) + [-1] * pad)  # crop j of params.boxes is from range j
-        rows_target.append([cb.target_scale for cb in ordered] + [nan] * pad)
-        if mixup:
-            rows_w.append(CF.mixup_fold_weights([s.lam for s in p.steps]) + [0.0] * pad)
-        else:
-            rows_paste.append([s.box for s in p.steps] + [(0, 0, 0, 0)] * pad)
-            rows_from.append([s.donor == "mix" for s in p.steps] + [False] * pad)
-    boxes = torch.tensor(rows_boxes, dtype=torch.int64)
-    valid = torch.tensor(rows_valid, dtype=torch.bool)
-    index = torch.tensor(rows_index, dtype=torch.int64)
-    target = torch.tensor(rows_target, dtype=torch.float64)
-    weights = torch.tensor(rows_w, dtype=torch.float64) if mixup else None
-    pboxes = None if mixup else torch.tensor(rows_paste, dtype=torch.int64).view(len(rows_boxes), c - 1, 4)
-    from_mix = None if mixup else torch.tensor(rows_from, dtype=torch.bool).view(len(rows_boxes), c - 1)
-    return CropSlots(boxes, valid, index, target, weights, pboxes, from_mix)
+    return CropSlots(
+        boxes=boxes,
+        valid=p.valid,
+        scale_index=index,
+        target_scale=target,
+        weights=CF.mixup_fold_weights_batch(p.lam) if mixup else None,
+        paste_boxes=p.paste_boxes,
+        paste_from_mix=p.donor_mix,
+    )
 
 
 # --------------------------------------------------------------------------- applying: resize
@@ -341,8 +333,73 @@ def _filter(x: torch.Tensor, bicubic: bool) -> torch.Tensor:
     return torch.where(x < 1.0, near, torch.where(x < 2.0, far, torch.zeros_like(x)))
 
 
+def filter_taps(max_length: int, out_size: int, bicubic: bool = False) -> int:
+    """Width of the widest filter window of a 1-D antialiased resize of segments of at most
+    ``max_length`` pixels to ``out_size`` (the band of :func:`crop_resize_weights`): a host
+    integer, computed from the CPU boxes before the transfer."""
+    half = 2.0 if bicubic else 1.0
+    return int(math.ceil(2.0 * half * max(1.0, max_length / out_size))) + 1
+
+
+def resize_rows(
+    start: torch.Tensor,
+    length: torch.Tensor,
+    out_size: int,
+    bicubic: bool = False,
+    flip: torch.Tensor | None = None,
+    scale: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """Per-segment constants of :func:`banded_weights` (a few numbers per crop, cheap on the
+    CPU before the transfer): output ``i`` has centre ``a + b (i + 0.5)`` (``a = 0``,
+    ``b = length / out_size``; mirrored for ``flip``: ``a = length``, ``b = -length / out_size``)
+    and support ``s = b' max(1, b')`` (``b' = |b|``, ``s`` scaled by 2 for bicubic).
+
+    Shape:
+        ``(K,) -> (K, 9)`` float32: ``a, b, s - 0.5, s + 0.5, length, 1 / max(1, |b|), scale,
+        length - 1, start``.
+    """
+    length_f = length.to(torch.float32)
+    ratio = length_f / out_size
+    up = ratio.clamp(min=1.0)
+    support = up * (2.0 if bicubic else 1.0)
+    f = torch.zeros_like(ratio) if flip is None else flip.to(torch.float32)
+    scale_t = torch.as_tensor(scale, dtype=torch.float32, device=ratio.device).expand_as(ratio)
+    return torch.stack([
+        f * length_f, ratio * (1.0 - 2.0 * f), support - 0.5, support + 0.5, length_f, up.reciprocal(),
+        scale_t, length_f - 1.0, start.to(torch.float32),
+    ], 1)
+
+
+def banded_weights(rows: torch.Tensor, out_size: int, full: int, taps: int, bicubic: bool = False) -> torch.Tensor:
+    """Dense resize matrices from :func:`resize_rows`, computed only over each output
+    pixel's filter window (``taps`` columns) in float32 and scattered into place.
+
+    Shape:
+        ``(K, 9) -> (K, out_size, full)`` float32.
+    """
+    r = rows[:, :, None, None].unbind(1)  # each (K, 1, 1)
+    a, b, s_lo, s_hi, length, inv, scale, last, start = r
+    i = torch.arange(0.5, out_size, device=rows.device, dtype=torch.float32).view(1, out_size, 1)
+    center = torch.addcmul(a, b, i)  # (K, O, 1)
+    xmin = torch.floor(center - s_lo).clamp_(min=0.0)
+    xmax = torch.minimum(torch.floor(center + s_hi), length)
+    j = xmin + torch.arange(taps, device=rows.device, dtype=torch.float32)  # (K, O, T)
+    w = _filter((j - center + 0.5) * inv, bicubic) * (j < xmax)
+    w = w / (w.sum(-1, keepdim=True) / scale)
+    cols = (torch.minimum(j, last) + start).to(torch.int64)
+    dense = torch.zeros((rows.shape[0], out_size, full), device=rows.device, dtype=torch.float32)
+    return dense.scatter_add_(2, cols, w)
+
+
 def crop_resize_weights(
-    start: torch.Tensor, length: torch.Tensor, out_size: int, full: int, bicubic: bool = False
+    start: torch.Tensor,
+    length: torch.Tensor,
+    out_size: int,
+    full: int,
+    bicubic: bool = False,
+    taps: int | None = None,
+    flip: torch.Tensor | None = None,
+    scale: float = 1.0,
 ) -> torch.Tensor:
     """Matrices of the 1-D antialiased resize of segments ``[start, start + length)`` of an
     axis of ``full`` pixels to ``out_size`` pixels, zero outside the segment.
@@ -351,32 +408,83 @@ def crop_resize_weights(
     PIL-style kernel): output ``i`` has centre ``scale * (i + 0.5)``, support
     ``scale * s`` (``s`` 1 bilinear, 2 bicubic; ``s`` when upsampling), triangle / cubic
     (``a = -0.5``) weights over the window torch uses, normalised to sum 1. So
-    ``W_h @ X @ W_w.T`` is torchvision's float ``resized_crop`` up to float rounding (tested).
+    ``W_h @ X @ W_w.T`` is torchvision's float ``resize_crop`` up to float rounding (tested).
+
+    Banded: the weights are computed in float32 only over each output pixel's filter window
+    (``taps`` columns, :func:`filter_taps`), then scattered into the dense matrix
+    (:func:`resize_rows`, :func:`banded_weights`), so no ``(K, out_size, full)``
+    intermediate is built but the result.
 
     Args:
-        start, length: ``(K,)`` int64 segment starts and lengths (``length >= 1``).
+        start, length: ``(K,)`` segment starts and lengths (``length >= 1``; int or float).
         out_size: output length.
         full: axis length of the (padded) source.
         bicubic: cubic instead of triangle filter.
+        taps: window width, a host int (default: :func:`filter_taps` of ``length.max()``,
+            which reads ``length`` on the host).
+        flip: optional ``(K,)`` bool / 0-1, reverse the output pixels of that segment
+            (a horizontal flip folded into the matrix).
+        scale: multiplies every weight (e.g. ``1 / 255`` for uint8 sources).
 
     Shape:
         ``(K,) -> (K, out_size, full)`` float32, on ``start``'s device.
     """
-    dev = start.device
-    length_f = length.to(torch.float64)
-    scale = (length_f / out_size)[:, None, None]  # (K,1,1)
-    half = 2.0 if bicubic else 1.0
-    support = torch.where(scale >= 1.0, half * scale, torch.full_like(scale, half))
-    invscale = torch.where(scale >= 1.0, 1.0 / scale, torch.ones_like(scale))
-    i = torch.arange(out_size, device=dev, dtype=torch.float64)[None, :, None]
-    center = scale * (i + 0.5)  # (K,out,1)
-    xmin = torch.floor(center - support + 0.5).clamp(min=0.0)
-    xmax = torch.minimum(torch.floor(center + support + 0.5), length_f[:, None, None])
-    j = torch.arange(full, device=dev, dtype=torch.float64)[None, None, :] - start.to(torch.float64)[:, None, None]
-    w = _filter((j - center + 0.5) * invscale, bicubic) * ((j >= xmin) & (j < xmax))
-    total = w.sum(-1, keepdim=True)
-    w = w / torch.where(total == 0, torch.ones_like(total), total)
-    return w.to(torch.float32)
+    if taps is None:
+        taps = filter_taps(int(length.max()), out_size, bicubic)
+    return banded_weights(resize_rows(start, length, out_size, bicubic, flip, scale), out_size, full, taps, bicubic)
+
+
+def crop_rows(
+    boxes: torch.Tensor, size: tuple[int, int], bicubic: bool, flip: torch.Tensor | None = None, u8: bool = True
+) -> torch.Tensor:
+    """:func:`resize_rows` of every box: the ``K = B * c`` vertical rows (scaled by ``1 / 255``
+    for uint8 sources), then the ``K`` horizontal rows (mirrored where ``flip``).
+
+    Shape:
+        ``(B, c, 4)`` -> ``(2 K, 9)`` float32.
+    """
+    flat = boxes.reshape(-1, 4)
+    v = resize_rows(flat[:, 0], flat[:, 2], size[0], bicubic, scale=1.0 / 255.0 if u8 else 1.0)
+    h = resize_rows(flat[:, 1], flat[:, 3], size[1], bicubic, flip=flip)
+    return torch.cat([v, h])
+
+
+def _matrix_crops(
+    images: torch.Tensor,
+    rows: torch.Tensor,
+    size: tuple[int, int],
+    bicubic: bool,
+    taps: tuple[int, int],
+) -> torch.Tensor:
+    """Every box of every image resized by two batched matrix products (banded weights).
+
+    The source is read once, as ``(B, H, C * W)``, the vertical product gives
+    ``(B, c * oh, C * W)`` and the horizontal one ``(B * c, oh * C, ow)``: no broadcast
+    copies of the source or of the matrices.
+
+    Args:
+        images: ``(B, C, H, W)`` uint8 or float (the rows' scale reads uint8 as ``x / 255``).
+        rows: ``(2 K, 9)`` from :func:`crop_rows`, on ``images``' device, ``K = B * c``.
+        taps: ``(vertical, horizontal)`` window widths (:func:`filter_taps`), host ints.
+
+    Returns:
+        ``(B * c, C, oh, ow)`` float32, a view of ``(B * c, oh, C, ow)`` storage.
+    """
+    b, ch, hh, ww = images.shape
+    k = rows.shape[0] // 2
+    c = k // b
+    oh, ow = size
+    if oh == ow:  # one set of banded weights for both axes
+        w = banded_weights(rows, oh, max(hh, ww), max(taps), bicubic)
+        wv, wh = w[:k, :, :hh], w[k:, :, :ww]
+    else:
+        wv = banded_weights(rows[:k], oh, hh, taps[0], bicubic)
+        wh = banded_weights(rows[k:], ow, ww, taps[1], bicubic)
+    xp = torch.empty((b, hh, ch, ww), device=images.device, dtype=torch.float32)
+    xp.copy_(images.permute(0, 2, 1, 3))  # one pass: layout and dtype
+    y = torch.bmm(wv.reshape(b, c * oh, hh), xp.view(b, hh, ch * ww))  # (B, c*oh, C*W)
+    y = torch.bmm(y.view(b * c, oh * ch, ww), wh.transpose(1, 2))  # (B*c, oh*C, ow)
+    return y.view(b * c, oh, ch, ow).permute(0, 2, 1, 3)
 
 
 def resized_crops(
@@ -393,15 +501,16 @@ def resized_crops(
         images: ``(B, C, H, W)`` float (taken as is) or uint8 (read as ``x / 255``).
         boxes: ``(B, c, 4)`` int64 ``(top, left, h, w)``, on ``images``' device.
         size: ``(oh, ow)``.
-        method: ``"matrix"`` (exact antialiasing, two batched products), ``"roi_align"``
+        method: ``"matrix"`` (exact antialiasing, two batched products with banded weights,
+            :func:`crop_resize_weights`), ``"roi_align"``
             (``torchvision.ops.roi_align``, adaptive sampling), ``"interpolate"`` (one
             antialiased resize per crop; uint8 on CPU: the worker path's own native uint8
             kernel, :func:`~ssl_cropmix.transforms.functional.resized_crop`, rounded to uint8)
             or ``"auto"``: ``"interpolate"`` for uint8 on CPU at >= 128 px, ``"matrix"``
-            elsewhere (measured, see ``docs/data.md``).
+            elsewhere (measured, see ``docs/data.md``). ``"interpolate"`` reads the boxes on
+            the host.
         bicubic: bicubic filter (``"matrix"`` and ``"interpolate"`` only).
-        weights: optional ``(B, c)`` Mixup weights: return the weighted sum over the crops
-            instead (folded into the horizontal matrices for ``"matrix"``).
+        weights: optional ``(B, c)`` Mixup weights: return the weighted sum over the crops.
 
     Shape:
         ``(B, C, H, W), (B, c, 4) -> (B, c, C, oh, ow)``, or ``(B, C, oh, ow)`` with ``weights``.
@@ -415,30 +524,20 @@ def resized_crops(
     c = boxes.shape[1]
     oh, ow = size
     flat = boxes.reshape(b * c, 4)
-    if method == "interpolate" and u8 and images.device.type == "cpu":
+    if method == "matrix":
+        # the band read on the host here; DeviceViews.apply passes it from the CPU parameters
+        taps = (filter_taps(int(flat[:, 2].max()), oh, bicubic), filter_taps(int(flat[:, 3].max()), ow, bicubic))
+        rows = crop_rows(boxes, size, bicubic, u8=u8)
+        out = _matrix_crops(images if u8 else images.float(), rows, size, bicubic, taps).unflatten(0, (b, c))
+    elif method == "interpolate" and u8 and images.device.type == "cpu":
         interp = InterpolationMode.BICUBIC if bicubic else InterpolationMode.BILINEAR
         rows = flat.tolist()
         out = torch.stack([CF.resized_crop(images[k // c], tuple(r), size, interp) for k, r in enumerate(rows)])
         out = out.view(b, c, ch, oh, ow).to(torch.float32).mul_(1.0 / 255.0)
-        if weights is not None:
-            return (out * weights.to(out.dtype)[:, :, None, None, None]).sum(1)
-        return out
-    x = images.to(torch.float32) if u8 else images
-    if method == "matrix":
-        wv = crop_resize_weights(flat[:, 0], flat[:, 2], oh, hh, bicubic).to(x.dtype).view(b, c * oh, hh)
-        if u8:
-            wv = wv * (1.0 / 255.0)
-        wh = crop_resize_weights(flat[:, 1], flat[:, 3], ow, ww, bicubic).to(x.dtype).view(b, c, ow, ww)
-        y = torch.matmul(wv[:, None], x)  # (B, C, c*oh, W)
-        if weights is not None:
-            whw = (wh * weights.to(x.dtype)[:, :, None, None]).permute(0, 1, 3, 2).reshape(b, 1, c * ww, ow)
-            y = y.view(b, ch, c, oh, ww).permute(0, 1, 3, 2, 4).reshape(b, ch, oh, c * ww)
-            return torch.matmul(y, whw)  # (B, C, oh, ow)
-        y = torch.matmul(y.view(b, ch, c, oh, ww), wh[:, None].transpose(-1, -2))  # (B, C, c, oh, ow)
-        return y.permute(0, 2, 1, 3, 4)
-    if method == "roi_align":
+    elif method == "roi_align":
         from torchvision.ops import roi_align
 
+        x = images.to(torch.float32) if u8 else images
         idx = torch.arange(b, device=x.device).repeat_interleave(c).to(x.dtype)
         f = flat.to(x.dtype)
         rois = torch.stack([idx, f[:, 1], f[:, 0], f[:, 1] + f[:, 3], f[:, 0] + f[:, 2]], dim=1)
@@ -446,6 +545,7 @@ def resized_crops(
         if u8:
             out = out * (1.0 / 255.0)
     else:
+        x = images.to(torch.float32) if u8 else images
         mode = "bicubic" if bicubic else "bilinear"
         rows = flat.tolist()
         crops = [
@@ -459,7 +559,7 @@ def resized_crops(
         if u8:
             out = out * (1.0 / 255.0)
     if weights is not None:
-        return (out * weights.to(x.dtype)[:, :, None, None, None]).sum(1)
+        return (out * weights.to(out.dtype)[:, :, None, None, None]).sum(1)
     return out
 
 
@@ -496,98 +596,224 @@ def cutmix_fold(views: torch.Tensor, paste_boxes: torch.Tensor, from_mix: torch.
 
 
 # --------------------------------------------------------------------------- applying: colour
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(-3)
-    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(-3)
+def _gray(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Luma of ``(N, 3, H, W)`` with torchvision's weights ``weight`` ``(1, 3, 1, 1)``, one
+    1x1 convolution. Shape: ``(N, 3, H, W) -> (N, 1, H, W)``."""
+    return TF.conv2d(x, weight)
 
 
-def _blend(x: torch.Tensor, other: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (f * x + (1.0 - f) * other).clamp_(0.0, 1.0)
-
-
-def _hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def _hue_shift(x: torch.Tensor, base: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """torchvision's ``adjust_hue`` (RGB -> HSV, ``h <- (h + shift) mod 1``, -> RGB) with one
-    shift per image. Shape: ``(N, 3, H, W), (N, 1, 1, 1) -> (N, 3, H, W)``."""
-    r, g, b = x.unbind(-3)
-    maxc, _ = x.max(dim=-3)
-    minc, _ = x.min(dim=-3)
-    eqc = maxc == minc
-    cr = maxc - minc
-    ones = torch.ones_like(maxc)
-    s = cr / torch.where(eqc, ones, maxc)
-    cr_div = torch.where(eqc, ones, cr)
-    rc, gc, bc = (maxc - r) / cr_div, (maxc - g) / cr_div, (maxc - b) / cr_div
-    hr = (maxc == r) * (bc - gc)
-    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
-    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
-    h = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
-    h = torch.remainder(h + shift[:, 0], 1.0)
-    # HSV -> RGB as c_n = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6, n = 5, 3, 1:
-    # the same values as torchvision's sector table, without its (N, 3, 6, H, W) temporary
-    v, vs = maxc, maxc * s
-    h6 = h * 6.0
-    out = []
-    for n in (5.0, 3.0, 1.0):
-        k = torch.remainder(h6 + n, 6.0)
-        out.append(v - vs * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0))
-    return torch.stack(out, dim=-3).clamp_(0.0, 1.0)
+    shift per image, in a fixed small number of whole-tensor operations.
+
+    HSV keeps ``v = max`` and ``c = max - min``; the hue on the ``[0, 6)`` scale is
+    ``(x_{i+1} - x_{i+2}) / c + 2 i`` for the (first) largest channel ``i`` (torchvision's
+    r, g, b priority), and channel ``n`` of the result is
+    ``v - c clamp(min(k, 4 - k), 0, 1)`` with ``k = (6 h + 6 shift + n) mod 6``,
+    ``n = 5, 3, 1``: torchvision's sector table without its ``(N, 3, 6, H, W)`` temporary.
+    Gray pixels (``c = 0``) keep their value.
+
+    Args:
+        x: ``(N, 3, H, W)`` in ``[0, 1]`` (any strides).
+        base: ``(N, 3, 1, 1)``, ``6 shift + (5, 3, 1)`` (:func:`hue_base`).
+        offsets: ``(1, 2, 1, 1)`` int64 ``(1, 2)``.
+
+    Shape: ``(N, 3, H, W) -> (N, 3, H, W)``.
+    """
+    maxc, imax = x.max(dim=-3, keepdim=True)  # first maximum: torchvision's priority
+    cr = maxc - x.amin(dim=-3, keepdim=True)
+    nxt = x.gather(-3, torch.remainder(imax + offsets, 3))  # x_{i+1}, x_{i+2}
+    # a chroma below 1e-12 changes the output by less than that, whatever the hue
+    h6 = torch.add(torch.sub(*nxt.unbind(-3)).unsqueeze(-3) / cr.clamp(min=1e-12), imax, alpha=2)  # in [-1, 5)
+    k = torch.remainder(h6 + base, 6.0)
+    t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return torch.addcmul(maxc, cr, t, value=-1.0)  # in [min, max]: no clamp needed
 
 
-def _jitter_op(x: torch.Tensor, op: int, f: torch.Tensor) -> torch.Tensor:
-    f = f.view(-1, 1, 1, 1)
-    if op == 0:
-        return (x * f).clamp_(0.0, 1.0)
-    if op == 1:
-        return _blend(x, _gray(x).mean(dim=(-3, -2, -1), keepdim=True), f)
-    if op == 2:
-        return _blend(x, _gray(x), f)
-    return _hue_shift(x, f)
+def hue_base(shift: torch.Tensor) -> torch.Tensor:
+    """``6 shift + (5, 3, 1)`` per image, the host constants of :func:`_hue_shift`. Shape: ``(N,) -> (N, 3)``."""
+    return torch.addcmul(_HUE_N, shift.to(torch.float32)[:, None], _SIX)
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with one ``sigma`` per image (reflect padding; kernel
-    ``+-ceil(3 max_sigma)``). Shape: ``(N, C, H, W), (N,) -> (N, C, H, W)``."""
+_HUE_N = torch.tensor([5.0, 3.0, 1.0])
+_SIX = torch.tensor(6.0)
+
+
+def gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps ``-radius .. radius``, one row per ``sigma`` (host
+    constants of :func:`_gaussian_blur`). Shape: ``(N,) -> (N, 2 radius + 1)`` float32."""
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (t[None, :] / sigma.to(torch.float32)[:, None]) ** 2)
+    return k / k.sum(1, keepdim=True)
+
+
+def blur_radius(max_sigma: float, size: tuple[int, int]) -> int:
+    """``ceil(3 max_sigma)``, at most ``size - 1`` (reflect padding)."""
+    return min(int(math.ceil(3.0 * max_sigma)), size[0] - 1, size[1] - 1)
+
+
+def _gaussian_blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur with one kernel per image (reflect padding), two grouped
+    convolutions. Shape: ``(N, C, H, W), (N, 2r+1) -> (N, C, H, W)``."""
     n, c, h, w = x.shape
-    r = min(int(math.ceil(3.0 * max_sigma)), h - 1, w - 1)
-    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)
-    k = torch.exp(-0.5 * (t[None, :] / sigma[:, None].to(x.dtype)) ** 2)
-    k = (k / k.sum(1, keepdim=True)).repeat_interleave(c, dim=0)  # (N*C, 2r+1)
+    taps = kernels.shape[1]
+    r = taps // 2
+    k = kernels.repeat_interleave(c, dim=0) if c > 1 else kernels
     y = TF.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")
-    y = TF.conv2d(y, k.view(n * c, 1, 2 * r + 1, 1), groups=n * c)
-    y = TF.conv2d(y, k.view(n * c, 1, 1, 2 * r + 1), groups=n * c)
+    y = TF.conv2d(y, k.view(n * c, 1, taps, 1), groups=n * c)
+    y = TF.conv2d(y, k.view(n * c, 1, 1, taps), groups=n * c)
     return y.view(n, c, h, w)
+
+
+class _Packer:
+    """Lays CPU tensors out in one byte buffer (int64 part, then float32 part), pinned when
+    CUDA is available, and keeps the layout as host integers (no device reads to unpack)."""
+
+    def __init__(self) -> None:
+        self.ints: list[torch.Tensor] = []
+        self.floats: list[torch.Tensor] = []
+        self.layout: dict[str, tuple[bool, int, tuple[int, ...]]] = {}
+        self.ni = self.nf = 0
+        self.host: dict[str, Any] = {}  # host-side integers of the plan (counts, taps)
+
+    def int(self, name: str, t: torch.Tensor) -> None:
+        self.layout[name] = (True, self.ni, tuple(t.shape))
+        self.ints.append(t.reshape(-1).to(torch.int64))
+        self.ni += t.numel()
+
+    def float(self, name: str, t: torch.Tensor) -> None:
+        self.layout[name] = (False, self.nf, tuple(t.shape))
+        self.floats.append(t.reshape(-1).to(torch.float32))
+        self.nf += t.numel()
+
+    def finish(self) -> PackedParams:
+        nbytes = 8 * self.ni + 4 * self.nf
+        buf = torch.empty(max(nbytes, 8), dtype=torch.uint8, pin_memory=torch.cuda.is_available())
+        if self.ni:
+            torch.cat(self.ints, out=buf[: 8 * self.ni].view(torch.int64))
+        if self.nf:
+            torch.cat(self.floats, out=buf[8 * self.ni : nbytes].view(torch.float32))
+        return PackedParams(buf, self.ni, self.layout, self.host)
+
+
+class PackedParams(NamedTuple):
+    """Every number :meth:`DeviceViews.apply` reads, in one CPU buffer sent with a single
+    ``non_blocking`` copy (pinned when CUDA is available).
+
+    Attributes:
+        buffer: ``(bytes,)`` uint8: ``n_int`` int64 values, then float32 values.
+        n_int: number of int64 values.
+        layout: name -> ``(is_int, offset, shape)`` (host integers).
+        host: the plan's host integers (selection counts, filter widths), so that no shape
+            depends on a device value.
+    """
+
+    buffer: torch.Tensor
+    n_int: int
+    layout: dict[str, tuple[bool, int, tuple[int, ...]]]
+    host: dict[str, Any]
+
+    def to(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """One copy of the buffer to ``device`` (``non_blocking``), then views by name."""
+        buf = self.buffer.to(device, non_blocking=True)
+        ints = buf[: 8 * self.n_int].view(torch.int64)
+        floats = buf[8 * self.n_int :]
+        floats = floats[: (floats.numel() // 4) * 4].view(torch.float32)
+        out = {}
+        for name, (is_int, off, shape) in self.layout.items():
+            src = ints if is_int else floats
+            n = math.prod(shape)
+            out[name] = src[off : off + n].view(shape)
+        return out
+
+
+def _pack_colour(pk: _Packer, name: str, p: ColourParams, max_sigma: float, size: tuple[int, int]) -> None:
+    """Host plan of the jitter / grayscale / blur of ``p``'s rows (flip is folded into the
+    resize): for each of the four positions, the rows running a linear op (brightness,
+    contrast, saturation: ``lerp(other, x, f)``) and the rows running hue, then the
+    grayscale and blur rows. Row indices, per-row constants (linear: factor and the
+    saturation / contrast coefficients of ``other``; hue: :func:`hue_base`), blur kernels and
+    the group sizes are fixed on the host, with one sort over all (row, position) pairs."""
+    if "gray_w" not in pk.layout:
+        pk.float("gray_w", torch.tensor(_GRAY).view(1, 3, 1, 1))
+        pk.int("hue_off", torch.tensor([1, 2]).view(1, 2, 1, 1))
+    is_hue = p.order == 3  # (N, 4): the op at each position
+    group = torch.where(p.jitter[:, None], torch.arange(0, 8, 2) + is_hue, 8).view(-1)  # 2 pos + hue
+    entries = group.argsort(stable=True)  # by group, then by row
+    counts = torch.bincount(group, minlength=9)[:8].tolist()
+    entries = entries[: sum(counts)]
+    rows = entries // 4
+    op = p.order.view(-1)[entries]
+    f = p.factors[rows, op]
+    lin = torch.stack([f, (op == 2).float(), (op == 1).float()], 1)
+    consts = torch.where((op == 3)[:, None], hue_base(f), lin)
+    pk.int(f"{name}.jit", rows)
+    pk.float(f"{name}.jit.f", consts)
+    pk.host[f"{name}.jit"] = counts
+    gidx = torch.nonzero(p.gray).view(-1)
+    bidx = torch.nonzero(p.blur).view(-1)
+    pk.int(f"{name}.gray", gidx)
+    pk.int(f"{name}.blur", bidx)
+    pk.float(f"{name}.blur.k", gaussian_kernels(p.sigma[bidx], blur_radius(max_sigma, size)))
+    pk.host[f"{name}.gray"] = int(gidx.numel())
+    pk.host[f"{name}.blur"] = int(bidx.numel())
+
+
+def _apply_colour(x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, Any], name: str) -> None:
+    """Jitter (each row in its own op order), grayscale and blur of :func:`_pack_colour`,
+    in place on ``x`` ``(N, 3, H, W)`` (any strides), touching only the selected rows."""
+    gw = t["gray_w"]
+    rows, consts = t[f"{name}.jit"], t[f"{name}.jit.f"]
+    start = 0
+    for group, count in enumerate(host[f"{name}.jit"]):
+        if not count:
+            continue
+        idx = rows[start : start + count]
+        coef = consts[start : start + count]
+        start += count
+        y = x.index_select(0, idx)
+        if group % 2:  # hue
+            y = _hue_shift(y, coef.view(-1, 3, 1, 1), t["hue_off"])
+        else:  # brightness / contrast / saturation as one blend with "other"
+            coef = coef.view(-1, 3, 1, 1, 1)
+            g = _gray(y, gw)
+            mean = g.mean(dim=(-3, -2, -1), keepdim=True)
+            other = torch.addcmul(mean * coef[:, 2], g, coef[:, 1])  # saturation: gray, contrast: its mean
+            y = torch.lerp(other, y, coef[:, 0]).clamp_(0.0, 1.0)
+        x.index_copy_(0, idx, y)
+    if host[f"{name}.gray"]:
+        idx = t[f"{name}.gray"]
+        x.index_copy_(0, idx, _gray(x.index_select(0, idx), gw).expand(-1, 3, -1, -1))
+    if host[f"{name}.blur"]:
+        idx = t[f"{name}.blur"]
+        x.index_copy_(0, idx, _gaussian_blur(x.index_select(0, idx), t[f"{name}.blur.k"]))
 
 
 def colour_augment(x: torch.Tensor, params: ColourParams, spec: ColourSpec) -> torch.Tensor:
     """MoCo v2's flip, colour jitter (per-sample random op order), grayscale and blur, in
     that order (the worker recipe's order), each image with its own parameters.
 
+    Each op runs on its selected rows only (row sets fixed on the CPU, so no device
+    synchronisation). :meth:`DeviceViews.apply` runs the same code with the flip folded
+    into the resize.
+
     Args:
-        x: ``(N, 3, H, W)`` float in ``[0, 1]``.
-        params: from :func:`sample_colour_params` (CPU); index sets are computed on the CPU,
-            so no device synchronisation is needed.
+        x: ``(N, 3, H, W)`` float in ``[0, 1]`` (left unchanged).
+        params: from :func:`sample_colour_params` (CPU).
 
     Shape:
         ``(N, 3, H, W) -> (N, 3, H, W)``
     """
-    dev = x.device
-    # torch.where returns a new tensor, so the selected rows are then written in place
-    # (index_copy_) instead of copying the whole batch for each of up to 16 (position, op) groups
-    x = torch.where(params.flip.to(dev).view(-1, 1, 1, 1), x.flip(-1), x)
-    factors = params.factors.to(dev, x.dtype)
-    for pos in range(4):
-        for op in range(4):
-            sel = torch.nonzero(params.jitter & (params.order[:, pos] == op)).flatten()
-            if sel.numel():
-                idx = sel.to(dev)
-                x.index_copy_(0, idx, _jitter_op(x.index_select(0, idx), op, factors.index_select(0, idx)[:, op]))
-    gray = params.gray.to(dev).view(-1, 1, 1, 1)
-    x = torch.where(gray, _gray(x).expand_as(x), x)
-    sel = torch.nonzero(params.blur).flatten()
-    if sel.numel():
-        idx = sel.to(dev)
-        x.index_copy_(0, idx, _gaussian_blur(x.index_select(0, idx), params.sigma[sel].to(dev), spec.sigma[1]))
-    return x
+    pk = _Packer()
+    pk.int("flip", torch.arange(x.shape[0])[params.flip])
+    _pack_colour(pk, "c", params, spec.sigma[1], tuple(x.shape[-2:]))
+    packed = pk.finish()
+    t = packed.to(x.device)
+    out = x.clone()
+    if int(params.flip.sum()):
+        out.index_copy_(0, t["flip"], out.index_select(0, t["flip"]).flip(-1))
+    _apply_colour(out, t, packed.host, "c")
+    return out
 
 
 # --------------------------------------------------------------------------- recipes
@@ -600,12 +826,33 @@ class ViewParams(NamedTuple):
         query: query crops (MoCo), else ``None``.
         query_colour: query colour parameters, one row per crop for the per-crop presets
             (``(B * c)`` rows, sample-major) or one per sample.
+        packed: the same numbers laid out for :meth:`DeviceViews.apply` in one (pinned)
+            buffer (:meth:`DeviceViews.pack`), made by :meth:`DeviceViews.sample` on the
+            CPU; ``None``: ``apply`` packs the fields above. Derived data: a copy whose other
+            fields are changed (``_replace``) must set ``packed=None``.
     """
 
     key: CropSlots
     key_colour: ColourParams
     query: CropSlots | None
     query_colour: ColourParams | None
+    packed: PackedParams | None = None
+
+
+def _cat_colour(a: ColourParams, b: ColourParams, b_per: int) -> ColourParams:
+    """Rows ``[a_0, b_0 .. b_{per-1}, a_1, ...]``: sample ``i``'s key row, then its query rows."""
+    n = a.flip.shape[0]
+    return ColourParams(*(
+        torch.cat([x.reshape(n, 1, *x.shape[1:]), y.reshape(n, b_per, *y.shape[1:])], 1).flatten(0, 1)
+        for x, y in zip(a, b)
+    ))
+
+
+def _mirror(boxes: torch.Tensor, flip: torch.Tensor, width: int) -> torch.Tensor:
+    """Paste boxes ``(B, k, 4)`` of flipped samples mirrored left-right in a ``width``-wide image."""
+    mirrored = boxes.clone()
+    mirrored[..., 1] = width - boxes[..., 1] - boxes[..., 3]
+    return torch.where(flip[:, None, None], mirrored, boxes)
 
 
 def _find(t: Any, cls: type) -> Any:
@@ -732,7 +979,8 @@ class DeviceViews:
 
     # ------------------------------------------------------------------ sampling
     def sample(self, sizes: torch.Tensor) -> ViewParams:
-        """Draw every random number of a batch, per sample, on the CPU.
+        """Draw every random number of a batch on the CPU, with tensor operations over the
+        batch (no loop over samples), and pack them for :meth:`apply` (:meth:`pack`).
 
         Args:
             sizes: ``(B, 2)`` true image sizes (any device).
@@ -746,7 +994,8 @@ class DeviceViews:
                 if self.cropmix is None
                 else sample_cropmix_slots(self.cropmix, sizes, g)
             )
-            return ViewParams(slots, sample_colour_params(b, self.key_spec, g), None, None)
+            params = ViewParams(slots, sample_colour_params(b, self.key_spec, g), None, None)
+            return params._replace(packed=self.pack(params))
         key = sample_rrc_slots(sizes, self.rrc_scale, self.rrc_ratio, g)
         key_colour = sample_colour_params(b, self.key_spec, g)
         if self.cropmix is None:  # plain: an independent MoCo v2 view
@@ -755,53 +1004,138 @@ class DeviceViews:
         else:
             query = sample_cropmix_slots(self.cropmix, sizes, g)
             qc = sample_colour_params(b * query.boxes.shape[1] if self.per_crop else b, self.query_spec, g)
-        return ViewParams(key, key_colour, query, qc)
+        params = ViewParams(key, key_colour, query, qc)
+        return params._replace(packed=self.pack(params))
+
+    # ------------------------------------------------------------------ packing
+    def pack(self, params: ViewParams) -> PackedParams:
+        """Lay every number :meth:`apply` needs out in one CPU buffer (pinned when CUDA is
+        available), with the host integers of the plan (selected-row counts, filter
+        widths): the boxes of all crops of a sample side by side (MoCo: the key's, then the
+        query's), each crop's flip folded into its resize, the Mixup weights / CutMix boxes,
+        the colour plan (:func:`_pack_colour`) and the normalisation constants.
+        """
+        key, kc, query, qc = params.key, params.key_colour, params.query, params.query_colour
+        pk = _Packer()
+        b = int(key.boxes.shape[0])
+        ow = self.size
+        pk.float("norm", torch.stack([1.0 / self.std.view(3), -self.mean.view(3) / self.std.view(3)]))
+        sigma, size2 = max(self.key_spec.sigma[1], self.query_spec.sigma[1]), (self.size, self.size)
+        groups: list[tuple[str, CropSlots, torch.Tensor]] = []  # (name, slots, per-sample flip of a mix)
+        if self.views == "mae":
+            boxes, flip = key.boxes, kc.flip[:, None].expand(key.boxes.shape[:2])
+            groups.append(("key", key, kc.flip))
+            _pack_colour(pk, "key", kc, sigma, size2)  # MAE's recipe: flip only, so no rows
+            pre = False
+        else:
+            assert query is not None and qc is not None
+            c = int(query.boxes.shape[1])
+            boxes = torch.cat([key.boxes, query.boxes], 1)
+            pre = self.per_crop or self.cropmix is None  # plain: one crop per view, colour per crop
+            if pre:
+                colour = _cat_colour(kc, qc, c)
+                flip = colour.flip.view(b, 1 + c)
+                _pack_colour(pk, "crops", colour, sigma, size2)
+                groups.append(("query", query, torch.zeros(b, dtype=torch.bool)))
+            else:
+                flip = torch.cat([kc.flip[:, None], qc.flip[:, None].expand(b, c)], 1)
+                _pack_colour(pk, "key", kc, sigma, size2)
+                _pack_colour(pk, "query", qc, sigma, size2)
+                groups.append(("query", query, qc.flip))
+        m = int(boxes.shape[1])
+        pk.host["crops"] = m
+        pk.host["pre"] = pre
+        pk.float("boxes", boxes)
+        pk.float("flip", flip.reshape(-1))
+        pk.float("rows", crop_rows(boxes, (self.size, self.size), self.bicubic, flip.reshape(-1)))
+        pk.host["taps"] = (
+            filter_taps(int(boxes[..., 2].max()), self.size, self.bicubic),
+            filter_taps(int(boxes[..., 3].max()), self.size, self.bicubic),
+        )
+        for name, slots, mix_flip in groups:
+            n = int(slots.boxes.shape[1])
+            if n == 1 or slots.weights is not None:
+                pk.host[f"{name}.fold"] = "one" if n == 1 else "mixup"
+                if n > 1:
+                    pk.float(f"{name}.weights", slots.weights.view(b, 1, n))  # type: ignore[union-attr]
+            else:
+                pk.host[f"{name}.fold"] = "cutmix"
+                pk.float(f"{name}.paste", _mirror(slots.paste_boxes, mix_flip, ow))  # type: ignore[arg-type]
+                pk.int(f"{name}.from_mix", slots.paste_from_mix)  # type: ignore[arg-type]
+        return pk.finish()
 
     # ------------------------------------------------------------------ applying
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        mean, std = self.mean.to(x.device, x.dtype), self.std.to(x.device, x.dtype)
-        return ((x - mean) / std).to(self.output_dtype)
+    def _fold(self, y: torch.Tensor, store: torch.Tensor, s: slice, name: str, t: dict[str, torch.Tensor], host: dict[str, Any]) -> torch.Tensor:
+        """Fold crops ``s`` of every sample: one crop, Mixup (one batched product over the
+        crops' storage ``store`` ``(B, m, oh * C * ow)``) or the CutMix fold."""
+        fold = host[f"{name}.fold"]
+        if fold == "one":
+            return y[:, s.start]
+        if fold == "mixup":
+            b, _, ch, oh, ow = y.shape
+            out = torch.bmm(t[f"{name}.weights"], store[:, s])  # (B, 1, oh*C*ow)
+            return out.view(b, oh, ch, ow).permute(0, 2, 1, 3)
+        return cutmix_fold(y[:, s], t[f"{name}.paste"], t[f"{name}.from_mix"] != 0)
 
-    def _view(self, x: torch.Tensor, slots: CropSlots, colour: ColourParams, spec: ColourSpec, per_crop: bool) -> torch.Tensor:
-        dev = x.device
-        s = (self.size, self.size)
-        boxes = slots.boxes.to(dev)
-        if slots.weights is not None and slots.boxes.shape[1] > 1 and not per_crop:
-            out = resized_crops(x, boxes, s, self.resize, self.bicubic, weights=slots.weights.to(dev))
-            if self.bicubic:  # the cubic filter overshoots [0, 1]
-                out = out.clamp_(0.0, 1.0)
-        else:
-            crops = resized_crops(x, boxes, s, self.resize, self.bicubic)  # (B, c, 3, S, S)
-            if self.bicubic:  # each crop clamped once; the folds below stay in [0, 1]
-                crops = crops.clamp_(0.0, 1.0)
-            if per_crop:
-                b, c = crops.shape[:2]
-                crops = colour_augment(crops.reshape(b * c, *crops.shape[2:]), colour, spec).view(crops.shape)
-            if crops.shape[1] == 1:
-                out = crops[:, 0]
-            elif slots.weights is not None:
-                out = (crops * slots.weights.to(dev, crops.dtype)[:, :, None, None, None]).sum(1)
-            else:
-                out = cutmix_fold(crops, slots.paste_boxes.to(dev), slots.paste_from_mix.to(dev))  # type: ignore[union-attr]
-        if not per_crop:
-            out = colour_augment(out, colour, spec)
-        return self._normalize(out)
+    def _normalize(self, x: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(x - mean) / std`` as one multiply-add into a contiguous ``output_dtype`` tensor."""
+        norm = t["norm"].view(2, 1, 3, 1, 1)
+        out = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+        torch.addcmul(norm[1], x, norm[0], out=out)
+        return out if self.output_dtype == torch.float32 else out.to(self.output_dtype)
 
     def apply(self, images: torch.Tensor, params: ViewParams) -> Any:
         """Apply ``params`` (deterministic). ``images`` are the padded uint8 batch.
+
+        Device work only: the parameters arrive in one ``non_blocking`` copy
+        (:meth:`pack`), every shape is a host integer, and nothing is read back, so the
+        views queue behind the previous step without a synchronisation (tested on the
+        ``meta`` device). With ``resize="matrix"`` (the default off CPU) all crops of the
+        batch are resized by two batched products with the flips folded in, the per-crop
+        colour ops run on their selected rows, and the folds and normalisation follow.
 
         Returns:
             ``(query, key)`` for MoCo, the images for MAE.
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
-        with torch.autocast(images.device.type, enabled=False):
-            x = images if images.dtype == torch.uint8 else images.float()
-            key = self._view(x, params.key, params.key_colour, self.key_spec, False)
+        packed = params.packed if params.packed is not None else self.pack(params)
+        dev = images.device
+        ctx = torch.autocast(dev.type, enabled=False) if dev.type in ("cpu", "cuda") else contextlib.nullcontext()
+        with ctx:
+            t = packed.to(dev)
+            host = packed.host
+            # the packed resize rows read uint8 as x / 255: float images in [0, 1] are scaled up
+            x = images if images.dtype == torch.uint8 else images.float() * 255.0
+            b, m = int(x.shape[0]), host["crops"]
+            s = (self.size, self.size)
+            method = self.resize
+            if method == "auto":
+                method = "interpolate" if dev.type == "cpu" and self.size >= 128 else "matrix"
+            boxes = t["boxes"].view(b, m, 4)
+            if method == "matrix":
+                y = _matrix_crops(x, t["rows"], s, self.bicubic, host["taps"])  # (B*m, C, S, S)
+                store = y.permute(0, 2, 1, 3).reshape(b, m, -1)  # its (B, m, S*C*S) storage, a view
+            else:  # host-driven kernels (CPU); the flip after the resize
+                y = resized_crops(x, boxes.to(torch.int64), s, method, self.bicubic).flatten(0, 1)
+                y = torch.where(t["flip"].view(-1, 1, 1, 1) > 0.5, y.flip(-1), y).permute(0, 2, 1, 3).contiguous()
+                y = y.permute(0, 2, 1, 3)  # the (B*m, S, C, S) storage of the matrix path
+                store = y.permute(0, 2, 1, 3).reshape(b, m, -1)
+            if self.bicubic:  # the cubic filter overshoots [0, 1]; each crop clamped once
+                y.clamp_(0.0, 1.0)
+            if host["pre"]:
+                _apply_colour(y, t, host, "crops")
+            y5 = y.unflatten(0, (b, m))
             if self.views == "mae":
-                return key
-            query = self._view(x, params.query, params.query_colour, self.query_spec, self.per_crop)  # type: ignore[arg-type]
-        return query, key
+                out = self._fold(y5, store, slice(0, m), "key", t, host)
+                _apply_colour(out, t, host, "key")
+                return self._normalize(out, t)
+            key = y5[:, 0]
+            query = self._fold(y5, store, slice(1, m), "query", t, host)
+            if not host["pre"]:
+                _apply_colour(key, t, host, "key")
+                _apply_colour(query, t, host, "query")
+            return self._normalize(query, t), self._normalize(key, t)
 
     def __call__(self, images: torch.Tensor, sizes: torch.Tensor) -> Any:
         return self.apply(images, self.sample(sizes))
@@ -814,3 +1148,80 @@ class DeviceViews:
     def __repr__(self) -> str:
         what = f"query={self.query!r}" if self.views == "moco" else f"mae_view={self.mae_view!r}"
         return f"DeviceViews(views={self.views!r}, {what}, size={self.size}, resize={self.resize!r})"
+
+
+# --------------------------------------------------------------------------- cost model
+class DeviceOpCounter(TorchDispatchMode):
+    """Counts what a piece of device code costs, from the operators torch dispatches (the
+    cost model of ``benchmarks/device_views.py`` and of the transfer tests).
+
+    Every aten operator with a tensor on ``device`` counts as one kernel launch, except
+    views and allocations (``empty``, ``view``, ``permute``, ``expand``, ...), which launch
+    none; its memory traffic is the bytes of its tensor inputs and outputs (an in-place op
+    reads and writes its first argument; ``index_copy_`` / ``scatter_*`` / ``copy_`` read
+    their source and write as much). Copies from the CPU to ``device`` are counted apart
+    (``h2d``), and so are host synchronisations (``syncs``: ``item`` / ``tolist``
+    / ``nonzero`` on the device, copies back to the CPU). Run it on the ``meta`` device to
+    cost a full-size batch without memory or time: a meta tensor has no values, so any
+    read of one would raise.
+
+    Example:
+        >>> with DeviceOpCounter("meta") as cost:
+        ...     views.apply(images_on_meta, params)
+        >>> cost.kernels, cost.bytes, cost.h2d, cost.syncs
+    """
+
+    _FREE = frozenset({
+        "empty", "empty_strided", "empty_like", "detach", "alias", "lift_fresh", "_unsafe_view",
+        "_reshape_alias", "set_", "resize_",
+    })
+    _SYNCS = frozenset({"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "item"})
+
+    def __init__(self, device: str | torch.device) -> None:
+        super().__init__()
+        self.device = torch.device(device)
+        self.kernels = 0
+        self.bytes = 0
+        self.h2d = 0
+        self.syncs = 0
+        self.by_op: dict[str, list[int]] = {}
+
+    def _on(self, t: torch.Tensor) -> bool:
+        return t.device.type == self.device.type
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if name in self._SYNCS and any(self._on(t) for t in ins):
+            self.syncs += 1
+        out = func(*args, **kwargs)
+        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        if name in ("_to_copy", "copy_") and ins and outs:
+            src = ins[1] if name == "copy_" else ins[0]
+            if src.device.type == "cpu" and self._on(outs[0]) and self.device.type != "cpu":
+                self.h2d += 1
+                return out
+            if self._on(src) and outs[0].device.type == "cpu" and self.device.type != "cpu":
+                self.syncs += 1
+                return out
+        if func.is_view or name in self._FREE or not any(self._on(t) for t in ins + outs):
+            return out
+
+        def nbytes(ts: list[torch.Tensor]) -> int:
+            return sum(t.numel() * t.element_size() for t in ts)
+
+        if name in ("index_copy_", "index_put_", "index_add_", "scatter_", "scatter_add_"):
+            b = 2 * nbytes(ins[1:])
+        elif name == "copy_":
+            b = nbytes(ins[:2])
+        elif name.endswith("_"):
+            b = 2 * nbytes(ins[:1]) + nbytes(ins[1:])
+        else:
+            b = nbytes(ins) + nbytes(outs)
+        self.kernels += 1
+        self.bytes += b
+        entry = self.by_op.setdefault(name, [0, 0])
+        entry[0] += 1
+        entry[1] += b
+        return out

@@ -126,6 +126,36 @@ class CropMixParams(NamedTuple):
     steps: tuple[MixStep, ...]
 
 
+class CropMixBatch(NamedTuple):
+    """Every random number of a batch of CropMix calls (:meth:`CropMix.sample_batch`), as
+    tensors with one row per image and ``c = max(num_crops)`` slots (unused slots padded).
+
+    Attributes:
+        num_crops: ``(B,)`` int64, ``n_b``.
+        valid: ``(B, c)`` bool, slot ``j < n_b``.
+        boxes: ``(B, c, 4)`` int64 ``(top, left, h, w)``; slot ``j`` drawn from scale range
+            ``j`` (as ``CropMixParams.boxes``); unused slots hold the whole image.
+        target_scale: ``(B, c)`` float64 sampled area fractions (``nan``: fallback / unused).
+        fallback: ``(B, c)`` bool, torchvision's central fallback crop was used.
+        order: ``(B, c)`` int64 fold order (a permutation of ``range(n_b)``, then the unused slots).
+        lam: ``(B, c - 1)`` float64, step ``k`` mixes crop ``order[k + 1]`` into the mix:
+            Mixup's ``Beta`` weight of the mix, or CutMix's ``U(0, 1)``; 1 for unused steps.
+        paste_boxes: ``(B, c - 1, 4)`` int64 CutMix boxes in output pixels (empty for unused
+            steps), ``None`` for Mixup.
+        donor_mix: ``(B, c - 1)`` bool, the running mix is the CutMix donor; ``None`` for Mixup.
+    """
+
+    num_crops: torch.Tensor
+    valid: torch.Tensor
+    boxes: torch.Tensor
+    target_scale: torch.Tensor
+    fallback: torch.Tensor
+    order: torch.Tensor
+    lam: torch.Tensor
+    paste_boxes: torch.Tensor | None
+    donor_mix: torch.Tensor | None
+
+
 def _is_real(x: Any) -> bool:
     """A real number (Python or NumPy), not a bool."""
     return isinstance(x, numbers.Real) and not isinstance(x, (bool, np.bool_))
@@ -475,6 +505,71 @@ class CropMix(Transform):
         if self.intermediate == "channel_permute":
             perm = tuple(g.permutation(num_channels))
         return MixStep(self.mixing, lam, donor, box, tau, perm)
+
+    def sample_batch(self, sizes: torch.Tensor, generator: torch.Generator | None = None) -> CropMixBatch:
+        """:meth:`sample_params` for a whole batch, with tensor operations (no loop over images).
+
+        The same distributions as :meth:`sample_params` (STYLE principle 13; tested
+        statistically against it): ``n`` uniform over ``num_crops``, crop ``j`` from the
+        ``j``-th scale range (:meth:`scale_ranges`) by
+        :func:`~ssl_cropmix.transforms.functional.sample_crop_boxes`, a uniform fold order
+        (identity without ``shuffle``), and per step Mixup's ``Beta(alpha/n, alpha/n)`` or
+        CutMix's ``U(0, 1)`` with its box and paste direction. The device path
+        (:mod:`ssl_cropmix.data.device_views`) draws its views with it.
+
+        Args:
+            sizes: ``(B, 2)`` int64 source ``(H, W)``.
+            generator: CPU ``torch.Generator`` (default: ``self.generator``, else torch's global RNG).
+
+        Shape:
+            see :class:`CropMixBatch` (``c = max(num_crops)``).
+        """
+        if self.mixing not in ("mixup", "cutmix") or self.intermediate is not None:
+            raise ValueError(
+                "sample_batch draws Mixup or CutMix steps without an intermediate op; got "
+                f"mixing={self.mixing!r}, intermediate={self.intermediate!r}"
+            )
+        g = generator if generator is not None else self.generator
+        sizes = sizes.to(torch.int64)
+        bsz, c = int(sizes.shape[0]), max(self.num_crops)
+        choices = torch.tensor(self.num_crops, dtype=torch.int64)
+        pick = torch.floor(torch.rand(bsz, generator=g, dtype=torch.float64) * len(choices)).to(torch.int64)
+        n = choices[pick.clamp_(max=len(choices) - 1)]  # (B,)
+        slot = torch.arange(c, dtype=torch.int64)
+        valid = slot[None, :] < n[:, None]  # (B, c)
+        lo, hi = self.crop_scale
+        if self.shared_range:
+            r_lo = torch.full((bsz, c), lo, dtype=torch.float64)
+            r_hi = torch.full((bsz, c), hi, dtype=torch.float64)
+        else:  # split_scale_range: lo + (hi - lo) * k / n, the last edge exactly hi
+            nf = n[:, None].to(torch.float64)
+            r_lo = lo + (hi - lo) * slot[None, :].to(torch.float64) / nf
+            r_hi = torch.where(slot[None, :] + 1 >= n[:, None], hi, lo + (hi - lo) * (slot[None, :] + 1) / nf)
+        hh = sizes[:, 0, None].expand(bsz, c).reshape(-1)
+        ww = sizes[:, 1, None].expand(bsz, c).reshape(-1)
+        boxes, target, fallback = CF.sample_crop_boxes(hh, ww, r_lo.reshape(-1), r_hi.reshape(-1), self._log_ratio, g)
+        boxes, target, fallback = boxes.view(bsz, c, 4), target.view(bsz, c), fallback.view(bsz, c)
+        full = torch.stack([torch.zeros_like(hh), torch.zeros_like(hh), hh, ww], 1).view(bsz, c, 4)
+        boxes = torch.where(valid[..., None], boxes, full)  # unused slots: a valid dummy box
+        target = torch.where(valid, target, float("nan"))
+        order = CF.uniform_permutations(n, c, g) if self.shuffle else slot.expand(bsz, c).clone()
+        step_valid = valid[:, 1:]  # step k mixes crop order[k + 1]
+        paste_boxes = donor_mix = None
+        if self.mixing == "mixup":
+            a = (self.alpha / n.to(torch.float64))[:, None].expand(bsz, c - 1).reshape(-1)
+            lam = CF.sample_beta_batch(a, a, g).view(bsz, c - 1)
+        else:
+            oh, ow = self.size
+            lam = torch.rand((bsz, c - 1), generator=g, dtype=torch.float64)
+            paste_boxes = CF.cutmix_boxes(oh, ow, lam, g)
+            paste_boxes = torch.where(step_valid[..., None], paste_boxes, 0)
+            if self.paste == "random":
+                donor_mix = torch.rand((bsz, c - 1), generator=g, dtype=torch.float64) >= 0.5
+            else:
+                donor_mix = torch.full((bsz, c - 1), self.paste == "into_crop", dtype=torch.bool)
+            donor_mix = torch.logical_and(donor_mix, step_valid)
+        lam = torch.where(step_valid, lam, 1.0)  # a step with lam = 1 changes nothing
+        return CropMixBatch(n, valid, boxes, target, fallback, order, lam, paste_boxes, donor_mix)
 
     # ------------------------------------------------------------------ v2 hooks
     def check_inputs(self, flat_inputs: list[Any]) -> None:

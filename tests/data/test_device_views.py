@@ -553,3 +553,159 @@ def test_datamodule_hook_seeds_per_global_rank(tree):
     assert torch.equal(r0.key.boxes, r0_again.key.boxes) and torch.equal(r0.query.boxes, r0_again.query.boxes)
     assert not torch.equal(r0.key.boxes, r1.key.boxes)
     assert not torch.equal(r0.query_colour.factors, r1.query_colour.factors)
+
+
+# --------------------------------------------------------------------------- batched sampling
+def test_batched_crop_boxes_match_the_per_image_sampler():
+    """``sample_crop_boxes`` (all tries of a batch at once) vs ``sample_crop_box`` (torchvision's
+    loop, one image at a time): area fraction, aspect ratio, corner and fallback rate, on a
+    normal image and on a thin one where the central fallback is frequent."""
+    from ssl_cropmix.transforms import functional as CF
+
+    lr = (math.log(3 / 4), math.log(4 / 3))
+    for (h, w), scale in (((60, 80), (0.2, 1.0)), ((24, 90), (0.3, 1.0))):
+        stream = CF.RandomStream(torch.Generator().manual_seed(0))
+        ref = torch.tensor([CF.sample_crop_box(h, w, scale, lr, stream)[:4] for _ in range(N)], dtype=torch.float64)
+        stream = CF.RandomStream(torch.Generator().manual_seed(1))
+        ref_fb = [CF.sample_crop_box(h, w, scale, lr, stream)[5] for _ in range(N)]
+        boxes, target, fallback = CF.sample_crop_boxes(torch.full((N,), h), torch.full((N,), w), *scale, lr,
+                                                        torch.Generator().manual_seed(2))
+        dev = boxes.double()
+        check_ks(f"{h}x{w} area", ref[:, 2] * ref[:, 3], dev[:, 2] * dev[:, 3])
+        check_ks(f"{h}x{w} aspect", ref[:, 3] / ref[:, 2], dev[:, 3] / dev[:, 2])
+        check_ks(f"{h}x{w} top", ref[:, 0], dev[:, 0])
+        check_ks(f"{h}x{w} left", ref[:, 1], dev[:, 1])
+        check_rate(f"{h}x{w} fallback", sum(ref_fb), N, int(fallback.sum()), N)
+        assert (boxes[:, 0] + boxes[:, 2] <= h).all() and (boxes[:, 1] + boxes[:, 3] <= w).all()
+        assert (boxes[:, 2:] > 0).all() and torch.equal(target.isnan(), fallback)
+    assert N // 10 < sum(ref_fb) < N - N // 10  # the thin image mixes accepted tries and the fallback
+
+
+@pytest.mark.parametrize("ab", [(0.1, 0.1), (0.4, 0.2), (2.0, 3.0), (0.5, 4.0)])
+def test_batched_beta_matches_the_scalar_sampler(ab):
+    """Jöhnk (a, b <= 1) and Marsaglia-Tsang gammas (otherwise), batched vs one at a time."""
+    from ssl_cropmix.transforms.functional import RandomStream, sample_beta, sample_beta_batch
+
+    a, b = ab
+    stream = RandomStream(torch.Generator().manual_seed(0))
+    ref = torch.tensor([sample_beta(a, b, stream) for _ in range(N)], dtype=torch.float64)
+    got = sample_beta_batch(torch.full((N,), a), torch.full((N,), b), torch.Generator().manual_seed(1))
+    assert ((got >= 0) & (got <= 1)).all()
+    check_ks(f"Beta{ab}", ref, got)
+
+
+def test_sampling_draws_the_batch_without_a_per_image_loop(monkeypatch):
+    """The device sampler never calls the per-image samplers (the batch is drawn with tensor
+    operations), and it still yields one crop set per image."""
+    from ssl_cropmix.transforms import CropMix
+    from ssl_cropmix.transforms import functional as CF
+
+    def boom(*a, **k):
+        raise AssertionError("per-image sampler called")
+
+    monkeypatch.setattr(CropMix, "sample_params", boom)
+    monkeypatch.setattr(CF, "sample_crop_box", boom)
+    sizes = torch.tensor([[48, 64], [300, 20], [64, 40]] * 20)
+    for query in V.QUERIES:
+        p = DeviceViews("moco", query, size=32, generator=torch.Generator().manual_seed(0)).sample(sizes)
+        assert p.key.boxes.shape == (60, 1, 4) and p.query.boxes.shape[0] == 60
+        inside = (p.query.boxes[..., 0] + p.query.boxes[..., 2] <= sizes[:, None, 0]) & (
+            p.query.boxes[..., 1] + p.query.boxes[..., 3] <= sizes[:, None, 1])
+        assert inside.all()
+
+
+def test_generic_cropmix_fold_order_is_a_uniform_permutation():
+    """``CropMix.sample_batch`` with ``shuffle``: each slot holds each crop equally often
+    (uniform permutations of range(n_b)), unused slots last."""
+    from ssl_cropmix.transforms import CropMix
+
+    cm = CropMix(32, num_crops=(2, 3, 4))
+    p = cm.sample_batch(torch.full((3 * N, 2), 64), torch.Generator().manual_seed(0))
+    for n in (3, 4):
+        rows = p.order[p.num_crops == n][:, :n]
+        assert torch.equal(rows.sort(1).values, torch.arange(n).expand_as(rows))
+        for slot in range(n):
+            for crop in range(n):
+                k = int((rows[:, slot] == crop).sum())
+                check_rate(f"n={n} slot {slot} crop {crop}", k, len(rows), len(rows) // n, len(rows))
+    four = p.order[p.num_crops == 2]
+    assert torch.equal(four[:, 2:], torch.tensor([2, 3]).expand(len(four), 2))
+
+
+# --------------------------------------------------------------------------- transfer and cost
+@pytest.mark.parametrize("case", OUTPUT_CASES[1:], ids=[c[1] or c[0] for c in OUTPUT_CASES[1:]])
+def test_apply_makes_one_host_to_device_copy_and_no_sync(case):
+    """On the ``meta`` device (no values: any read of one would raise) ``apply`` makes exactly
+    one host-to-device copy (the packed parameters) and no host synchronisation, for every
+    recipe, with the padded sizes of a real batch."""
+    from ssl_cropmix.data.device_views import DeviceOpCounter
+
+    what, mae = case
+    dv = (DeviceViews("mae", mae_view=mae, size=24, resize="matrix", generator=torch.Generator().manual_seed(0))
+          if what == "mae" else
+          DeviceViews("moco", what, size=24, resize="matrix", small_image=False, generator=torch.Generator().manual_seed(0)))
+    sizes = torch.tensor([[40, 56], [64, 30], [48, 48], [20, 70]])
+    p = dv.sample(sizes)
+    images = torch.empty((4, 3, 64, 70), dtype=torch.uint8, device="meta")
+    with DeviceOpCounter("meta") as cost:
+        out = dv.apply(images, p)
+    assert cost.h2d == 1 and cost.syncs == 0
+    for o in out if isinstance(out, tuple) else (out,):
+        assert o.shape == (4, 3, 24, 24) and o.device.type == "meta" and o.is_contiguous()
+    assert p.packed.buffer.dtype == torch.uint8 and p.packed.buffer.ndim == 1
+    assert p.packed.buffer.is_pinned() == torch.cuda.is_available()
+
+
+def test_packed_and_unpacked_parameters_give_the_same_views():
+    raw = raw_batch(photos(), 3)
+    for query in ("cropmix", "contrastive"):
+        dv = DeviceViews("moco", query, size=24, small_image=False, generator=torch.Generator().manual_seed(0))
+        p = dv.sample(raw.sizes)
+        a = dv.apply(raw.images, p)
+        b = dv.apply(raw.images, p._replace(packed=None))
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_cost_model_of_256_contrastive_pairs_at_224_px():
+    """The cost model of benchmarks/device_views.py (meta device, full size): <= 200 kernels
+    (about 1,000 with a kernel per (position, op) group and dense float64 resize weights) and
+    far less memory traffic than the 85 GB counted the same way before."""
+    from ssl_cropmix.data.device_views import DeviceOpCounter
+
+    dv = DeviceViews("moco", "contrastive", size=224, resize="matrix", generator=torch.Generator().manual_seed(0))
+    p = dv.sample(torch.full((256, 2), 448))
+    with DeviceOpCounter("meta") as cost:
+        dv.apply(torch.empty((256, 3, 448, 448), dtype=torch.uint8, device="meta"), p)
+    print(f"kernels {cost.kernels}, {cost.bytes / 1e9:.1f} GB, h2d {cost.h2d}, syncs {cost.syncs}")
+    assert cost.kernels <= 200 and cost.bytes <= 40e9 and cost.h2d == 1 and cost.syncs == 0
+
+
+# --------------------------------------------------------------------------- kernels (new forms)
+def test_hue_shift_equals_torchvision_on_ties_grays_and_saturated_colours():
+    from ssl_cropmix.data.device_views import _hue_shift, hue_base
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 10, 10, generator=g)
+    x[0] = x[0, :1]  # gray pixels
+    x[1, 1] = x[1, 0]  # r == g ties
+    x[2, 2] = x[2, 0]  # r == b ties
+    x[3] = (x[3] > 0.5).float()  # saturated primaries, black and white
+    x[4, :, :5] = 0.0
+    shift = torch.tensor([0.1, -0.1, 0.5, -0.5, 0.3, 0.0])
+    out = _hue_shift(x, hue_base(shift).view(6, 3, 1, 1), torch.tensor([1, 2]).view(1, 2, 1, 1))
+    for i in range(6):
+        torch.testing.assert_close(out[i], F.adjust_hue(x[i], float(shift[i])), atol=2e-5, rtol=0)
+
+
+def test_flip_folded_into_the_resize_equals_flipping_the_crop():
+    from ssl_cropmix.data.device_views import _matrix_crops, crop_rows, filter_taps
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (2, 3, 50, 70), dtype=torch.uint8, generator=g)
+    boxes = torch.tensor([[[3, 5, 30, 40], [0, 0, 50, 70]], [[10, 20, 12, 9], [1, 2, 40, 61]]])
+    flip = torch.tensor([True, False, False, True])
+    taps = (filter_taps(50, 24), filter_taps(70, 24))
+    out = _matrix_crops(x, crop_rows(boxes, (24, 24), False, flip), (24, 24), False, taps)
+    ref = resized_crops(x, boxes, (24, 24), "matrix").flatten(0, 1)
+    ref = torch.where(flip.view(-1, 1, 1, 1), ref.flip(-1), ref)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
