@@ -270,6 +270,36 @@ def find_data(data_root: str | None) -> tuple[Path | None, str]:
     return None, "; ".join(looked)
 
 
+def check_data(pf: Preflight, smoke: bool, data_root: str | None, sections: list[str]) -> None:
+    """Find (and open or extract) CIFAR-10 for ``pf``: sets ``data_root`` and ``data_line``; on
+    the GPU run a missing archive is one problem line that blocks the sections needing data."""
+    where, looked = find_data(data_root)
+    if where is not None:
+        from ssl_cropmix.data.cifar import resolve_cifar10
+
+        t0 = time.perf_counter()
+        try:
+            root = resolve_cifar10(where)
+            pf.data_root = str(root)
+            pf.data_line = (f"data: CIFAR-10 at {root} ({time.perf_counter() - t0:.0f}s to open/extract); "
+                            f"looked in: {looked}")
+        except Exception as e:
+            pf.data_line = f"data: CIFAR-10 at {where} is unreadable ({type(e).__name__}: {e}); looked in: {looked}"
+            where = None
+    else:
+        pf.data_line = f"data: CIFAR-10 not found; looked in: {looked}"
+    if where is None:
+        if smoke:
+            pf.data_line += "; the CPU smoke run uses the built-in demo photos instead"
+        else:
+            problem = (f"MISSING data {ARCHIVE_NAME} (looked in: {looked}); copy it into the checkout with: "
+                       f"python tools/stage_data.py /path/to/{ARCHIVE_NAME}  (or pass --data-root)")
+            pf.problems.append(problem)
+            for s in sections:
+                if NEEDS.get(s, ((), False))[1]:
+                    pf.blocked.setdefault(s, problem)
+
+
 def preflight(smoke: bool, data_root: str | None, sections: list[str]) -> Preflight:
     """Print the environment and check every import and the data, before any section.
 
@@ -319,31 +349,7 @@ def preflight(smoke: bool, data_root: str | None, sections: list[str]) -> Prefli
                     pf.problems.append(line)
                 broken[m] = pf.blocked[s] = line
                 break
-    where, looked = find_data(data_root)
-    if where is not None:
-        from ssl_cropmix.data.cifar import resolve_cifar10
-
-        t0 = time.perf_counter()
-        try:
-            root = resolve_cifar10(where)
-            pf.data_root = str(root)
-            pf.data_line = (f"data: CIFAR-10 at {root} ({time.perf_counter() - t0:.0f}s to open/extract); "
-                            f"looked in: {looked}")
-        except Exception as e:
-            pf.data_line = f"data: CIFAR-10 at {where} is unreadable ({type(e).__name__}: {e}); looked in: {looked}"
-            where = None
-    else:
-        pf.data_line = f"data: CIFAR-10 not found; looked in: {looked}"
-    if where is None:
-        if smoke:
-            pf.data_line += "; the CPU smoke run uses the built-in demo photos instead"
-        else:
-            problem = (f"MISSING data {ARCHIVE_NAME} (looked in: {looked}); copy it into the checkout with: "
-                       f"python tools/stage_data.py /path/to/{ARCHIVE_NAME}  (or pass --data-root)")
-            pf.problems.append(problem)
-            for s in sections:
-                if NEEDS.get(s, ((), False))[1]:
-                    pf.blocked.setdefault(s, problem)
+    check_data(pf, smoke, data_root, sections)
     pf.lines.append(pf.data_line)
     return pf
 
