@@ -752,8 +752,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not n else 1
     if no_gpu:
         return 2
+    threads = torch.get_num_threads()
     if a.cpu_smoke:
         torch.set_num_threads(1)  # toy sizes: one thread is fastest, and shared CI machines are not oversubscribed
+    try:
+        return _run_sections(a, pf, names, mode, t_start)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_sections(a: argparse.Namespace, pf: Preflight, names: list[str], mode: str, t_start: float) -> int:
+    """Run the selected sections one by one; rewrite the report after each."""
+    import torch
+
     budgets = {n: budget_for(n, a.cpu_smoke, a.quick) for n in names}
     print(f"sections: {', '.join(f'{n} ({budgets[n]:.0f}s)' for n in names)}; start-up took "
           f"{time.perf_counter() - t_start:.0f}s", flush=True)
