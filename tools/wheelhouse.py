@@ -111,13 +111,13 @@ def parse_have(text: str) -> tuple[dict[str, str | None], dict[str, str]]:
             if m:
                 have[canonicalize_name(m.group(1))] = None
             continue
-        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9_.\-]*)\s*(?:\[[^\]]*\])?\s*(==|===|\s)\s*([^\s;]+)", line)
-        if m and m.group(2).strip() in ("==", "===", ""):
-            have[canonicalize_name(m.group(1))] = m.group(3)
-            continue
         m = re.match(r"^([A-Za-z0-9][A-Za-z0-9_.\-]*)\s*@", line)  # name @ file:///...
         if m:
             have[canonicalize_name(m.group(1))] = None
+            continue
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9_.\-]*)\s*(?:\[[^\]]*\])?\s*(==|===|\s)\s*(\d[^\s;]*)", line)
+        if m and m.group(2).strip() in ("==", "===", ""):
+            have[canonicalize_name(m.group(1))] = m.group(3)
             continue
         m = re.match(r"^([A-Za-z0-9][A-Za-z0-9_.\-]*)$", line)
         if m:
