@@ -222,12 +222,15 @@ def step_ratio(
     steps: int = 10,
     repeats: int = 3,
     amp: bool = True,
+    channels_last: bool = False,
 ) -> dict[str, Any]:
     """``MoCoCropMix`` step fed by the device path vs the step on pre-made tensors.
 
     One *fed* step: :meth:`DeviceViews.sample` (CPU) + :meth:`DeviceViews.apply` on a uint8
     batch already on ``device`` + ``training_step`` + backward + SGD step; the *premade* step
-    skips the views (inputs made once). Timed interleaved, synchronised on CUDA.
+    skips the views (inputs made once). Timed interleaved, synchronised on CUDA. Both sides
+    use the same precision (``amp``: bf16 autocast) and, with ``channels_last``, the same
+    memory format (model and both sides' inputs; the fed views are converted every step).
 
     Returns:
         ``{"premade_ms", "fed_ms", "ratio" (premade / fed; target >= 0.95), ...}``.
@@ -239,14 +242,16 @@ def step_ratio(
     warnings.filterwarnings("ignore", message=".*self.log.*")
     dev = torch.device(device)
     small = image_size <= 64
-    model = MoCoCropMix(backbone=backbone, small_image=small, queue_size=queue_size, cosine_lr=False, lr=0.03).to(dev)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = MoCoCropMix(backbone=backbone, small_image=small, queue_size=queue_size, cosine_lr=False, lr=0.03).to(
+        dev, memory_format=fmt)
     model.train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.03, momentum=0.9)
     imgs = source_images(batch, image_size)
     raw = pad_collate([(DecodeToUint8(2 * image_size)(im), 0) for im in imgs])
     x_u8, sizes = raw.images.to(dev), raw.sizes
     dv = DeviceViews("moco", query, size=image_size, generator=torch.Generator().manual_seed(0))
-    q0, k0 = dv(x_u8, sizes)
+    q0, k0 = (v.contiguous(memory_format=fmt) for v in dv(x_u8, sizes))
     y = torch.zeros(batch, dtype=torch.long, device=dev)
 
     def step(q: torch.Tensor, k: torch.Tensor) -> None:
@@ -258,13 +263,13 @@ def step_ratio(
 
     def fed() -> None:
         q, k = dv(x_u8, sizes)
-        step(q, k)
+        step(q.contiguous(memory_format=fmt), k.contiguous(memory_format=fmt))
 
     times = interleaved_times({"premade": lambda: step(q0, k0), "fed": fed}, steps, repeats, 2,
                               lambda: _sync(dev))
     pre, fd = statistics.median(times["premade"]), statistics.median(times["fed"])
     return {"device": str(dev), "backbone": backbone, "batch": batch, "image_size": image_size, "query": query,
-            "amp": amp, "premade_ms": pre * 1e3, "fed_ms": fd * 1e3, "ratio": pre / fd}
+            "amp": amp, "channels_last": channels_last, "premade_ms": pre * 1e3, "fed_ms": fd * 1e3, "ratio": pre / fd}
 
 
 def per_sample_reference(dv: DeviceViews, sizes: torch.Tensor, generator: torch.Generator) -> ViewParams:
@@ -379,10 +384,10 @@ def acceptance_check(ctx: Any) -> Any:
                          if q == "contrastive" else "", good))
     bb = "resnet18" if smoke else "resnet50"
     s = step_ratio(ctx.device, bb, size, batch, queue_size=64 if smoke else 65536, steps=1 if smoke else 10,
-                   repeats=1 if smoke else 3, amp=not smoke)
+                   repeats=1 if smoke else 3, amp=not smoke, channels_last=True)
     good = s["ratio"] > 0 and (smoke or s["ratio"] >= GPU_MIN_STEP_RATIO)
     ok &= good
-    rows.append(_row(f"MoCoCropMix {bb} step fed by device views / on pre-made tensors "
+    rows.append(_row(f"MoCoCropMix {bb} step{' bf16' if not smoke else ''} channels_last, fed by device views / on pre-made tensors "
                      f"({s['fed_ms']:.1f} vs {s['premade_ms']:.1f} ms)", round(s["ratio"], 3),
                      f">= {GPU_MIN_STEP_RATIO}" + (" (not enforced in smoke)" if smoke else ""), good))
     return CheckResult("device_views", ok, rows)
