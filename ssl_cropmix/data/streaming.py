@@ -337,3 +337,24 @@ class StreamingShards(_Source):
         if ds is None:
             ds = self._random_access = self.streaming_dataset(None)
         return ds[int(index)]
+
+
+def optimize_main(argv: list[str]) -> int:
+    """``ssl-cropmix optimize --data-dir IMAGEFOLDER --out DIR_OR_URI [--split train]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="ssl-cropmix optimize", description="Write an ImageFolder split as LitData "
+                                "shards (+ manifest: class index, targets, skipped files) for dataset=shards.")
+    p.add_argument("--data-dir", required=True, help="folder holding <split>/<class>/<images>")
+    p.add_argument("--out", required=True, help="local folder or URI; the shards go to <out>/<split>")
+    p.add_argument("--split", default="train")
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--chunk-bytes", default="64MB")
+    p.add_argument("--on-bad-image", choices=["skip", "raise"], default="skip")
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS)
+    a = p.parse_args(argv)
+    m = optimize_image_folder(a.data_dir, a.out, a.split, a.num_workers, a.chunk_bytes, a.on_bad_image,
+                              a.max_image_pixels)
+    print(f"{m['num_samples']} samples, {len(m['classes'])} classes, {m['skipped']} skipped -> "
+          f"{join_uri(a.out, a.split)}")
+    return 0
