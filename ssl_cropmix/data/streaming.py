@@ -312,8 +312,9 @@ class StreamingShards(_Source):
         if self.cache_dir is not None:
             kw["cache_dir"] = self.cache_dir
         ds = cls(self.uri, shuffle=shuffle, seed=int(seed), transform=_DecodeView(view, self.uri), **kw)
-        if len(ds) != len(self.targets):
-            raise ValueError(f"{self.uri!r} holds {len(ds)} samples but its {MANIFEST} lists {len(self.targets)}: "
+        total = sum(end - start for start, end in ds.region_of_interest)  # all ranks' (len() is per rank)
+        if total != len(self.targets):
+            raise ValueError(f"{self.uri!r} holds {total} samples but its {MANIFEST} lists {len(self.targets)}: "
                              "the shards and the manifest come from different optimize runs")
         if indices is not None:
             ds = ds.subset(list(indices))
