@@ -30,7 +30,7 @@ from typing import Any
 
 #: argparse task commands (``ssl_cropmix.commands``); a new one is one more name here and
 #: one more entry in ``commands._HANDLERS``.
-TASK_COMMANDS = ("show-views", "probe", "finetune", "export", "robustness")  # robustness: evaluation/robustness_cli.py
+TASK_COMMANDS = ("show-views", "probe", "finetune", "export", "robustness", "optimize")  # robustness: evaluation/robustness_cli.py
 
 #: Lightning subcommands offered (``predict`` is not: no model here has a ``predict_step``).
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")

@@ -319,3 +319,4 @@ def _export(argv: list[str]) -> int:
 
 _HANDLERS = {"show-views": _show_views, "probe": _probe, "finetune": _finetune, "export": _export}
 _HANDLERS["robustness"] = lambda argv: __import__("ssl_cropmix.evaluation.robustness_cli", fromlist=["main"]).main(argv)
+_HANDLERS["optimize"] = lambda argv: __import__("ssl_cropmix.data.streaming", fromlist=["optimize_main"]).optimize_main(argv)

@@ -45,7 +45,7 @@ from ssl_cropmix.data.datasets import (
     visible_subdirs,
 )
 
-DATASETS = ("folder", "demo", "cifar10", "cifar100", "stl10")
+DATASETS = ("folder", "demo", "cifar10", "cifar100", "stl10", "shards")
 VIEWS = ("moco", "mae", "supervised")
 AUGMENT_ON = ("workers", "device")
 _TV_CLASSES = {"cifar10": 10, "cifar100": 100, "stl10": 10}
@@ -73,10 +73,14 @@ class CropMixDataModule(pl.LightningDataModule):
             ``cifar10-jpeg.tar.gz`` / a folder containing it (extracted once, see
             :func:`~ssl_cropmix.data.cifar.resolve_cifar10`; its val split is ``"test"``).
             torchvision datasets: their ``root`` (default ``~/.cache/ssl_cropmix/torchvision``).
+            ``dataset="shards"``: a local folder or URI whose ``<train_split>`` / ``<val_split>``
+            sub-folders hold shards written by ``ssl-cropmix optimize``.
         dataset: ``"folder"``, ``"demo"`` (a built-in set cut from the photos bundled with
             scikit-image, 8 classes, written once to the package's cache, never to a
             ``data_dir``; see :func:`~ssl_cropmix.data.demo.demo_root`; needs no download),
-            ``"cifar10"``, ``"cifar100"`` or ``"stl10"``.
+            ``"cifar10"``, ``"cifar100"``, ``"stl10"`` or ``"shards"`` (LitData shards read
+            through ``StreamingDataset`` / ``StreamingDataLoader``, see
+            :mod:`ssl_cropmix.data.streaming`; needs ``pip install 'ssl_cropmix[streaming]'``).
         train_split: split for training. CIFAR: ``"train"``; STL-10: ``"train"``,
             ``"unlabeled"`` or ``"train+unlabeled"`` (the labelled loaders always use
             ``"train"``).
@@ -141,7 +145,7 @@ class CropMixDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_dir: str | None = None,
-        dataset: Literal["folder", "demo", "cifar10", "cifar100", "stl10"] = "folder",
+        dataset: Literal["folder", "demo", "cifar10", "cifar100", "stl10", "shards"] = "folder",
         train_split: str = "train",
         val_split: str | None = "val",
         views: Literal["moco", "mae", "supervised"] = "moco",
@@ -199,8 +203,8 @@ class CropMixDataModule(pl.LightningDataModule):
             raise ValueError(f"subset_file needs dataset='folder', got dataset={dataset!r}")
         if dataset == "demo":
             check_demo_data_dir(data_dir)
-        if dataset == "folder" and data_dir is None:
-            raise ValueError("data_dir is required for dataset='folder', got None")
+        if dataset in ("folder", "shards") and data_dir is None:
+            raise ValueError(f"data_dir is required for dataset={dataset!r}, got None")
         self.data_dir = data_dir
         self.dataset = dataset
         self.train_split = train_split
@@ -258,6 +262,8 @@ class CropMixDataModule(pl.LightningDataModule):
                 self._num_classes = len(DEMO_NAMES)
             elif self.dataset in _TV_CLASSES:
                 self._num_classes = _TV_CLASSES[self.dataset]
+            elif self.dataset == "shards":
+                self._num_classes = self.source(self._labeled_train_split()).num_classes
             else:
                 root = self._split_root(self._labeled_train_split())
                 self._num_classes = len(visible_subdirs(root))
@@ -352,7 +358,11 @@ class CropMixDataModule(pl.LightningDataModule):
     def source(self, split: str) -> _Source:
         """The (cached) un-transformed dataset of ``split``: ``load(i) -> (PIL RGB, label)``."""
         if split not in self._sources:
-            if self.dataset in ("folder", "demo"):
+            if self.dataset == "shards":
+                from ssl_cropmix.data.streaming import StreamingShards, join_uri
+
+                self._sources[split] = StreamingShards(join_uri(self.data_dir, split))
+            elif self.dataset in ("folder", "demo"):
                 train = self._labeled_train_split()  # other splits are labelled with train's class index
                 self._sources[split] = ImageFolderDataset(
                     self._split_root(split), on_bad_image=self.on_bad_image, max_pixels=self.max_image_pixels,
@@ -448,6 +458,8 @@ class CropMixDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Pretraining batches: ``((query, key), labels)`` (MoCo) or ``(images, labels)``."""
+        if self.dataset == "shards":
+            return self._streaming_loader(self.train_split, train=True)
         ds = self.train_dataset()
         if self.drop_last and len(ds) < self.batch_size:
             raise ValueError(
@@ -460,6 +472,39 @@ class CropMixDataModule(pl.LightningDataModule):
 
             collate = pad_collate
         return self._loader(ds, self.batch_size, True, self.drop_last, self.persistent_workers, collate)
+
+    def _streaming_loader(self, split: str, train: bool) -> Any:
+        """``dataset="shards"``: a ``StreamingDataLoader`` (even per-rank splits, its position
+        saved in checkpoints) with the same views, label fraction and collation as the
+        folder path. The shuffle seed is torch's initial seed (``seed_everything``)."""
+        import torch
+
+        src = self.source(split)
+        if not train:
+            return src.loader(self.eval_transforms()[1], self.val_batch_size, drop_last=False,
+                              num_workers=self.num_workers, pin_memory=self._pin(),
+                              persistent_workers=self.persistent_workers and self.num_workers > 0)
+        idx = self._subset(src, self.label_fraction, self.subset_file)
+        collate = None
+        if self.augment_on == "device":
+            from ssl_cropmix.data.device_views import DecodeToUint8, pad_collate
+
+            view: Any = DecodeToUint8(self.device_max_size or 2 * self.image_size)
+            collate = pad_collate
+        else:
+            view = self.train_transform()
+        n = len(src) if idx is None else len(idx)
+        if self.drop_last and n < self.batch_size:
+            raise ValueError(f"batch_size={self.batch_size} is larger than the training set ({n} images) "
+                             "and drop_last=True would give no batch: lower batch_size")
+        return src.loader(view, self.batch_size, indices=idx, shuffle=True, seed=torch.initial_seed() % 2**32,
+                          drop_last=self.drop_last or None, num_workers=self.num_workers, collate_fn=collate,
+                          pin_memory=self._pin(), persistent_workers=self.persistent_workers and self.num_workers > 0)
+
+    def _pin(self) -> bool:
+        import torch
+
+        return torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
 
     # ------------------------------------------------------------------ device views
     @property
@@ -523,6 +568,8 @@ class CropMixDataModule(pl.LightningDataModule):
         ``[]`` (no validation) when ``val_split`` is ``None``."""
         if self.val_split is None:
             return []
+        if self.dataset == "shards":
+            return self._streaming_loader(self.val_split, train=False)
         return self._loader(self.val_dataset(), self.val_batch_size, False, False, self.persistent_workers)
 
     def test_dataloader(self) -> DataLoader:
