@@ -597,8 +597,9 @@ def check_pretrain_eval(ctx: Context) -> CheckResult:
     epochs = ctx.pretrain_epochs
     # The CPU-sized fast probe (cached un-augmented features, BN + linear, SGD lr 0.1 x 256/256):
     # a short CIFAR run, not the paper's 90-epoch LARS protocol; the protocol string says so.
-    probe = LinearProbe("moco", optimizer="sgd", base_lr=0.1, batch_size=256, head_norm=True, epochs=probe_epochs,
-                        cached_features=True)
+    # (the smoke's 64 demo images cannot fill 256: an explicit batch larger than the data is refused)
+    probe = LinearProbe("moco", optimizer="sgd", base_lr=0.1, batch_size=64 if ctx.smoke else 256, head_norm=True,
+                        epochs=probe_epochs, cached_features=True)
     knn = KNNMonitor(k=knn_k, every_n_epochs=epochs)
     model = MoCoCropMix(backbone="resnet18", small_image=True, queue_size=queue, momentum=0.99, base_lr=0.06,
                         weight_decay=5e-4, **({"proj_hidden_dim": 64} if ctx.smoke else {}))

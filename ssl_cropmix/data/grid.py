@@ -70,10 +70,13 @@ def _split_query(transform: Any) -> tuple[Any, Any, Any, Any]:
 
     query, key = (transform.query, transform.key) if isinstance(transform, V.TwoViews) else (transform, None)
     mix, rest = None, None
-    if isinstance(query, CropMix):
-        mix, rest = query, None
-    elif isinstance(query, v2.Compose) and query.transforms and isinstance(query.transforms[0], CropMix):
-        mix, rest = query.transforms[0], v2.Compose(query.transforms[1:])
+    # a backend chosen per image by source size: both sides share one configuration, and the
+    # grid cuts from uint8 tensors (the tensor backend)
+    first = query.transforms[0] if isinstance(query, v2.Compose) and query.transforms else query
+    first = first.large if isinstance(first, V.BySourceSize) else first
+    if isinstance(first, CropMix):
+        mix = first
+        rest = v2.Compose(query.transforms[1:]) if isinstance(query, v2.Compose) else None
     return query, key, mix, rest
 
 

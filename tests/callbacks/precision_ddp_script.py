@@ -41,7 +41,7 @@ class Record(pl.Callback):
 def main(demo_dir: str, out: Path) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0)
-    dm = CropMixDataModule(dataset="demo", data_dir=demo_dir, image_size=32, batch_size=8, num_workers=0,
+    dm = CropMixDataModule(dataset="demo", image_size=32, batch_size=8, num_workers=0,
                            persistent_workers=False, augment_on="device")
     trunk = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     module = MoCoCropMix(backbone=trunk, proj_hidden_dim=16, out_dim=8, queue_size=64)

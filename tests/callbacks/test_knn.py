@@ -161,7 +161,7 @@ def test_validation():
         KNNMonitor(k=0)
     with pytest.raises(ValueError, match="temperature.*-1"):
         KNNMonitor(temperature=-1)
-    with pytest.raises(ValueError, match="bank_chunk_size must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="bank_chunk_size must be an int >= 1, got 0"):
         KNNMonitor(bank_chunk_size=0)
     with pytest.raises(ValueError, match="bank_dtype must be one of .*'half'"):
         KNNMonitor(bank_dtype="half")  # type: ignore[arg-type]

@@ -58,7 +58,7 @@ class BackboneDtypes(pl.Callback):
 
 def _fit(demo_dir: str, root: Path, precision: str, augment_on: str, callbacks: list, epochs: int = 2) -> tuple:
     pl.seed_everything(0)
-    dm = CropMixDataModule(dataset="demo", data_dir=demo_dir, image_size=32, batch_size=16, num_workers=0,
+    dm = CropMixDataModule(dataset="demo", image_size=32, batch_size=16, num_workers=0,
                            persistent_workers=False, augment_on=augment_on)
     trunk = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     module = MoCoCropMix(backbone=trunk, proj_hidden_dim=16, out_dim=8, queue_size=64)

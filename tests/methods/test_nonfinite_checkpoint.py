@@ -31,7 +31,7 @@ def test_poisoned_weights_are_not_saved_and_the_step_is_named(tmp_path):
                     pl_module.projection_head[0].weight[0, 0] = float("nan")
 
     with pytest.raises(NonFiniteCheckpointError, match=r"MoCoCropMix: refusing to save a checkpoint at global "
-                       r"step 3: non-finite \(NaN/inf\) values in projection_head.0.weight \(1 tensors\)"):
+                       r"step 3: non-finite \(NaN/inf\) values in projection_head.0.weight \(1 tensor\)"):
         _trainer(tmp_path, [Poison()]).fit(tiny_moco(), pair_loader(16, 4))
     saved = sorted(p.name for p in (tmp_path / "ck").glob("*.ckpt"))
     assert saved == ["epoch=0-step=1.ckpt", "epoch=0-step=2.ckpt"]  # step 3 was refused
