@@ -87,11 +87,15 @@ def test_smoke_config_runs_to_its_last_epoch_with_every_evaluation_firing(config
     assert out.count("ssl_cropmix run summary") == 1
     summary = out[out.index("ssl_cropmix run summary"):]
     assert re.search(rf"wall time: [0-9.]+s \({epochs} epochs, {2 * epochs} steps\)", summary), summary
+    run_dir = Path(re.search(r"run directory:\s+(\S+)", summary).group(1))
+    assert run_dir.is_dir() and (run_dir / "config.yaml").is_file()
     last = Path(re.search(r"last checkpoint:\s+(\S+)", summary).group(1))
-    assert last.name == "last.ckpt" and last.is_file()
+    assert last.name == "last.ckpt" and last.is_file() and last.resolve().is_relative_to(run_dir.resolve())
     names = [c["class_path"].rsplit(".", 1)[-1] for c in cfg["trainer"].get("callbacks") or []]
     if "KNNMonitor" in names:
         assert re.search(r"knn_top1: [0-9.]+", summary), summary
+    if "OnlineLinearProbe" in names:
+        assert re.search(r"online_probe/val_top1: [0-9.]+", summary), summary
 
 
 @pytest.mark.usefixtures("one_torch_thread")

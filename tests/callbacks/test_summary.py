@@ -15,27 +15,6 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models (tests/conftest.py)
 
 
-def test_readme_main_job_prints_the_summary(tmp_path, monkeypatch, capsys):
-    from ssl_cropmix.cli import main
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
-    config = REPO / "configs" / "smoke" / "moco_demo_cpu.yaml"
-    monkeypatch.setattr("sys.argv", [
-        "ssl-cropmix", "fit", "--config", str(config), "--experiment", "smoke", "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false"])
-    main()
-    out = capsys.readouterr().out
-    assert out.count("ssl_cropmix run summary") == 1
-    text = out[out.index("ssl_cropmix run summary"):]
-    run_dir = Path(re.search(r"run directory:\s+(\S+)", text).group(1))
-    assert run_dir.is_dir() and (run_dir / "config.yaml").is_file()
-    last = re.search(r"last checkpoint:\s+(\S+)", text).group(1)
-    assert Path(last).is_file() and Path(last).resolve().is_relative_to(run_dir.resolve())
-    assert re.search(r"online_probe/val_top1: [0-9.]+", text)
-    assert re.search(r"wall time: [0-9.]+s \(1 epochs, 2 steps\)", text)
-
-
 def test_summary_lists_evaluation_results(tmp_path):
     import pytorch_lightning as pl
 
