@@ -606,7 +606,7 @@ def _gray(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def _hue_shift(
-    x: torch.Tensor, base: torch.Tensor, offsets: torch.Tensor, out: torch.Tensor | None = None
+    x: torch.Tensor, base: torch.Tensor, diff: torch.Tensor, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """torchvision's ``adjust_hue`` (RGB -> HSV, ``h <- (h + shift) mod 1``, -> RGB) with one
     shift per image, in a fixed small number of whole-tensor operations.
@@ -621,7 +621,9 @@ def _hue_shift(
     Args:
         x: ``(N, 3, H, W)`` in ``[0, 1]`` (any strides).
         base: ``(N, 3, 1, 1)``, ``6 shift + (5, 3, 1)`` (:func:`hue_base`).
-        offsets: ``(1, 2, 1, 1)`` int64 ``(1, 2)``.
+        diff: ``(3, 3)`` :data:`HUE_DIFF` (on ``x``'s device): row ``n`` takes
+            ``x_{n+1} - x_{n+2}``, so the hue numerator of every channel is one batched
+            product, of which the largest channel's is gathered.
         out: optional ``(N, 3, H, W)`` result tensor; may be ``x`` itself (only the last
             operation writes, after every read of ``x``).
 
@@ -629,14 +631,20 @@ def _hue_shift(
     """
     maxc, imax = x.max(dim=-3, keepdim=True)  # first maximum: torchvision's priority
     cr = maxc - x.amin(dim=-3, keepdim=True)
-    nxt = x.gather(-3, torch.remainder(imax + offsets, 3))  # x_{i+1}, x_{i+2}
+    n, c, h, w = x.shape
+    d = torch.matmul(diff, x.reshape(n, c, h * w)).view(n, c, h, w)  # exact: weights 0, +-1
+    h6 = d.gather(-3, imax)  # x_{i+1} - x_{i+2} of the largest channel i
     # a chroma below 1e-12 changes the output by less than that, whatever the hue
-    h6 = torch.add(torch.sub(*nxt.unbind(-3)).unsqueeze(-3) / cr.clamp(min=1e-12), imax, alpha=2)  # in [-1, 5)
-    k = torch.remainder(h6 + base, 6.0)
+    h6.div_(cr.clamp(min=1e-12)).add_(imax, alpha=2)  # in [-1, 5)
+    k = torch.add(h6, base).remainder_(6.0)
     t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     if out is None:
         return torch.addcmul(maxc, cr, t, value=-1.0)  # in [min, max]: no clamp needed
     return torch.addcmul(maxc, cr, t, value=-1.0, out=out)
+
+
+#: The hue numerators of :func:`_hue_shift`: row ``n`` of ``HUE_DIFF @ rgb`` is ``x_{n+1} - x_{n+2}``.
+HUE_DIFF = torch.tensor([[0.0, 1.0, -1.0], [-1.0, 0.0, 1.0], [1.0, -1.0, 0.0]])
 
 
 def hue_base(shift: torch.Tensor) -> torch.Tensor:
@@ -749,7 +757,7 @@ def _pack_colour(pk: _Packer, name: str, p: ColourParams, max_sigma: float, size
     the blur kernels. Block sizes and counts are host integers."""
     if "gray_w" not in pk.layout:
         pk.float("gray_w", torch.tensor(_GRAY).view(1, 3, 1, 1))
-        pk.int("hue_off", torch.tensor([1, 2]).view(1, 2, 1, 1))
+        pk.float("hue_diff", HUE_DIFF)
     hue_pos = (p.order == 3).to(torch.int64).argmax(1)  # (N,): the position of hue
     key = torch.where(p.jitter, hue_pos, 4)
     rows = key.argsort(stable=True)
@@ -804,7 +812,7 @@ def _apply_colour(x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, A
                 if b > a:
                     _linear_(y[a:b], consts[k, a:b], gw)
             if hi > lo:
-                _hue_shift(y[lo:hi], consts[k, lo:hi].view(-1, 3, 1, 1), t["hue_off"], out=y[lo:hi])
+                _hue_shift(y[lo:hi], consts[k, lo:hi].view(-1, 3, 1, 1), t["hue_diff"], out=y[lo:hi])
         x.index_copy_(0, idx, y)
     if host[f"{name}.gray"]:
         idx = t[f"{name}.gray"]
@@ -1186,7 +1194,8 @@ class DeviceOpCounter(TorchDispatchMode):
     views and allocations (``empty``, ``view``, ``permute``, ``expand``, ...), which launch
     none; its memory traffic is the bytes of its tensor inputs and outputs (an in-place op
     reads and writes its first argument; ``index_copy_`` / ``scatter_*`` / ``copy_`` read
-    their source and write as much). Copies from the CPU to ``device`` are counted apart
+    their source and write as much; ``index_select`` / ``gather`` read the selected entries
+    and the index and write as much). Copies from the CPU to ``device`` are counted apart
     (``h2d``), and so are host synchronisations (``syncs``: ``item`` / ``tolist``
     / ``nonzero`` on the device, copies back to the CPU). Run it on the ``meta`` device to
     cost a full-size batch without memory or time: a meta tensor has no values, so any
@@ -1240,6 +1249,8 @@ class DeviceOpCounter(TorchDispatchMode):
 
         if name in ("index_copy_", "index_put_", "index_add_", "scatter_", "scatter_add_"):
             b = 2 * nbytes(ins[1:])
+        elif name in ("index_select", "gather"):  # reads the selected entries only
+            b = 2 * nbytes(outs) + nbytes(ins[1:])
         elif name == "copy_":
             b = nbytes(ins[:2])
         elif name.endswith("_"):

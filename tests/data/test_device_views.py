@@ -682,7 +682,7 @@ def test_cost_model_of_256_contrastive_pairs_at_224_px():
 
 # --------------------------------------------------------------------------- kernels (new forms)
 def test_hue_shift_equals_torchvision_on_ties_grays_and_saturated_colours():
-    from ssl_cropmix.data.device_views import _hue_shift, hue_base
+    from ssl_cropmix.data.device_views import HUE_DIFF, _hue_shift, hue_base
 
     g = torch.Generator().manual_seed(0)
     x = torch.rand(6, 3, 10, 10, generator=g)
@@ -692,7 +692,7 @@ def test_hue_shift_equals_torchvision_on_ties_grays_and_saturated_colours():
     x[3] = (x[3] > 0.5).float()  # saturated primaries, black and white
     x[4, :, :5] = 0.0
     shift = torch.tensor([0.1, -0.1, 0.5, -0.5, 0.3, 0.0])
-    out = _hue_shift(x, hue_base(shift).view(6, 3, 1, 1), torch.tensor([1, 2]).view(1, 2, 1, 1))
+    out = _hue_shift(x, hue_base(shift).view(6, 3, 1, 1), HUE_DIFF)
     for i in range(6):
         torch.testing.assert_close(out[i], F.adjust_hue(x[i], float(shift[i])), atol=2e-5, rtol=0)
 
