@@ -494,6 +494,7 @@ def resized_crops(
     method: str = "matrix",
     bicubic: bool = False,
     weights: torch.Tensor | None = None,
+    flip: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cut and resize ``c`` boxes of every image in one batched computation.
 
@@ -511,6 +512,9 @@ def resized_crops(
             the host.
         bicubic: bicubic filter (``"matrix"`` and ``"interpolate"`` only).
         weights: optional ``(B, c)`` Mixup weights: return the weighted sum over the crops.
+        flip: optional ``(B, c)`` bool, mirror those crops left-right (``"matrix"``: folded
+            into the weights; ``"interpolate"`` on uint8 CPU: each flipped uint8 crop, read
+            on the host).
 
     Shape:
         ``(B, C, H, W), (B, c, 4) -> (B, c, C, oh, ow)``, or ``(B, C, oh, ow)`` with ``weights``.
@@ -527,13 +531,18 @@ def resized_crops(
     if method == "matrix":
         # the band read on the host here; DeviceViews.apply passes it from the CPU parameters
         taps = (filter_taps(int(flat[:, 2].max()), oh, bicubic), filter_taps(int(flat[:, 3].max()), ow, bicubic))
-        rows = crop_rows(boxes, size, bicubic, u8=u8)
+        rows = crop_rows(boxes, size, bicubic, None if flip is None else flip.reshape(-1), u8=u8)
         out = _matrix_crops(images if u8 else images.float(), rows, size, bicubic, taps).unflatten(0, (b, c))
     elif method == "interpolate" and u8 and images.device.type == "cpu":
         interp = InterpolationMode.BICUBIC if bicubic else InterpolationMode.BILINEAR
         rows = flat.tolist()
-        out = torch.stack([CF.resized_crop(images[k // c], tuple(r), size, interp) for k, r in enumerate(rows)])
+        flips = [False] * (b * c) if flip is None else flip.reshape(-1).tolist()
+        out = torch.stack([
+            (lambda y, f: y.flip(-1) if f else y)(CF.resized_crop(images[k // c], tuple(r), size, interp), flips[k])
+            for k, r in enumerate(rows)
+        ])
         out = out.view(b, c, ch, oh, ow).to(torch.float32).mul_(1.0 / 255.0)
+        flip = None  # done
     elif method == "roi_align":
         from torchvision.ops import roi_align
 
@@ -558,6 +567,8 @@ def resized_crops(
         out = torch.cat(crops).view(b, c, ch, oh, ow)
         if u8:
             out = out * (1.0 / 255.0)
+    if flip is not None and method != "matrix":
+        out = torch.where(flip.view(b, c, 1, 1, 1), out.flip(-1), out)
     if weights is not None:
         return (out * weights.to(out.dtype)[:, :, None, None, None]).sum(1)
     return out
@@ -1106,8 +1117,10 @@ class DeviceViews:
             return y[:, s.start]
         if fold == "mixup":
             b, _, ch, oh, ow = y.shape
-            out = torch.bmm(t[f"{name}.weights"], store[:, s])  # (B, 1, oh*C*ow)
-            return out.view(b, oh, ch, ow).permute(0, 2, 1, 3)
+            out = torch.bmm(t[f"{name}.weights"], store[:, s])  # (B, 1, storage of one crop)
+            if y.is_contiguous():  # (C, S, S) storage
+                return out.view(b, ch, oh, ow)
+            return out.view(b, oh, ch, ow).permute(0, 2, 1, 3)  # the matrix path's (S, C, S)
         return cutmix_fold(y[:, s], t[f"{name}.paste"], t[f"{name}.from_mix"] != 0)
 
     def _normalize(self, x: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -1149,11 +1162,10 @@ class DeviceViews:
             if method == "matrix":
                 y = _matrix_crops(x, t["rows"], s, self.bicubic, host["taps"])  # (B*m, C, S, S)
                 store = y.permute(0, 2, 1, 3).reshape(b, m, -1)  # its (B, m, S*C*S) storage, a view
-            else:  # host-driven kernels (CPU); the flip after the resize
-                y = resized_crops(x, boxes.to(torch.int64), s, method, self.bicubic).flatten(0, 1)
-                y = torch.where(t["flip"].view(-1, 1, 1, 1) > 0.5, y.flip(-1), y).permute(0, 2, 1, 3).contiguous()
-                y = y.permute(0, 2, 1, 3)  # the (B*m, S, C, S) storage of the matrix path
-                store = y.permute(0, 2, 1, 3).reshape(b, m, -1)
+            else:  # host-driven kernels (CPU), contiguous (B*m, C, S, S)
+                flip = t["flip"].view(b, m) > 0.5
+                y = resized_crops(x, boxes.to(torch.int64), s, method, self.bicubic, flip=flip).flatten(0, 1)
+                store = y.view(b, m, -1)
             if self.bicubic:  # the cubic filter overshoots [0, 1]; each crop clamped once
                 y.clamp_(0.0, 1.0)
             if host["pre"]:
