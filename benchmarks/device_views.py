@@ -20,6 +20,10 @@
   host-to-device copies / host syncs of :meth:`DeviceViews.apply` for a full-size batch,
   counted on the ``meta`` device (:class:`~ssl_cropmix.data.device_views.DeviceOpCounter`).
 
+* ``compare_base(rev, ...)``: CPU pairs/s (sample + apply) of this tree's
+  :class:`DeviceViews` and of the one at git ``rev`` (:func:`load_base`), same process and
+  batch, timed interleaved (the regression check of a rewrite).
+
 ``benchmarks/gpu_acceptance.py`` calls these with ``device="cuda"`` (targets: >= 5,000
 contrastive pairs/s at 224 px; step ratio >= 0.95 with ResNet-50).
 

@@ -26,9 +26,11 @@ Sampling is split from applying (STYLE principles 1 and 13):
   by two batched matrix products with torch's own antialiasing filter (banded weights,
   :func:`crop_resize_weights`; equal to torchvision's float antialiased ``resized_crop``),
   flips folded into the matrices, Mixup a product over the crops, CutMix a per-sample box
-  mask, colour jitter on the selected rows of each (position, op) group (brightness /
-  contrast / saturation one blend, hue in a fixed few ops), blur a grouped separable
-  convolution with host-computed taps, and normalisation one multiply-add.
+  mask, colour jitter on the jittered rows gathered once into a contiguous buffer sorted by
+  the position of their hue op (every (position, op) group a slice of it; brightness /
+  contrast / saturation one in-place blend, hue in a fixed few ops), grayscale a batched
+  product, blur a grouped separable convolution with host-computed taps, and normalisation
+  one multiply-add (the generic CropMix query: key and mixed query in one colour pass).
   :class:`DeviceOpCounter` costs it (kernels, bytes, copies, syncs) on the ``meta`` device.
 
 Choice of the crop + resize kernel (measured, see ``docs/data.md``): ``"matrix"`` (the
