@@ -723,3 +723,16 @@ def test_flip_folded_into_the_resize_equals_flipping_the_crop():
     ref = resized_crops(x, boxes, (24, 24), "matrix").flatten(0, 1)
     ref = torch.where(flip.view(-1, 1, 1, 1), ref.flip(-1), ref)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["matrix", "interpolate", "roi_align"])
+def test_resized_crops_flip_mirrors_exactly_the_flipped_crops(method):
+    """``resized_crops(flip=...)`` (the CPU path flips only the flipped uint8 crops) equals
+    flipping the resized crops afterwards, for every kernel."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (2, 3, 40, 48), dtype=torch.uint8, generator=g)
+    boxes = torch.tensor([[[0, 0, 40, 48], [5, 6, 20, 30]], [[2, 3, 33, 40], [0, 10, 16, 16]]])
+    flip = torch.tensor([[True, False], [False, True]])
+    ref = resized_crops(x, boxes, (16, 16), method)
+    ref = torch.where(flip.view(2, 2, 1, 1, 1), ref.flip(-1), ref)
+    torch.testing.assert_close(resized_crops(x, boxes, (16, 16), method, flip=flip), ref, atol=1e-5, rtol=0)
