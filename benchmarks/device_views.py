@@ -20,6 +20,10 @@
   host-to-device copies / host syncs of :meth:`DeviceViews.apply` for a full-size batch,
   counted on the ``meta`` device (:class:`~ssl_cropmix.data.device_views.DeviceOpCounter`).
 
+* ``compare_base(rev, ...)``: CPU pairs/s (sample + apply) of this tree's
+  :class:`DeviceViews` and of the one at git ``rev`` (:func:`load_base`), same process and
+  batch, timed interleaved (the regression check of a rewrite).
+
 ``benchmarks/gpu_acceptance.py`` calls these with ``device="cuda"`` (targets: >= 5,000
 contrastive pairs/s at 224 px; step ratio >= 0.95 with ResNet-50).
 
@@ -28,6 +32,7 @@ Usage:
     python benchmarks/device_views.py --image-size 32 --batch 256
     python benchmarks/device_views.py --device cuda --batch 256 --step  # one GPU
     python benchmarks/device_views.py --sampling --cost --queries contrastive,cropmix,scalemix
+    python benchmarks/device_views.py --compare-base 141b083 --queries contrastive,cropmix,scalemix  # CPU, vs base
 """
 
 from __future__ import annotations
@@ -354,6 +359,54 @@ def cost_model(batch: int = 256, image_size: int = 224, source: int = 448, query
             "top": [(n, k, b / 1e9) for n, (k, b) in top]}
 
 
+def load_base(rev: str = "141b083") -> Any:
+    """``ssl_cropmix/data/device_views.py`` as of git ``rev``, imported as a module of its own
+    (``device_views_<rev>``) next to the current one: the baseline of :func:`compare_base`."""
+    import importlib.util
+    import pathlib
+    import subprocess
+    import sys
+    import tempfile
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    src = subprocess.run(["git", "-C", str(root), "show", f"{rev}:ssl_cropmix/data/device_views.py"],
+                         check=True, capture_output=True, text=True).stdout
+    path = pathlib.Path(tempfile.mkdtemp()) / f"device_views_{rev}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[path.stem] = mod
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+def compare_base(
+    rev: str = "141b083", image_size: int = 224, batch: int = 64, query: str = "contrastive",
+    threads: int = 1, steps: int = 2, repeats: int = 5, resize: str = "auto",
+) -> dict[str, Any]:
+    """Device-path pairs/s (sample + apply, CPU) of the current :class:`DeviceViews` and of
+    the one at git ``rev``, same process, same decoded batch, ``threads`` torch threads,
+    timed interleaved (:func:`timing.interleaved_times`; the order flips every repeat).
+    Fastest repeat of each: on a shared machine, load only adds time."""
+    from timing import interleaved_times
+
+    base = load_base(rev)
+    imgs = source_images(batch, image_size)
+    raw = pad_collate([(DecodeToUint8(2 * image_size)(im), 0) for im in imgs])
+    x, sizes = raw.images, raw.sizes
+    dvs = {name: cls("moco", query, size=image_size, resize=resize, generator=torch.Generator().manual_seed(0))
+           for name, cls in (("base", base.DeviceViews), ("new", DeviceViews))}
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        times = interleaved_times({k: (lambda dv=dv: dv(x, sizes)) for k, dv in dvs.items()}, steps, repeats, 1)
+    finally:
+        torch.set_num_threads(old)
+    b, n = min(times["base"]), min(times["new"])
+    return {"query": query, "image_size": image_size, "batch": batch, "threads": threads,
+            "base_pairs_per_s": batch / b, "new_pairs_per_s": batch / n, "ratio": b / n}
+
+
 #: GPU targets of the device path (issue 17): contrastive pairs/s at 224 px on one GPU,
 #: decode excluded, and the ResNet-50 step fed by it relative to the step on pre-made tensors.
 GPU_MIN_PAIRS_PER_S = 5000.0
@@ -405,8 +458,19 @@ def main() -> None:
     p.add_argument("--backbone", default=None, help="step backbone (default: resnet50 on cuda, resnet18 on cpu)")
     p.add_argument("--sampling", action="store_true", help="only: sampling µs per sample, batched vs per-sample")
     p.add_argument("--cost", action="store_true", help="only: the cost model (meta device) of apply")
+    p.add_argument("--compare-base", metavar="REV", default=None,
+                   help="only: CPU device-path pairs/s, this tree vs git REV (e.g. 141b083), 1 and 2 threads")
     a = p.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}\n")
+    if a.compare_base:
+        print(f"| query | px | batch | threads | {a.compare_base} pairs/s | this tree pairs/s | new / base |")
+        print("|---|---|---|---|---|---|---|")
+        for q in a.queries.split(","):
+            for th in (1, 2):
+                r = compare_base(a.compare_base, a.image_size, a.batch, q, th, resize=a.resize)
+                print(f"| {q} | {a.image_size} | {a.batch} | {th} | {r['base_pairs_per_s']:.0f} | "
+                      f"{r['new_pairs_per_s']:.0f} | {r['ratio']:.2f} |", flush=True)
+        return
     if a.sampling or a.cost:
         if a.sampling:
             print(f"| query | sample µs/sample (batched, b{a.batch}, 1 thread) | per-sample loop (before) | ratio |")

@@ -26,9 +26,11 @@ Sampling is split from applying (STYLE principles 1 and 13):
   by two batched matrix products with torch's own antialiasing filter (banded weights,
   :func:`crop_resize_weights`; equal to torchvision's float antialiased ``resized_crop``),
   flips folded into the matrices, Mixup a product over the crops, CutMix a per-sample box
-  mask, colour jitter on the selected rows of each (position, op) group (brightness /
-  contrast / saturation one blend, hue in a fixed few ops), blur a grouped separable
-  convolution with host-computed taps, and normalisation one multiply-add.
+  mask, colour jitter on the jittered rows gathered once into a contiguous buffer sorted by
+  the position of their hue op (every (position, op) group a slice of it; brightness /
+  contrast / saturation one in-place blend, hue in a fixed few ops), grayscale a batched
+  product, blur a grouped separable convolution with host-computed taps, and normalisation
+  one multiply-add (the generic CropMix query: key and mixed query in one colour pass).
   :class:`DeviceOpCounter` costs it (kernels, bytes, copies, syncs) on the ``meta`` device.
 
 Choice of the crop + resize kernel (measured, see ``docs/data.md``): ``"matrix"`` (the
@@ -494,6 +496,7 @@ def resized_crops(
     method: str = "matrix",
     bicubic: bool = False,
     weights: torch.Tensor | None = None,
+    flip: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cut and resize ``c`` boxes of every image in one batched computation.
 
@@ -511,6 +514,9 @@ def resized_crops(
             the host.
         bicubic: bicubic filter (``"matrix"`` and ``"interpolate"`` only).
         weights: optional ``(B, c)`` Mixup weights: return the weighted sum over the crops.
+        flip: optional ``(B, c)`` bool, mirror those crops left-right (``"matrix"``: folded
+            into the weights; ``"interpolate"`` on uint8 CPU: each flipped uint8 crop, read
+            on the host).
 
     Shape:
         ``(B, C, H, W), (B, c, 4) -> (B, c, C, oh, ow)``, or ``(B, C, oh, ow)`` with ``weights``.
@@ -527,13 +533,18 @@ def resized_crops(
     if method == "matrix":
         # the band read on the host here; DeviceViews.apply passes it from the CPU parameters
         taps = (filter_taps(int(flat[:, 2].max()), oh, bicubic), filter_taps(int(flat[:, 3].max()), ow, bicubic))
-        rows = crop_rows(boxes, size, bicubic, u8=u8)
+        rows = crop_rows(boxes, size, bicubic, None if flip is None else flip.reshape(-1), u8=u8)
         out = _matrix_crops(images if u8 else images.float(), rows, size, bicubic, taps).unflatten(0, (b, c))
     elif method == "interpolate" and u8 and images.device.type == "cpu":
         interp = InterpolationMode.BICUBIC if bicubic else InterpolationMode.BILINEAR
         rows = flat.tolist()
-        out = torch.stack([CF.resized_crop(images[k // c], tuple(r), size, interp) for k, r in enumerate(rows)])
+        flips = [False] * (b * c) if flip is None else flip.reshape(-1).tolist()
+        out = torch.stack([
+            (lambda y, f: y.flip(-1) if f else y)(CF.resized_crop(images[k // c], tuple(r), size, interp), flips[k])
+            for k, r in enumerate(rows)
+        ])
         out = out.view(b, c, ch, oh, ow).to(torch.float32).mul_(1.0 / 255.0)
+        flip = None  # done
     elif method == "roi_align":
         from torchvision.ops import roi_align
 
@@ -558,6 +569,8 @@ def resized_crops(
         out = torch.cat(crops).view(b, c, ch, oh, ow)
         if u8:
             out = out * (1.0 / 255.0)
+    if flip is not None and method != "matrix":
+        out = torch.where(flip.view(b, c, 1, 1, 1), out.flip(-1), out)
     if weights is not None:
         return (out * weights.to(out.dtype)[:, :, None, None, None]).sum(1)
     return out
@@ -597,12 +610,17 @@ def cutmix_fold(views: torch.Tensor, paste_boxes: torch.Tensor, from_mix: torch.
 
 # --------------------------------------------------------------------------- applying: colour
 def _gray(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Luma of ``(N, 3, H, W)`` with torchvision's weights ``weight`` ``(1, 3, 1, 1)``, one
-    1x1 convolution. Shape: ``(N, 3, H, W) -> (N, 1, H, W)``."""
-    return TF.conv2d(x, weight)
+    """Luma of ``(N, 3, H, W)`` with torchvision's weights ``weight`` ``(1, 3, 1, 1)``: one
+    batched ``(1, 3) @ (3, H * W)`` product per image, which reads ``x`` once (a 1x1
+    ``conv2d`` costs the same bytes on a GPU but is ~30x slower on CPU: measured, 230 vs 7 ms
+    for 60 images at 224 px). Shape: ``(N, 3, H, W) -> (N, 1, H, W)``."""
+    n, c, h, w = x.shape
+    return torch.matmul(weight.view(1, c), x.reshape(n, c, h * w)).view(n, 1, h, w)
 
 
-def _hue_shift(x: torch.Tensor, base: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+def _hue_shift(
+    x: torch.Tensor, base: torch.Tensor, diff: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """torchvision's ``adjust_hue`` (RGB -> HSV, ``h <- (h + shift) mod 1``, -> RGB) with one
     shift per image, in a fixed small number of whole-tensor operations.
 
@@ -616,18 +634,30 @@ def _hue_shift(x: torch.Tensor, base: torch.Tensor, offsets: torch.Tensor) -> to
     Args:
         x: ``(N, 3, H, W)`` in ``[0, 1]`` (any strides).
         base: ``(N, 3, 1, 1)``, ``6 shift + (5, 3, 1)`` (:func:`hue_base`).
-        offsets: ``(1, 2, 1, 1)`` int64 ``(1, 2)``.
+        diff: ``(3, 3)`` :data:`HUE_DIFF` (on ``x``'s device): row ``n`` takes
+            ``x_{n+1} - x_{n+2}``, so the hue numerator of every channel is one batched
+            product, of which the largest channel's is gathered.
+        out: optional ``(N, 3, H, W)`` result tensor; may be ``x`` itself (only the last
+            operation writes, after every read of ``x``).
 
     Shape: ``(N, 3, H, W) -> (N, 3, H, W)``.
     """
     maxc, imax = x.max(dim=-3, keepdim=True)  # first maximum: torchvision's priority
     cr = maxc - x.amin(dim=-3, keepdim=True)
-    nxt = x.gather(-3, torch.remainder(imax + offsets, 3))  # x_{i+1}, x_{i+2}
+    n, c, h, w = x.shape
+    d = torch.matmul(diff, x.reshape(n, c, h * w)).view(n, c, h, w)  # exact: weights 0, +-1
+    h6 = d.gather(-3, imax)  # x_{i+1} - x_{i+2} of the largest channel i
     # a chroma below 1e-12 changes the output by less than that, whatever the hue
-    h6 = torch.add(torch.sub(*nxt.unbind(-3)).unsqueeze(-3) / cr.clamp(min=1e-12), imax, alpha=2)  # in [-1, 5)
-    k = torch.remainder(h6 + base, 6.0)
+    h6.div_(cr.clamp(min=1e-12)).add_(imax, alpha=2)  # in [-1, 5)
+    k = torch.add(h6, base).remainder_(6.0)
     t = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return torch.addcmul(maxc, cr, t, value=-1.0)  # in [min, max]: no clamp needed
+    if out is None:
+        return torch.addcmul(maxc, cr, t, value=-1.0)  # in [min, max]: no clamp needed
+    return torch.addcmul(maxc, cr, t, value=-1.0, out=out)
+
+
+#: The hue numerators of :func:`_hue_shift`: row ``n`` of ``HUE_DIFF @ rgb`` is ``x_{n+1} - x_{n+2}``.
+HUE_DIFF = torch.tensor([[0.0, 1.0, -1.0], [-1.0, 0.0, 1.0], [1.0, -1.0, 0.0]])
 
 
 def hue_base(shift: torch.Tensor) -> torch.Tensor:
@@ -729,24 +759,27 @@ class PackedParams(NamedTuple):
 
 def _pack_colour(pk: _Packer, name: str, p: ColourParams, max_sigma: float, size: tuple[int, int]) -> None:
     """Host plan of the jitter / grayscale / blur of ``p``'s rows (flip is folded into the
-    resize): for each of the four positions, the rows running a linear op (brightness,
-    contrast, saturation: ``lerp(other, x, f)``) and the rows running hue, then the
-    grayscale and blur rows. Row indices, per-row constants (linear: factor and the
-    saturation / contrast coefficients of ``other``; hue: :func:`hue_base`), blur kernels and
-    the group sizes are fixed on the host, with one sort over all (row, position) pairs."""
+    resize).
+
+    Jitter: the jittered rows, sorted by the position of their hue op (stable), so that
+    :func:`_apply_colour` gathers them once into a contiguous buffer in which, at every
+    position ``k``, the rows running hue are one slice (block ``k``) and the rows running a
+    linear op (brightness, contrast, saturation: ``x <- lerp(x, other, 1 - f)``) the one or
+    two slices around it. Per (position, row) constants ``(4, n, 3)``: linear ``(1 - f,
+    saturation?, contrast?)``, hue :func:`hue_base`. Then the grayscale and blur rows and
+    the blur kernels. Block sizes and counts are host integers."""
     if "gray_w" not in pk.layout:
         pk.float("gray_w", torch.tensor(_GRAY).view(1, 3, 1, 1))
-        pk.int("hue_off", torch.tensor([1, 2]).view(1, 2, 1, 1))
-    is_hue = p.order == 3  # (N, 4): the op at each position
-    group = torch.where(p.jitter[:, None], torch.arange(0, 8, 2) + is_hue, 8).view(-1)  # 2 pos + hue
-    entries = group.argsort(stable=True)  # by group, then by row
-    counts = torch.bincount(group, minlength=9)[:8].tolist()
-    entries = entries[: sum(counts)]
-    rows = entries // 4
-    op = p.order.view(-1)[entries]
-    f = p.factors[rows, op]
-    lin = torch.stack([f, (op == 2).float(), (op == 1).float()], 1)
-    consts = torch.where((op == 3)[:, None], hue_base(f), lin)
+        pk.float("hue_diff", HUE_DIFF)
+    hue_pos = (p.order == 3).to(torch.int64).argmax(1)  # (N,): the position of hue
+    key = torch.where(p.jitter, hue_pos, 4)
+    rows = key.argsort(stable=True)
+    counts = torch.bincount(key, minlength=5)[:4].tolist()
+    rows = rows[: sum(counts)]
+    op = p.order[rows].t()  # (4, n): the op at each position
+    f = p.factors[rows].gather(1, op.t()).t()  # (4, n): the factor of the op at each position
+    lin = torch.stack([1.0 - f, (op == 2).float(), (op == 1).float()], -1)
+    consts = torch.where((op == 3)[..., None], hue_base(f.reshape(-1)).view(4, -1, 3), lin)
     pk.int(f"{name}.jit", rows)
     pk.float(f"{name}.jit.f", consts)
     pk.host[f"{name}.jit"] = counts
@@ -759,27 +792,40 @@ def _pack_colour(pk: _Packer, name: str, p: ColourParams, max_sigma: float, size
     pk.host[f"{name}.blur"] = int(bidx.numel())
 
 
+def _linear_(y: torch.Tensor, coef: torch.Tensor, gw: torch.Tensor) -> None:
+    """Brightness / contrast / saturation, one per row, in place on contiguous ``y``
+    ``(n, 3, H, W)``: ``y <- clamp(lerp(y, other, 1 - f), 0, 1)`` with ``other`` 0, the
+    gray image's mean or the gray image (``coef`` ``(n, 3)``: ``1 - f``, saturation?,
+    contrast?), torchvision's ``_blend``."""
+    coef = coef.view(-1, 3, 1, 1, 1)
+    g = _gray(y, gw)
+    mean = g.mean(dim=(-3, -2, -1), keepdim=True)
+    other = torch.addcmul(mean * coef[:, 2], g, coef[:, 1])  # (n, 1, H, W)
+    y.lerp_(other, coef[:, 0]).clamp_(0.0, 1.0)
+
+
 def _apply_colour(x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, Any], name: str) -> None:
     """Jitter (each row in its own op order), grayscale and blur of :func:`_pack_colour`,
-    in place on ``x`` ``(N, 3, H, W)`` (any strides), touching only the selected rows."""
+    in place on ``x`` ``(N, 3, H, W)`` (any strides), touching only the selected rows.
+
+    The jittered rows are gathered once into a contiguous buffer, run through the four
+    positions on slices of it (in place) and copied back once; grayscale and blur gather,
+    compute and copy back their own rows."""
     gw = t["gray_w"]
-    rows, consts = t[f"{name}.jit"], t[f"{name}.jit.f"]
-    start = 0
-    for group, count in enumerate(host[f"{name}.jit"]):
-        if not count:
-            continue
-        idx = rows[start : start + count]
-        coef = consts[start : start + count]
-        start += count
-        y = x.index_select(0, idx)
-        if group % 2:  # hue
-            y = _hue_shift(y, coef.view(-1, 3, 1, 1), t["hue_off"])
-        else:  # brightness / contrast / saturation as one blend with "other"
-            coef = coef.view(-1, 3, 1, 1, 1)
-            g = _gray(y, gw)
-            mean = g.mean(dim=(-3, -2, -1), keepdim=True)
-            other = torch.addcmul(mean * coef[:, 2], g, coef[:, 1])  # saturation: gray, contrast: its mean
-            y = torch.lerp(other, y, coef[:, 0]).clamp_(0.0, 1.0)
+    counts = host[f"{name}.jit"]
+    n = sum(counts)
+    if n:
+        idx = t[f"{name}.jit"]
+        consts = t[f"{name}.jit.f"].view(4, n, 3)
+        y = x.index_select(0, idx)  # contiguous, blocks by hue position
+        ends = [sum(counts[: k + 1]) for k in range(4)]
+        for k in range(4):
+            lo, hi = ends[k] - counts[k], ends[k]
+            for a, b in ((0, lo), (hi, n)):
+                if b > a:
+                    _linear_(y[a:b], consts[k, a:b], gw)
+            if hi > lo:
+                _hue_shift(y[lo:hi], consts[k, lo:hi].view(-1, 3, 1, 1), t["hue_diff"], out=y[lo:hi])
         x.index_copy_(0, idx, y)
     if host[f"{name}.gray"]:
         idx = t[f"{name}.gray"]
@@ -1039,8 +1085,8 @@ class DeviceViews:
                 groups.append(("query", query, torch.zeros(b, dtype=torch.bool)))
             else:
                 flip = torch.cat([kc.flip[:, None], qc.flip[:, None].expand(b, c)], 1)
-                _pack_colour(pk, "key", kc, sigma, size2)
-                _pack_colour(pk, "query", qc, sigma, size2)
+                # key and mixed query run one colour pass over their concatenation (2 B rows)
+                _pack_colour(pk, "pair", ColourParams(*(torch.cat([k, q]) for k, q in zip(kc, qc))), sigma, size2)
                 groups.append(("query", query, qc.flip))
         m = int(boxes.shape[1])
         pk.host["crops"] = m
@@ -1073,8 +1119,10 @@ class DeviceViews:
             return y[:, s.start]
         if fold == "mixup":
             b, _, ch, oh, ow = y.shape
-            out = torch.bmm(t[f"{name}.weights"], store[:, s])  # (B, 1, oh*C*ow)
-            return out.view(b, oh, ch, ow).permute(0, 2, 1, 3)
+            out = torch.bmm(t[f"{name}.weights"], store[:, s])  # (B, 1, storage of one crop)
+            if y.is_contiguous():  # (C, S, S) storage
+                return out.view(b, ch, oh, ow)
+            return out.view(b, oh, ch, ow).permute(0, 2, 1, 3)  # the matrix path's (S, C, S)
         return cutmix_fold(y[:, s], t[f"{name}.paste"], t[f"{name}.from_mix"] != 0)
 
     def _normalize(self, x: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -1116,11 +1164,10 @@ class DeviceViews:
             if method == "matrix":
                 y = _matrix_crops(x, t["rows"], s, self.bicubic, host["taps"])  # (B*m, C, S, S)
                 store = y.permute(0, 2, 1, 3).reshape(b, m, -1)  # its (B, m, S*C*S) storage, a view
-            else:  # host-driven kernels (CPU); the flip after the resize
-                y = resized_crops(x, boxes.to(torch.int64), s, method, self.bicubic).flatten(0, 1)
-                y = torch.where(t["flip"].view(-1, 1, 1, 1) > 0.5, y.flip(-1), y).permute(0, 2, 1, 3).contiguous()
-                y = y.permute(0, 2, 1, 3)  # the (B*m, S, C, S) storage of the matrix path
-                store = y.permute(0, 2, 1, 3).reshape(b, m, -1)
+            else:  # host-driven kernels (CPU), contiguous (B*m, C, S, S)
+                flip = t["flip"].view(b, m) > 0.5
+                y = resized_crops(x, boxes.to(torch.int64), s, method, self.bicubic, flip=flip).flatten(0, 1)
+                store = y.view(b, m, -1)
             if self.bicubic:  # the cubic filter overshoots [0, 1]; each crop clamped once
                 y.clamp_(0.0, 1.0)
             if host["pre"]:
@@ -1132,10 +1179,12 @@ class DeviceViews:
                 return self._normalize(out, t)
             key = y5[:, 0]
             query = self._fold(y5, store, slice(1, m), "query", t, host)
-            if not host["pre"]:
-                _apply_colour(key, t, host, "key")
-                _apply_colour(query, t, host, "query")
-            return self._normalize(query, t), self._normalize(key, t)
+            if host["pre"]:
+                return self._normalize(query, t), self._normalize(key, t)
+            pair = torch.cat([key, query])  # (2 B, 3, S, S): one colour pass, one normalisation
+            _apply_colour(pair, t, host, "pair")
+            out = self._normalize(pair, t)
+            return out[b:], out[:b]
 
     def __call__(self, images: torch.Tensor, sizes: torch.Tensor) -> Any:
         return self.apply(images, self.sample(sizes))
@@ -1159,7 +1208,8 @@ class DeviceOpCounter(TorchDispatchMode):
     views and allocations (``empty``, ``view``, ``permute``, ``expand``, ...), which launch
     none; its memory traffic is the bytes of its tensor inputs and outputs (an in-place op
     reads and writes its first argument; ``index_copy_`` / ``scatter_*`` / ``copy_`` read
-    their source and write as much). Copies from the CPU to ``device`` are counted apart
+    their source and write as much; ``index_select`` / ``gather`` read the selected entries
+    and the index and write as much). Copies from the CPU to ``device`` are counted apart
     (``h2d``), and so are host synchronisations (``syncs``: ``item`` / ``tolist``
     / ``nonzero`` on the device, copies back to the CPU). Run it on the ``meta`` device to
     cost a full-size batch without memory or time: a meta tensor has no values, so any
@@ -1213,6 +1263,8 @@ class DeviceOpCounter(TorchDispatchMode):
 
         if name in ("index_copy_", "index_put_", "index_add_", "scatter_", "scatter_add_"):
             b = 2 * nbytes(ins[1:])
+        elif name in ("index_select", "gather"):  # reads the selected entries only
+            b = 2 * nbytes(outs) + nbytes(ins[1:])
         elif name == "copy_":
             b = nbytes(ins[:2])
         elif name.endswith("_"):
