@@ -47,7 +47,7 @@ CLASS_MODULES = (
     "ssl_cropmix.callbacks.linear_probe",
     "ssl_cropmix.callbacks.finetune",
     "ssl_cropmix.callbacks.reconstruction",
-    "ssl_cropmix.callbacks.lars",
+    "ssl_cropmix.evaluation.lars",
     "ssl_cropmix.callbacks.robustness",
     "ssl_cropmix.callbacks.summary",
 )
