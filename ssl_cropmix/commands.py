@@ -115,37 +115,59 @@ def _trainer_kwargs(a: argparse.Namespace, prog: str) -> dict[str, Any]:
     return kw
 
 
-def _recorded_data(a: argparse.Namespace, ckpt: dict[str, Any] | None) -> dict[str, Any]:
-    """The checkpoint's recorded datamodule hyper-parameters, without its paths and splits when
-    ``--dataset`` names another dataset: a folder-trained checkpoint's ``data_dir`` is never
-    handed to ``--dataset demo`` (which would write there)."""
-    rec = dict((ckpt or {}).get("datamodule_hyper_parameters") or {})
-    if a.dataset is not None and a.dataset != rec.get("dataset", "folder"):
-        for key in ("data_dir", "train_split", "val_split"):
-            rec.pop(key, None)
-    return rec
+def _recorded_source(a: argparse.Namespace, rec: dict[str, Any]) -> Any:
+    """The source: ``--dataset`` / ``--data-dir`` / splits when given (flags override the
+    record; a folder-trained checkpoint's root is never handed to another dataset), else the
+    checkpoint's recorded ``source``. Checkpoints written before the sources (flat
+    ``dataset`` / ``data_dir`` hyper-parameters, ssl_cropmix < 0.2) are read through
+    :func:`~ssl_cropmix.data.sources.source_from_flat`, said in the log (CHANGELOG.md)."""
+    from ssl_cropmix.data.datamodule import build_part
+    from ssl_cropmix.data.sources import SOURCES_BY_NAME, Source, source_from_flat
+
+    flat = {k: rec[k] for k in ("dataset", "data_dir", "train_split", "val_split", "download", "on_bad_image",
+                                "max_image_pixels") if k in rec and "source" not in rec}
+    if flat:
+        from pytorch_lightning.utilities import rank_zero_info
+
+        rank_zero_info(f"the checkpoint records the flat data arguments of ssl_cropmix < 0.2 ({flat}): read as "
+              "sources.source_from_flat(...)")
+    recorded = rec.get("source")
+    if a.dataset is None and a.data_dir is None and a.train_split is None and a.val_split is None:
+        if recorded is not None:
+            return build_part(recorded, Source, "the checkpoint's data source")
+        return source_from_flat(**flat) if flat else source_from_flat("folder", None)
+    # flags given: start from the record's values of the same dataset
+    if recorded is not None:
+        cls_path = str(recorded.get("class_path", ""))
+        name = next((n for n, c in SOURCES_BY_NAME.items() if cls_path.endswith("." + c.__name__)), None)
+        args = dict(recorded.get("init_args") or {})
+        flat = {"dataset": name, "data_dir": args.get("root", args.get("uri")), "train_split": args.get("train_split"),
+                "val_split": args.get("val_split", "")}
+    dataset = a.dataset or flat.get("dataset") or "folder"
+    same = dataset == (flat.get("dataset") or "folder")
+    pick = lambda cli, key, default: cli if cli is not None else (flat.get(key, default) if same else default)  # noqa: E731
+    return source_from_flat(dataset, pick(a.data_dir, "data_dir", None), pick(a.train_split, "train_split", None),
+                            pick(a.val_split, "val_split", ""))
 
 
 def _datamodule(a: argparse.Namespace, ckpt: dict[str, Any] | None = None):
     """The labelled data: command-line values, else the checkpoint's recorded datamodule
-    hyper-parameters (image size, small-image flag, normalisation, dataset and paths)."""
+    hyper-parameters (source, image size, small-image flag, normalisation)."""
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import SupervisedViews
 
-    rec = _recorded_data(a, ckpt)
-    pick = lambda cli, key, default: cli if cli is not None else rec.get(key, default)  # noqa: E731
+    rec = dict((ckpt or {}).get("datamodule_hyper_parameters") or {})
     kw: dict[str, Any] = dict(
-        data_dir=pick(a.data_dir, "data_dir", None), dataset=pick(a.dataset, "dataset", "folder"),
-        train_split=pick(a.train_split, "train_split", "train"), val_split=pick(a.val_split, "val_split", "val"),
-        image_size=pick(a.image_size, "image_size", 224), views="supervised", supervised_view="plain", batch_size=a.loader_batch_size,
-        num_workers=a.num_workers, persistent_workers=False,
+        image_size=a.image_size if a.image_size is not None else rec.get("image_size", 224),
+        batch_size=a.loader_batch_size, num_workers=a.num_workers, persistent_workers=False,
     )
-    si = pick(a.small_image, "small_image", None)
+    si = a.small_image if a.small_image is not None else rec.get("small_image")
     if si is not None:
         kw["small_image"] = bool(si)
-    for key in ("mean", "std", "fraction_seed", "on_bad_image"):
+    for key in ("mean", "std", "fraction_seed"):
         if key in rec:
             kw[key] = tuple(rec[key]) if key in ("mean", "std") else rec[key]
-    return CropMixDataModule(**kw)
+    return CropMixDataModule(_recorded_source(a, rec), SupervisedViews("plain"), **kw)
 
 
 def _load(a: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -163,7 +185,7 @@ def _out_path(a: argparse.Namespace) -> Any:
 
 
 def _data_record(dm: Any) -> dict[str, Any]:
-    return {"dataset": dm.dataset, "data_dir": dm.data_dir, "image_size": dm.image_size, "small_image": dm.small_image,
+    return {"source": dm.source.config(), "image_size": dm.image_size, "small_image": dm.small_image,
             "mean": list(dm.mean), "std": list(dm.std)}
 
 
