@@ -145,10 +145,18 @@ def _linked_defaults(model_cfg: Any, data_cfg: Any) -> dict[str, Any]:
         # a data module may declare the class count statically (classmethod/staticmethod)
         infer = getattr(data_cls, "infer_num_classes", None)
         if callable(infer):
-            n = infer(**dict(data_args))
+            n = infer(**_plain(data_args))
             if n is not None:
                 out["num_classes"] = int(n)
     return out
+
+
+def _plain(init_args: Any) -> dict[str, Any]:
+    """A config's ``init_args`` as nested plain dicts (``dict()`` of a jsonargparse
+    ``Namespace`` would flatten nested parts to ``"source.class_path"`` keys)."""
+    if init_args is None:
+        return {}
+    return init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args)
 
 
 def _check_resumed_class_count(ckpt: dict[str, Any], ckpt_path: str, cfg: Any) -> None:
@@ -157,21 +165,20 @@ def _check_resumed_class_count(ckpt: dict[str, Any], ckpt_path: str, cfg: Any) -
     ``load_state_dict``'s ``size mismatch for bias``."""
     import importlib
 
-    from ssl_cropmix.checkpoints import check_class_count
+    from ssl_cropmix.checkpoints import check_class_count, describe_data_record
 
     data = cfg.get("data")
     path = data.get("class_path") if hasattr(data, "get") else None
     if not path:
         return
-    init = dict(data.get("init_args") or {})
+    init = _plain(data.get("init_args"))
     mod, _, name = str(path).rpartition(".")
     infer = getattr(getattr(importlib.import_module(mod), name, None), "infer_num_classes", None)
     n = infer(**init) if callable(infer) else None
     callbacks = (cfg.get("trainer") or {}).get("callbacks") or []
     in_use = [str(c.get("class_path", "")).rpartition(".")[2] for c in callbacks if hasattr(c, "get")]
     in_use += [type(c).__name__ for c in callbacks if not hasattr(c, "get")]
-    desc = ", ".join(f"{k}={init[k]!r}" for k in ("dataset", "data_dir") if init.get(k) is not None)
-    check_class_count(ckpt, ckpt_path, n, desc, in_use)
+    check_class_count(ckpt, ckpt_path, n, describe_data_record(init), in_use)
 
 
 def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:

@@ -147,3 +147,18 @@ def test_task_commands_rebuild_data_from_new_and_pre_0_2_records(tmp_path):
     assert source_from_flat("cifar10", "/c", val_split="val").init_args()["val_split"] == "test"
     with pytest.raises(ValueError, match="dataset must be one of .* got 'imagenet'"):
         source_from_flat("imagenet", "/x")
+
+
+def test_cli_links_the_class_count_from_a_nested_source_config():
+    """LightningCLI hands nested parts as jsonargparse Namespaces (``dict()`` of one flattens
+    them): the class count still comes from the source for the model's ``num_classes``."""
+    from jsonargparse import Namespace
+
+    from ssl_cropmix.cli import _linked_defaults
+
+    model = Namespace(class_path="ssl_cropmix.methods.classifier.CropMixClassifier",
+                      init_args=Namespace(num_classes=None, backbone="resnet18", small_image=True))
+    source = Namespace(class_path="ssl_cropmix.data.sources.CIFAR100Source", init_args=Namespace(root=None))
+    data = Namespace(class_path="ssl_cropmix.data.datamodule.CropMixDataModule",
+                     init_args=Namespace(source=source, image_size=32, batch_size=4))
+    assert _linked_defaults(model, data)["num_classes"] == 100
