@@ -489,7 +489,7 @@ def cli_main(args: list[str] | None = None, run: bool = True):
     """Build (and by default run) the LightningCLI. Returns the CLI object.
 
     A run directory created for a run that then fails before writing a checkpoint or a
-    metric (bad ``data_dir``, an accelerator the machine does not have) is removed again.
+    metric (a bad data root, an accelerator the machine does not have) is removed again.
     """
     from pytorch_lightning import LightningDataModule, LightningModule
 
