@@ -209,7 +209,7 @@ class _TorchvisionSource(Source):
 
     name: ClassVar[str]
     folder: ClassVar[str]
-    classes: ClassVar[int]
+    class_count: ClassVar[int]
     splits: ClassVar[tuple[str, ...]] = ("train", "test", "val")
 
     def __init__(self, root: str | None = None, train_split: str = "train", val_split: str | None = "test",
@@ -223,7 +223,7 @@ class _TorchvisionSource(Source):
 
     @property
     def num_classes(self) -> int:
-        return self.classes
+        return self.class_count
 
     def root_dir(self) -> Path:
         if self.root is None:
@@ -279,7 +279,7 @@ class CIFAR10Source(_TorchvisionSource):
         download: let torchvision download it (needs the network).
     """
 
-    name, folder, classes = "cifar10", "cifar-10-batches-py", 10
+    name, folder, class_count = "cifar10", "cifar-10-batches-py", 10
 
     def _build(self, root: str, split: str, download: bool) -> Any:
         import torchvision.datasets as tvd
@@ -290,7 +290,7 @@ class CIFAR10Source(_TorchvisionSource):
 class CIFAR100Source(CIFAR10Source):
     """torchvision's CIFAR-100 (arguments as :class:`CIFAR10Source`; ``cifar-100-python/``)."""
 
-    name, folder, classes = "cifar100", "cifar-100-python", 100
+    name, folder, class_count = "cifar100", "cifar-100-python", 100
 
     def _build(self, root: str, split: str, download: bool) -> Any:
         import torchvision.datasets as tvd
@@ -309,7 +309,7 @@ class STL10Source(_TorchvisionSource):
         download: let torchvision download it (needs the network).
     """
 
-    name, folder, classes = "stl10", "stl10_binary", 10
+    name, folder, class_count = "stl10", "stl10_binary", 10
     splits = ("train", "test", "val", "unlabeled", "train+unlabeled")
 
     @property
