@@ -345,7 +345,7 @@ def optimize_main(argv: list[str]) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="ssl-cropmix optimize", description="Write an ImageFolder split as LitData "
-                                "shards (+ manifest: class index, targets, skipped files) for dataset=shards.")
+                                "shards (+ manifest: class index, targets, skipped files) for ShardsSource(uri).")
     p.add_argument("--data-dir", required=True, help="folder holding <split>/<class>/<images>")
     p.add_argument("--out", required=True, help="local folder or URI; the shards go to <out>/<split>")
     p.add_argument("--split", default="train")
