@@ -1,9 +1,10 @@
 """Streaming shards: an ImageFolder split written once as LitData shards, read back through
 ``litdata.StreamingDataset`` / ``StreamingDataLoader`` (local folder or any URI LitData reads).
 
-One more *source* next to the ImageFolder tree and the torchvision sets (``datasets.py``): it
-knows how to list and read its samples, its class index, its splits and its bad-image policy,
-nothing else. The view recipes and loaders stay in ``views.py`` / ``datamodule.py``.
+The split reader of :class:`~ssl_cropmix.data.sources.ShardsSource`, one more source next to
+the ImageFolder tree and the torchvision sets (``sources.py``): it knows how to list and read
+its samples, its class index, its splits and its bad-image policy, nothing else. The view
+recipes and loaders stay in ``recipes.py`` / ``datamodule.py``.
 
 * :func:`optimize_image_folder` (``ssl-cropmix optimize``) writes ``<out>/<split>/``:
   LitData chunks of ``{"image": encoded bytes (the file as it was), "label": int,
