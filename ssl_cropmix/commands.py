@@ -115,39 +115,49 @@ def _trainer_kwargs(a: argparse.Namespace, prog: str) -> dict[str, Any]:
     return kw
 
 
+#: The flat data arguments of ssl_cropmix < 0.2 that the command flags still speak.
+_FLAT_DATA = ("dataset", "data_dir", "train_split", "val_split", "download", "on_bad_image", "max_image_pixels")
+
+
+def _recorded_flat(rec: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's data record in the command flags' vocabulary (``dataset``, ``data_dir``,
+    splits, policy): from its ``source`` record, or as written by ssl_cropmix < 0.2."""
+    from ssl_cropmix.data.sources import SOURCES_BY_NAME
+
+    src = rec.get("source")
+    if src is None:
+        return {k: rec[k] for k in _FLAT_DATA if k in rec}
+    path = str(src.get("class_path", ""))
+    args = dict(src.get("init_args") or {})
+    flat = {k: args[k] for k in _FLAT_DATA if k in args}
+    flat["dataset"] = next((n for n, c in SOURCES_BY_NAME.items() if path.endswith("." + c.__name__)), None)
+    flat["data_dir"] = args.get("root", args.get("uri"))
+    return flat
+
+
 def _recorded_source(a: argparse.Namespace, rec: dict[str, Any]) -> Any:
-    """The source: ``--dataset`` / ``--data-dir`` / splits when given (flags override the
-    record; a folder-trained checkpoint's root is never handed to another dataset), else the
-    checkpoint's recorded ``source``. Checkpoints written before the sources (flat
-    ``dataset`` / ``data_dir`` hyper-parameters, ssl_cropmix < 0.2) are read through
+    """The source: the checkpoint's recorded one, with ``--dataset`` / ``--data-dir`` /
+    ``--train-split`` / ``--val-split`` overriding it (another ``--dataset`` drops the
+    record's paths and splits: a folder-trained checkpoint's root is never handed to the demo
+    set). Checkpoints written before the sources (flat ``dataset`` / ``data_dir``
+    hyper-parameters, ssl_cropmix < 0.2) are read through
     :func:`~ssl_cropmix.data.sources.source_from_flat`, said in the log (CHANGELOG.md)."""
     from ssl_cropmix.data.datamodule import build_part
-    from ssl_cropmix.data.sources import SOURCES_BY_NAME, Source, source_from_flat
+    from ssl_cropmix.data.sources import Source, source_from_flat
 
-    flat = {k: rec[k] for k in ("dataset", "data_dir", "train_split", "val_split", "download", "on_bad_image",
-                                "max_image_pixels") if k in rec and "source" not in rec}
-    if flat:
+    flags = {"dataset": a.dataset, "data_dir": a.data_dir, "train_split": a.train_split, "val_split": a.val_split}
+    if rec.get("source") is not None and all(v is None for v in flags.values()):
+        return build_part(rec["source"], Source, "the checkpoint's data source")
+    flat = _recorded_flat(rec)
+    if "source" not in rec and flat:
         from pytorch_lightning.utilities import rank_zero_info
 
         rank_zero_info(f"the checkpoint records the flat data arguments of ssl_cropmix < 0.2 ({flat}): read as "
-              "sources.source_from_flat(...)")
-    recorded = rec.get("source")
-    if a.dataset is None and a.data_dir is None and a.train_split is None and a.val_split is None:
-        if recorded is not None:
-            return build_part(recorded, Source, "the checkpoint's data source")
-        return source_from_flat(**flat) if flat else source_from_flat("folder", None)
-    # flags given: start from the record's values of the same dataset
-    if recorded is not None:
-        cls_path = str(recorded.get("class_path", ""))
-        name = next((n for n, c in SOURCES_BY_NAME.items() if cls_path.endswith("." + c.__name__)), None)
-        args = dict(recorded.get("init_args") or {})
-        flat = {"dataset": name, "data_dir": args.get("root", args.get("uri")), "train_split": args.get("train_split"),
-                "val_split": args.get("val_split", "")}
-    dataset = a.dataset or flat.get("dataset") or "folder"
-    same = dataset == (flat.get("dataset") or "folder")
-    pick = lambda cli, key, default: cli if cli is not None else (flat.get(key, default) if same else default)  # noqa: E731
-    return source_from_flat(dataset, pick(a.data_dir, "data_dir", None), pick(a.train_split, "train_split", None),
-                            pick(a.val_split, "val_split", ""))
+                       "ssl_cropmix.data.sources.source_from_flat(...)")
+    if a.dataset is not None and a.dataset != (flat.get("dataset") or "folder"):
+        flat = {}
+    flat.update({k: v for k, v in flags.items() if v is not None})
+    return source_from_flat(**{"dataset": "folder", **flat})
 
 
 def _datamodule(a: argparse.Namespace, ckpt: dict[str, Any] | None = None):
