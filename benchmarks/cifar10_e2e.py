@@ -54,14 +54,16 @@ def main() -> None:
     from ssl_cropmix.callbacks.linear_probe import LinearProbe
     from ssl_cropmix.data.cifar import resolve_cifar10
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import MoCoViews
+    from ssl_cropmix.data.sources import ImageFolderSource
     from ssl_cropmix.methods.moco import MoCoCropMix
 
     torch.set_num_threads(2)
     pl.seed_everything(a.seed, workers=True)
     frac = a.train_images / 50000
     dm = CropMixDataModule(
-        data_dir=str(resolve_cifar10(a.data_root)), dataset="folder", train_split="train", val_split="test",
-        views="moco", query="contrastive", image_size=32, batch_size=a.batch_size, val_batch_size=500,
+        ImageFolderSource(str(resolve_cifar10(a.data_root)), train_split="train", val_split="test"),
+        MoCoViews(query="contrastive"), image_size=32, batch_size=a.batch_size, val_batch_size=500,
         num_workers=a.num_workers, label_fraction=frac, fraction_seed=a.seed,
         persistent_workers=a.num_workers > 0,
     )

@@ -103,12 +103,14 @@ def run_one(query: str | None, cfg: dict, data_root: str, seed: int, out: Path) 
     import pytorch_lightning as pl
 
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import MoCoViews
+    from ssl_cropmix.data.sources import ImageFolderSource
     from ssl_cropmix.methods.moco import MoCoCropMix
 
     pl.seed_everything(seed, workers=True)
     dm = CropMixDataModule(
-        data_dir=data_root, dataset="folder", train_split="train", val_split="test", views="moco",
-        query=QUERIES[query] if query else "plain", image_size=32, batch_size=cfg["batch_size"],
+        ImageFolderSource(data_root, train_split="train", val_split="test"),
+        MoCoViews(query=QUERIES[query] if query else "plain"), image_size=32, batch_size=cfg["batch_size"],
         val_batch_size=512, num_workers=cfg["num_workers"],
         label_fraction=cfg["train_fraction"] if cfg["train_fraction"] < 1 else None,
         fraction_seed=seed, persistent_workers=cfg["num_workers"] > 0,

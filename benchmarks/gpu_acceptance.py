@@ -24,7 +24,7 @@ is picked up automatically):
 (c) ``pretrain_eval``: a short ResNet-18 MoCo + CropMix pretraining on CIFAR-10 (bf16-mixed),
     then the end-of-fit linear probe and kNN; **asserts that both evaluations ran on the GPU**,
     on the pretraining's accelerator and precision; reports accuracy and time.
-(d) ``device_views`` (from ``benchmarks/device_views.py``): the ``augment_on="device"`` views,
+(d) ``device_views`` (from ``benchmarks/device_views.py``): the ``augment_on="device"`` views (``MoCoViews`` / ``MAEViews``),
     contrastive MoCo pairs/s at 224 px, batch 256, decode excluded (target >= 5,000), and a
     ResNet-50 ``MoCoCropMix`` step fed by them vs the step on pre-made tensors (>= 0.95x),
     both sides bf16 and channels_last.
@@ -580,18 +580,20 @@ def check_pretrain_eval(ctx: Context) -> CheckResult:
 
     from ssl_cropmix.callbacks import KNNMonitor, LinearProbe, OnlineLinearProbe
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import MoCoViews
+    from ssl_cropmix.data.sources import DemoSource, ImageFolderSource
     from ssl_cropmix.methods.moco import MoCoCropMix
 
     if ctx.smoke:
         # fp32: bf16 on the CPU is emulated and slow; the bf16 paths run in the "steps" smoke
-        dm = CropMixDataModule(dataset="demo", views="moco", query="contrastive", image_size=16, batch_size=8,
+        dm = CropMixDataModule(DemoSource(), MoCoViews(query="contrastive"), image_size=16, batch_size=8,
                                num_workers=ctx.workers, persistent_workers=False)
         trainer_kw: dict[str, Any] = dict(accelerator="cpu", devices=1, precision="32-true", limit_train_batches=1,
                                           limit_val_batches=1)
         probe_epochs, knn_k, queue = 2, 20, 64
     else:
-        dm = CropMixDataModule(data_dir=str(ctx.data_root), dataset="folder", val_split="test", views="moco",
-                               query="contrastive", image_size=32, batch_size=512, num_workers=ctx.workers)
+        dm = CropMixDataModule(ImageFolderSource(str(ctx.data_root), val_split="test"), MoCoViews(query="contrastive"),
+                               image_size=32, batch_size=512, num_workers=ctx.workers)
         trainer_kw = dict(accelerator="gpu", devices=1, precision="bf16-mixed")
         probe_epochs, knn_k, queue = (10 if ctx.quick else 30), 200, 4096
     epochs = ctx.pretrain_epochs

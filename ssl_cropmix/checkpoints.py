@@ -493,6 +493,20 @@ def recorded_class_counts(ckpt: dict[str, Any]) -> dict[str, int]:
     return out
 
 
+def describe_data_record(rec: Any) -> str:
+    """A short description of a data module's recorded init arguments: its source
+    (``ImageFolderSource(root='/data')``, from the ``class_path`` / ``init_args`` record) or,
+    for checkpoints of ssl_cropmix < 0.2, the flat ``dataset`` / ``data_dir``."""
+    src = rec.get("source") if hasattr(rec, "get") else None
+    if hasattr(src, "get") and src.get("class_path"):
+        args = src.get("init_args") or {}
+        where = ", ".join(f"{k}={args[k]!r}" for k in ("root", "uri") if args.get(k) is not None)
+        return f"{str(src['class_path']).rpartition('.')[2]}({where})"
+    if not hasattr(rec, "get"):
+        return ""
+    return ", ".join(f"{k}={rec[k]!r}" for k in ("dataset", "data_dir") if rec.get(k) is not None)
+
+
 def check_class_count(
     ckpt: dict[str, Any], source: str | Path, num_classes: int | None, data: str = "", in_use: Any = None,
 ) -> None:
@@ -519,8 +533,7 @@ def check_class_count(
     key, n = next(iter(wrong.items()))
     what = ("the model's classifier (num_classes)" if key == "model"
             else f"its online probe ({key}: a linear head of {n} classes)")
-    rec = ckpt.get("datamodule_hyper_parameters") or {}
-    was = ", ".join(f"{k}={rec[k]!r}" for k in ("dataset", "data_dir") if rec.get(k) is not None)
+    was = describe_data_record(ckpt.get("datamodule_hyper_parameters") or {})
     raise CheckpointMismatchError(
         f"checkpoint {str(source)!r} was trained on {n} classes{f' ({was})' if was else ''} but the configured "
         f"data has {num_classes}{f' ({data})' if data else ''}: the class count changed, so {what} cannot be "

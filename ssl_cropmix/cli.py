@@ -47,7 +47,7 @@ CLASS_MODULES = (
     "ssl_cropmix.callbacks.linear_probe",
     "ssl_cropmix.callbacks.finetune",
     "ssl_cropmix.callbacks.reconstruction",
-    "ssl_cropmix.callbacks.lars",
+    "ssl_cropmix.evaluation.lars",
     "ssl_cropmix.callbacks.robustness",
     "ssl_cropmix.callbacks.summary",
 )
@@ -145,10 +145,18 @@ def _linked_defaults(model_cfg: Any, data_cfg: Any) -> dict[str, Any]:
         # a data module may declare the class count statically (classmethod/staticmethod)
         infer = getattr(data_cls, "infer_num_classes", None)
         if callable(infer):
-            n = infer(**dict(data_args))
+            n = infer(**_plain(data_args))
             if n is not None:
                 out["num_classes"] = int(n)
     return out
+
+
+def _plain(init_args: Any) -> dict[str, Any]:
+    """A config's ``init_args`` as nested plain dicts (``dict()`` of a jsonargparse
+    ``Namespace`` would flatten nested parts to ``"source.class_path"`` keys)."""
+    if init_args is None:
+        return {}
+    return init_args.as_dict() if hasattr(init_args, "as_dict") else dict(init_args)
 
 
 def _check_resumed_class_count(ckpt: dict[str, Any], ckpt_path: str, cfg: Any) -> None:
@@ -157,21 +165,20 @@ def _check_resumed_class_count(ckpt: dict[str, Any], ckpt_path: str, cfg: Any) -
     ``load_state_dict``'s ``size mismatch for bias``."""
     import importlib
 
-    from ssl_cropmix.checkpoints import check_class_count
+    from ssl_cropmix.checkpoints import check_class_count, describe_data_record
 
     data = cfg.get("data")
     path = data.get("class_path") if hasattr(data, "get") else None
     if not path:
         return
-    init = dict(data.get("init_args") or {})
+    init = _plain(data.get("init_args"))
     mod, _, name = str(path).rpartition(".")
     infer = getattr(getattr(importlib.import_module(mod), name, None), "infer_num_classes", None)
     n = infer(**init) if callable(infer) else None
     callbacks = (cfg.get("trainer") or {}).get("callbacks") or []
     in_use = [str(c.get("class_path", "")).rpartition(".")[2] for c in callbacks if hasattr(c, "get")]
     in_use += [type(c).__name__ for c in callbacks if not hasattr(c, "get")]
-    desc = ", ".join(f"{k}={init[k]!r}" for k in ("dataset", "data_dir") if init.get(k) is not None)
-    check_class_count(ckpt, ckpt_path, n, desc, in_use)
+    check_class_count(ckpt, ckpt_path, n, describe_data_record(init), in_use)
 
 
 def _with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
@@ -251,14 +258,192 @@ def _loggers(root: str, name: str, version: str) -> list[dict[str, Any]]:
     ]
 
 
-def _make_cli_class():
-    from pytorch_lightning.cli import LightningCLI
+# ---------------------------------------------------------------------------- the CLI's steps
+# ``CropMixCLI`` (below) only names the order; each step is one function here.
 
+
+def _add_experiment_argument(parser: Any) -> None:
+    """``--experiment``: the run's name (the run directory's middle part)."""
+    parser.add_argument(
+        "--experiment",
+        type=str | None,
+        default=None,
+        help="Run name: logs go to <trainer.default_root_dir>/<experiment>/<version>/ "
+        "(default: the first config file's stem). With a user-given --trainer.logger it "
+        "becomes that logger's `name` where the logger has one.",
+    )
+
+
+def _subcommand_config(config: Any) -> tuple[str | None, Any]:
+    """``(subcommand, its config)`` (the whole config when there is no subcommand)."""
+    sub = config.get("subcommand")
+    return sub, (config.get(sub) if sub else config)
+
+
+def _check_ckpt_path(config: Any) -> None:
+    """Refuse foreign / untrusted ``--ckpt_path`` files (``checkpoints.check_cli_checkpoint``) and
+    a class count that changed, before LightningCLI merges the checkpoint's hyper-parameters
+    (and ``_class_path``) into the config."""
+    from ssl_cropmix.checkpoints import check_cli_checkpoint
+
+    sub, cfg = _subcommand_config(config)
+    ckpt_path = cfg.get("ckpt_path") if sub else None
+    if ckpt_path and Path(ckpt_path).is_file():  # not "last" / "best" / remote: as Lightning
+        model = cfg.get("model")
+        ckpt = check_cli_checkpoint(ckpt_path, model.get("class_path") if hasattr(model, "get") else None)
+        _check_resumed_class_count(ckpt, ckpt_path, cfg)
+
+
+def _print_config_flags(args: Any) -> list[str]:
+    """The ``--print_config[=...]`` arguments of ``args`` (``sys.argv`` when ``None``)."""
+    if isinstance(args, dict):
+        return []
+    argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+    return [a for a in argv if a == "--print_config" or a.startswith("--print_config=")]
+
+
+def _print_config(cli: Any, parser: Any, args: Any, flags: list[str]) -> None:
+    """``--print_config``: print the configuration after the run-directory defaults are
+    applied (what a real run uses), then exit."""
+    argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+    cli.config = parser.parse_args([a for a in argv if a not in flags])
+    sub, cfg = _subcommand_config(cli.config)
+    cli._apply_defaults(sub, cfg, dry=True)
+    subparser = parser._subcommands_action._name_parser_map[sub] if sub else parser
+    words = {w for f in flags for w in f.partition("=")[2].split(",") if w}
+    sys.stdout.write(subparser.dump(
+        cfg, skip_unset=bool(words & {"skip_unset", "skip_null"}), skip_default="skip_default" in words,
+        skip_validation=True, with_comments="comments" in words,
+    ))
+    parser.exit()
+
+
+def _link_data_into_model(cfg: Any) -> None:
+    """Model arguments left unset take the data module's values (:func:`_linked_defaults`)."""
+    for k, v in _linked_defaults(cfg.get("model"), cfg.get("data")).items():
+        cfg["model"]["init_args"][k] = v
+
+
+def _resumed_run(ckpt: str, run: Path, given_root: str, experiment: str | None, dry: bool) -> tuple[str, str, str]:
+    """``fit --ckpt_path <run>/checkpoints/x.ckpt``: continue in ``<run>``; ``(root, name, version)``."""
     from ssl_cropmix import runs
 
+    name, version = run.parent.name, run.name
+    # keep the root as spelled in the first segment when it is the same folder, so
+    # ModelCheckpoint's restored dirpath matches (no "dirpath has changed")
+    root = given_root if (Path(given_root) / name / version).resolve() == run.resolve() else str(run.parent.parent)
+    if experiment and experiment != name and not dry:
+        _warn(f"--experiment {experiment!r} ignored: resuming {ckpt} continues in its run directory {run}")
+    if not dry and not runs.is_launched_child():
+        runs.keep_previous_config(run)
+        _info(f"resuming in the checkpoint's run directory {run}")
+    return root, name, version
+
+
+def _experiment_name(cfg: Any) -> str:
+    """``--experiment``, else the first config file's stem, else ``"ssl_cropmix"``."""
+    if cfg.get("experiment"):
+        return str(cfg.get("experiment"))
+    configs = cfg.get("config") or []
+    return Path(str(configs[0])).stem if configs else "ssl_cropmix"
+
+
+def _new_run(cli_cls: Any, sub: str | None, ckpt: str | None, root: str, name: str, dry: bool) -> str:
+    """A new run directory ``<root>/<name>/<version>`` (created by this process, handed to the
+    ranks Lightning launches through ``$SSL_CROPMIX_RUN_VERSION``); returns the version."""
+    from ssl_cropmix import runs
+
+    if dry:
+        return runs.timestamp()
+    if runs.is_launched_child():
+        return os.environ.get(runs.VERSION_ENV) or runs.timestamp()
+    run = runs.new_run_dir(root, name)
+    os.environ[runs.VERSION_ENV] = run.name  # for the ranks Lightning launches
+    cli_cls.created_run_dir = run
+    if sub == "fit" and ckpt:
+        _info(f"{ckpt} is not inside an ssl-cropmix run directory: this segment writes to a new run directory {run}")
+    return run.name
+
+
+def _configure_run_dir(cli_cls: Any, sub: str | None, cfg: Any, trainer: Any, dry: bool) -> tuple[str, str, str] | None:
+    """The run directory of this run, ``(root, name, version)``, or ``None`` with a user-given
+    logger (which then gets ``--experiment`` as its name). ``dry``: ``--print_config``, which
+    shows the loggers and root the run will use but creates nothing."""
+    from ssl_cropmix import runs
+
+    experiment = cfg.get("experiment")
+    logger = trainer.get("logger")
+    if logger not in (None, True):
+        if experiment and not dry:
+            _experiment_to_user_logger(logger, experiment)
+        return None
+    given_root = str(trainer.get("default_root_dir") or "runs")
+    ckpt = cfg.get("ckpt_path")
+    resume = runs.run_dir_of_checkpoint(ckpt) if sub == "fit" and ckpt else None
+    if resume is not None:
+        root, name, version = _resumed_run(ckpt, resume, given_root, experiment, dry)
+    else:
+        root, name = given_root, _experiment_name(cfg)
+        version = _new_run(cli_cls, sub, ckpt, root, name, dry)
+    cli_cls.run_dir = Path(root) / name / version
+    # The saved config.yaml names the experiment but leaves logger/default_root_dir as
+    # the user gave them: `fit --config <run>/config.yaml` is a new run of the recipe.
+    cfg["experiment"] = name
+    if dry:  # --print_config: show what the run will use
+        trainer["default_root_dir"] = root
+        trainer["logger"] = _loggers(root, name, version)
+    return root, name, version
+
+
+def _trainer_kwargs_for_run(kwargs: dict[str, Any], plugins: Any, run: tuple[str, str, str] | None) -> dict[str, Any]:
+    """Trainer arguments the run adds: atomic checkpoint writes (unless the config brings its
+    own ``CheckpointIO``), the run's root and its loggers (unless given)."""
+    if "plugins" not in kwargs:
+        kwargs["plugins"] = _with_atomic_checkpoint_io(plugins)
+    if run is not None:
+        root, name, version = run
+        kwargs.setdefault("default_root_dir", root)
+        if "logger" not in kwargs:
+            from pytorch_lightning.cli import instantiate_class
+
+            kwargs["logger"] = [instantiate_class((), c) for c in _loggers(root, name, version)]
+    return kwargs
+
+
+def _experiment_to_user_logger(logger: Any, experiment: str) -> None:
+    """Give ``--experiment`` to a user-given logger as its ``name``, or say why not."""
+    import importlib
+
+    items = logger if isinstance(logger, list) else [logger]
+    applied = False
+    for item in items:
+        path = item.get("class_path") if hasattr(item, "get") else None
+        if not path:
+            continue
+        mod, _, cls_name = str(path).rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(mod), cls_name)
+        except (ImportError, AttributeError):
+            continue
+        if "name" in inspect.signature(cls.__init__).parameters:
+            if item.get("init_args") is None:
+                item["init_args"] = {}
+            if item["init_args"].get("name") in (None, "lightning_logs"):
+                item["init_args"]["name"] = experiment
+                applied = True
+    if not applied:
+        _warn(f"--experiment {experiment!r} ignored: the given trainer.logger sets its own "
+              "name (or has none); set the logger's name instead")
+
+
+def _make_cli_class():
+    """``CropMixCLI``: LightningCLI whose hooks call the steps above, in this order: parse
+    (``--experiment``; ``--print_config`` after the defaults), check ``--ckpt_path``, link data
+    into the model, place the run directory, build the trainer with the run's loggers."""
+    from pytorch_lightning.cli import LightningCLI
+
     class CropMixCLI(LightningCLI):
-        """LightningCLI with one run directory per run, resume into it, and data -> model
-        linking."""
+        """LightningCLI with one run directory per run, resume into it, and data -> model linking."""
 
         #: the run directory this process created (removed again if the run fails early)
         created_run_dir: Path | None = None
@@ -270,153 +455,32 @@ def _make_cli_class():
             return {k: v for k, v in LightningCLI.subcommands().items() if k in LIGHTNING_SUBCOMMANDS}
 
         def add_arguments_to_parser(self, parser) -> None:  # noqa: D401
-            parser.add_argument(
-                "--experiment",
-                type=str | None,
-                default=None,
-                help="Run name: logs go to <trainer.default_root_dir>/<experiment>/<version>/ "
-                "(default: the first config file's stem). With a user-given --trainer.logger it "
-                "becomes that logger's `name` where the logger has one.",
-            )
-
-        def _parse_ckpt_path(self) -> None:
-            """Refuse foreign / untrusted ``--ckpt_path`` files (``checkpoints.check_cli_checkpoint``)
-            before LightningCLI merges their hyper-parameters (and ``_class_path``) into the config."""
-            from ssl_cropmix.checkpoints import check_cli_checkpoint
-
-            sub = self.config.get("subcommand")
-            ckpt_path = self.config[sub].get("ckpt_path") if sub else None
-            if ckpt_path and Path(ckpt_path).is_file():  # not "last" / "best" / remote: as Lightning
-                model = self.config[sub].get("model")
-                ckpt = check_cli_checkpoint(ckpt_path, model.get("class_path") if hasattr(model, "get") else None)
-                _check_resumed_class_count(ckpt, ckpt_path, self.config[sub])
-            super()._parse_ckpt_path()
+            _add_experiment_argument(parser)
 
         def parse_arguments(self, parser, args) -> None:
-            """As LightningCLI's, except that ``--print_config`` prints the configuration
-            after the run-directory defaults are applied (what a real run uses)."""
-            argv = [str(a) for a in (sys.argv[1:] if args is None else args)] if not isinstance(args, dict) else None
-            flags = [a for a in argv or [] if a == "--print_config" or a.startswith("--print_config=")]
-            if not flags:
+            flags = _print_config_flags(args)
+            if flags:
+                _print_config(self, parser, args, flags)
+            else:
                 super().parse_arguments(parser, args)
-                return
-            rest = [a for a in argv if a not in flags]
-            self.config = parser.parse_args(rest)
-            sub = self.config.get("subcommand")
-            cfg = self.config.get(sub) if sub else self.config
-            self._apply_defaults(sub, cfg, dry=True)
-            subparser = parser._subcommands_action._name_parser_map[sub] if sub else parser
-            words = {w for f in flags for w in f.partition("=")[2].split(",") if w}
-            sys.stdout.write(subparser.dump(
-                cfg, skip_unset=bool(words & {"skip_unset", "skip_null"}), skip_default="skip_default" in words,
-                skip_validation=True, with_comments="comments" in words,
-            ))
-            parser.exit()
+
+        def _parse_ckpt_path(self) -> None:
+            _check_ckpt_path(self.config)
+            super()._parse_ckpt_path()
 
         def before_instantiate_classes(self) -> None:
-            sub = self.config.get("subcommand")
-            cfg = self.config.get(sub) if sub else self.config
+            sub, cfg = _subcommand_config(self.config)
             if cfg is not None:
                 self._apply_defaults(sub, cfg, dry=False)
 
-        # ------------------------------------------------------------------ defaults
         def _apply_defaults(self, sub: str | None, cfg: Any, dry: bool) -> None:
-            linked = _linked_defaults(cfg.get("model"), cfg.get("data"))
-            for k, v in linked.items():
-                cfg["model"]["init_args"][k] = v
-            trainer = cfg.get("trainer")
-            if trainer is None:
-                return
-            self._configure_run_dir(sub, cfg, trainer, dry)
-
-        def _configure_run_dir(self, sub: str | None, cfg: Any, trainer: Any, dry: bool) -> None:
-            experiment = cfg.get("experiment")
-            logger = trainer.get("logger")
-            if logger not in (None, True):
-                if experiment and not dry:
-                    self._experiment_to_user_logger(logger, experiment)
-                return
-            given_root = str(trainer.get("default_root_dir") or "runs")
-            root = given_root
-            ckpt = cfg.get("ckpt_path")
-            resume = runs.run_dir_of_checkpoint(ckpt) if sub == "fit" and ckpt else None
-            if resume is not None:
-                run = resume
-                name, version = run.parent.name, run.name
-                # keep the root as spelled in the first segment when it is the same folder, so
-                # ModelCheckpoint's restored dirpath matches (no "dirpath has changed")
-                if (Path(given_root) / name / version).resolve() != run.resolve():
-                    root = str(run.parent.parent)
-                if experiment and experiment != name and not dry:
-                    _warn(f"--experiment {experiment!r} ignored: resuming {ckpt} continues in its run "
-                          f"directory {run}")
-                if not dry and not runs.is_launched_child():
-                    runs.keep_previous_config(run)
-                    _info(f"resuming in the checkpoint's run directory {run}")
-            else:
-                if not experiment:
-                    configs = cfg.get("config") or []
-                    experiment = Path(str(configs[0])).stem if configs else "ssl_cropmix"
-                name = str(experiment)
-                if dry:
-                    version = runs.timestamp()
-                elif runs.is_launched_child():
-                    version = os.environ.get(runs.VERSION_ENV) or runs.timestamp()
-                else:
-                    run = runs.new_run_dir(root, name)
-                    version = run.name
-                    os.environ[runs.VERSION_ENV] = version  # for the ranks Lightning launches
-                    type(self).created_run_dir = run
-                    if sub == "fit" and ckpt:
-                        _info(f"{ckpt} is not inside an ssl-cropmix run directory: this segment writes "
-                              f"to a new run directory {run}")
-            type(self).run_dir = Path(root) / name / version
-            self._run = (root, name, version)
-            # The saved config.yaml names the experiment but leaves logger/default_root_dir as
-            # the user gave them: `fit --config <run>/config.yaml` is a new run of the recipe.
-            cfg["experiment"] = name
-            if dry:  # --print_config: show what the run will use
-                trainer["default_root_dir"] = root
-                trainer["logger"] = _loggers(root, name, version)
+            _link_data_into_model(cfg)
+            if cfg.get("trainer") is not None:
+                self._run = _configure_run_dir(type(self), sub, cfg, cfg.get("trainer"), dry)
 
         def instantiate_trainer(self, **kwargs: Any):
-            if "plugins" not in kwargs:  # atomic checkpoint writes unless the config brings its own CheckpointIO
-                kwargs["plugins"] = _with_atomic_checkpoint_io(self._get(self.config_init, "trainer", default={}).get("plugins"))
-            run = getattr(self, "_run", None)
-            if run is not None:
-                root, name, version = run
-                kwargs.setdefault("default_root_dir", root)
-                if "logger" not in kwargs:
-                    from pytorch_lightning.cli import instantiate_class
-
-                    kwargs["logger"] = [instantiate_class((), c) for c in _loggers(root, name, version)]
-            return super().instantiate_trainer(**kwargs)
-
-        @staticmethod
-        def _experiment_to_user_logger(logger: Any, experiment: str) -> None:
-            """Give ``--experiment`` to a user-given logger as its ``name``, or say why not."""
-            import importlib
-
-            items = logger if isinstance(logger, list) else [logger]
-            applied = False
-            for item in items:
-                path = item.get("class_path") if hasattr(item, "get") else None
-                if not path:
-                    continue
-                mod, _, cls_name = str(path).rpartition(".")
-                try:
-                    cls = getattr(importlib.import_module(mod), cls_name)
-                except (ImportError, AttributeError):
-                    continue
-                if "name" in inspect.signature(cls.__init__).parameters:
-                    if item.get("init_args") is None:
-                        item["init_args"] = {}
-                    if item["init_args"].get("name") in (None, "lightning_logs"):
-                        item["init_args"]["name"] = experiment
-                        applied = True
-            if not applied:
-                _warn(f"--experiment {experiment!r} ignored: the given trainer.logger sets its own "
-                      "name (or has none); set the logger's name instead")
+            plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+            return super().instantiate_trainer(**_trainer_kwargs_for_run(kwargs, plugins, getattr(self, "_run", None)))
 
     return CropMixCLI
 
@@ -425,7 +489,7 @@ def cli_main(args: list[str] | None = None, run: bool = True):
     """Build (and by default run) the LightningCLI. Returns the CLI object.
 
     A run directory created for a run that then fails before writing a checkpoint or a
-    metric (bad ``data_dir``, an accelerator the machine does not have) is removed again.
+    metric (a bad data root, an accelerator the machine does not have) is removed again.
     """
     from pytorch_lightning import LightningDataModule, LightningModule
 

@@ -115,37 +115,69 @@ def _trainer_kwargs(a: argparse.Namespace, prog: str) -> dict[str, Any]:
     return kw
 
 
-def _recorded_data(a: argparse.Namespace, ckpt: dict[str, Any] | None) -> dict[str, Any]:
-    """The checkpoint's recorded datamodule hyper-parameters, without its paths and splits when
-    ``--dataset`` names another dataset: a folder-trained checkpoint's ``data_dir`` is never
-    handed to ``--dataset demo`` (which would write there)."""
-    rec = dict((ckpt or {}).get("datamodule_hyper_parameters") or {})
-    if a.dataset is not None and a.dataset != rec.get("dataset", "folder"):
-        for key in ("data_dir", "train_split", "val_split"):
-            rec.pop(key, None)
-    return rec
+#: The flat data arguments of ssl_cropmix < 0.2 that the command flags still speak.
+_FLAT_DATA = ("dataset", "data_dir", "train_split", "val_split", "download", "on_bad_image", "max_image_pixels")
+
+
+def _recorded_flat(rec: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's data record in the command flags' vocabulary (``dataset``, ``data_dir``,
+    splits, policy): from its ``source`` record, or as written by ssl_cropmix < 0.2."""
+    from ssl_cropmix.data.sources import SOURCES_BY_NAME
+
+    src = rec.get("source")
+    if src is None:
+        return {k: rec[k] for k in _FLAT_DATA if k in rec}
+    path = str(src.get("class_path", ""))
+    args = dict(src.get("init_args") or {})
+    flat = {k: args[k] for k in _FLAT_DATA if k in args}
+    flat["dataset"] = next((n for n, c in SOURCES_BY_NAME.items() if path.endswith("." + c.__name__)), None)
+    flat["data_dir"] = args.get("root", args.get("uri"))
+    return flat
+
+
+def _recorded_source(a: argparse.Namespace, rec: dict[str, Any]) -> Any:
+    """The source: the checkpoint's recorded one, with ``--dataset`` / ``--data-dir`` /
+    ``--train-split`` / ``--val-split`` overriding it (another ``--dataset`` drops the
+    record's paths and splits: a folder-trained checkpoint's root is never handed to the demo
+    set). Checkpoints written before the sources (flat ``dataset`` / ``data_dir``
+    hyper-parameters, ssl_cropmix < 0.2) are read through
+    :func:`~ssl_cropmix.data.sources.source_from_flat`, said in the log (CHANGELOG.md)."""
+    from ssl_cropmix.data.datamodule import build_part
+    from ssl_cropmix.data.sources import Source, source_from_flat
+
+    flags = {"dataset": a.dataset, "data_dir": a.data_dir, "train_split": a.train_split, "val_split": a.val_split}
+    if rec.get("source") is not None and all(v is None for v in flags.values()):
+        return build_part(rec["source"], Source, "the checkpoint's data source")
+    flat = _recorded_flat(rec)
+    if "source" not in rec and flat:
+        from pytorch_lightning.utilities import rank_zero_info
+
+        rank_zero_info(f"the checkpoint records the flat data arguments of ssl_cropmix < 0.2 ({flat}): read as "
+                       "ssl_cropmix.data.sources.source_from_flat(...)")
+    if a.dataset is not None and a.dataset != (flat.get("dataset") or "folder"):
+        flat = {}
+    flat.update({k: v for k, v in flags.items() if v is not None})
+    return source_from_flat(**{"dataset": "folder", **flat})
 
 
 def _datamodule(a: argparse.Namespace, ckpt: dict[str, Any] | None = None):
     """The labelled data: command-line values, else the checkpoint's recorded datamodule
-    hyper-parameters (image size, small-image flag, normalisation, dataset and paths)."""
+    hyper-parameters (source, image size, small-image flag, normalisation)."""
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import SupervisedViews
 
-    rec = _recorded_data(a, ckpt)
-    pick = lambda cli, key, default: cli if cli is not None else rec.get(key, default)  # noqa: E731
+    rec = dict((ckpt or {}).get("datamodule_hyper_parameters") or {})
     kw: dict[str, Any] = dict(
-        data_dir=pick(a.data_dir, "data_dir", None), dataset=pick(a.dataset, "dataset", "folder"),
-        train_split=pick(a.train_split, "train_split", "train"), val_split=pick(a.val_split, "val_split", "val"),
-        image_size=pick(a.image_size, "image_size", 224), views="supervised", supervised_view="plain", batch_size=a.loader_batch_size,
-        num_workers=a.num_workers, persistent_workers=False,
+        image_size=a.image_size if a.image_size is not None else rec.get("image_size", 224),
+        batch_size=a.loader_batch_size, num_workers=a.num_workers, persistent_workers=False,
     )
-    si = pick(a.small_image, "small_image", None)
+    si = a.small_image if a.small_image is not None else rec.get("small_image")
     if si is not None:
         kw["small_image"] = bool(si)
-    for key in ("mean", "std", "fraction_seed", "on_bad_image"):
+    for key in ("mean", "std", "fraction_seed"):
         if key in rec:
             kw[key] = tuple(rec[key]) if key in ("mean", "std") else rec[key]
-    return CropMixDataModule(**kw)
+    return CropMixDataModule(_recorded_source(a, rec), SupervisedViews("plain"), **kw)
 
 
 def _load(a: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -163,7 +195,7 @@ def _out_path(a: argparse.Namespace) -> Any:
 
 
 def _data_record(dm: Any) -> dict[str, Any]:
-    return {"dataset": dm.dataset, "data_dir": dm.data_dir, "image_size": dm.image_size, "small_image": dm.small_image,
+    return {"source": dm.source.config(), "image_size": dm.image_size, "small_image": dm.small_image,
             "mean": list(dm.mean), "std": list(dm.std)}
 
 

@@ -51,9 +51,12 @@ model:
 data:
   class_path: ssl_cropmix.data.datamodule.CropMixDataModule
   init_args:
-    dataset: demo
-    views: moco
-    query: contrastive
+    source:
+      class_path: ssl_cropmix.data.sources.DemoSource
+    views:
+      class_path: ssl_cropmix.data.recipes.MoCoViews
+      init_args:
+        query: contrastive
     image_size: 32
     batch_size: 8
     num_workers: 0

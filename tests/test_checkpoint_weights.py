@@ -108,12 +108,13 @@ def test_resume_with_another_class_count_names_the_online_probe(tmp_path, monkey
     'size mismatch for bias ... torch.Size([3]) ... torch.Size([8])'."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
-    _moco_ckpt(tmp_path, moco_state, name="three.ckpt",
-               datamodule_hyper_parameters={"dataset": "folder", "data_dir": "/data/three"},
-               callbacks={"OnlineLinearProbe": {"head": {"weight": torch.zeros(3, 512), "bias": torch.zeros(3)}}})
-    with pytest.raises(CheckpointMismatchError, match=r"three\.ckpt' was trained on 3 classes \(dataset='folder', "
-                       r"data_dir='/data/three'\) but the configured data has 8 \(dataset='demo'\): the class "
-                       r"count changed, so its online probe \(OnlineLinearProbe: a linear head of 3 classes\) "
-                       r"cannot be resumed"):
-        _main(["fit", "--config", str(RESUME_RECIPE), "--ckpt_path", str(tmp_path / "three.ckpt"),
-               "--trainer.logger=false"])
+    new = {"source": {"class_path": "ssl_cropmix.data.sources.ImageFolderSource", "init_args": {"root": "/data/three"}}}
+    old = {"dataset": "folder", "data_dir": "/data/three"}  # a record of ssl_cropmix < 0.2
+    for record, was in ((new, r"ImageFolderSource\(root='/data/three'\)"), (old, r"dataset='folder', data_dir='/data/three'")):
+        _moco_ckpt(tmp_path, moco_state, name="three.ckpt", datamodule_hyper_parameters=record,
+                   callbacks={"OnlineLinearProbe": {"head": {"weight": torch.zeros(3, 512), "bias": torch.zeros(3)}}})
+        with pytest.raises(CheckpointMismatchError, match=rf"three\.ckpt' was trained on 3 classes \({was}\) but the "
+                           r"configured data has 8 \(DemoSource\(\)\): the class count changed, so its online probe "
+                           r"\(OnlineLinearProbe: a linear head of 3 classes\) cannot be resumed"):
+            _main(["fit", "--config", str(RESUME_RECIPE), "--ckpt_path", str(tmp_path / "three.ckpt"),
+                   "--trainer.logger=false"])

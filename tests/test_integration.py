@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from ssl_cropmix.data.datamodule import CropMixDataModule
+from ssl_cropmix.data.recipes import MoCoViews
+from ssl_cropmix.data.sources import DemoSource
 from ssl_cropmix.methods.moco import MoCoCropMix
 
 
@@ -24,8 +26,8 @@ def test_user_module_backbone_with_small_image_data_logs_hparams(tmp_path, monke
     """A custom backbone (model small_image=False) on 32-px data (views small_image auto=True):
     Lightning merges model and data hparams for the logger and must not find a conflict."""
     monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
-    dm = CropMixDataModule(dataset="demo", image_size=32, batch_size=8, num_workers=0,
-                           persistent_workers=False, query="cropmix")
+    dm = CropMixDataModule(DemoSource(), MoCoViews("cropmix"), image_size=32, batch_size=8, num_workers=0,
+                           persistent_workers=False)
     model = MoCoCropMix(backbone=TinyNet(), queue_size=64, base_lr=0.03)
     trainer = pl.Trainer(max_steps=2, limit_val_batches=1, accelerator="cpu",
                          logger=pl.loggers.CSVLogger(tmp_path), enable_checkpointing=False,
@@ -33,7 +35,7 @@ def test_user_module_backbone_with_small_image_data_logs_hparams(tmp_path, monke
     trainer.fit(model, dm)
     assert trainer.global_step == 2
     assert "small_image" not in dm.hparams  # auto value is derived, not logged
-    explicit = CropMixDataModule(dataset="demo", image_size=32, small_image=False)
+    explicit = CropMixDataModule(DemoSource(), image_size=32, small_image=False)
     assert explicit.hparams["small_image"] is False
 
 

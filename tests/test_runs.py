@@ -235,7 +235,7 @@ def test_failed_runs_leave_no_directory(workdir, monkeypatch, capsys):
 
     recipe = write_tiny_recipe(workdir)
     with pytest.raises(Exception):
-        _fit(["--config", str(recipe), "--data.dataset=folder", f"--data.data_dir={workdir / 'nowhere'}"],
+        _fit(["--config", str(recipe), "--data.source=ImageFolderSource", f"--data.source.root={workdir / 'nowhere'}"],
              monkeypatch)
     assert not list((workdir / "runs" / "tiny").glob("*")) if (workdir / "runs" / "tiny").exists() else True
     if torch.cuda.is_available():

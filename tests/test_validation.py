@@ -30,24 +30,28 @@ def test_check_int_refuses_non_ints(value):
     assert check_int("n", np.int64(3), 1) == 3
 
 
-@pytest.mark.parametrize("name", ["drop_last", "persistent_workers", "download"])
+@pytest.mark.parametrize("name", ["drop_last", "persistent_workers"])
 def test_datamodule_refuses_string_bools(name):
     """``drop_last="no"`` used to give ``drop_last=True`` (``bool("no")``)."""
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.sources import CIFAR10Source, DemoSource
 
     with pytest.raises(TypeError, match=rf"^{name} must be a bool, got 'no'$"):
-        CropMixDataModule(dataset="demo", num_workers=1, **{name: "no"})
+        CropMixDataModule(DemoSource(), num_workers=1, **{name: "no"})
 
 
 def test_datamodule_refuses_string_small_image_and_float_seed():
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.sources import CIFAR10Source, DemoSource
 
     with pytest.raises(TypeError, match="^small_image must be a bool, got 'yes'$"):
-        CropMixDataModule(dataset="demo", small_image="yes")
+        CropMixDataModule(DemoSource(), small_image="yes")
     with pytest.raises(TypeError, match="^pin_memory must be a bool or None, got 'no'$"):
-        CropMixDataModule(dataset="demo", pin_memory="no")
+        CropMixDataModule(DemoSource(), pin_memory="no")
     with pytest.raises(ValueError, match="^fraction_seed must be an int, got 1.5$"):
-        CropMixDataModule(dataset="demo", fraction_seed=1.5)
+        CropMixDataModule(DemoSource(), fraction_seed=1.5)
+    with pytest.raises(TypeError, match=r"^download must be a bool, got 'no'$"):
+        CIFAR10Source(download="no")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from ssl_cropmix.callbacks.launch import EvaluationLauncher
-from ssl_cropmix.callbacks.utils import check_optional_positive_ints, resolve_provider
 from ssl_cropmix.evaluation.base import copy_feature_module, record_adapted, say_once, scaled_warmup
 from ssl_cropmix.evaluation.finetune import (
     FINETUNE_PRESETS,
@@ -28,6 +27,7 @@ from ssl_cropmix.evaluation.finetune import (
 )
 from ssl_cropmix.evaluation.linear import recipe_with
 from ssl_cropmix.evaluation.mae_finetune import MAEFineTuneRecipe, mae_finetune
+from ssl_cropmix.evaluation.protocol import check_optional_positive_ints, get_backbone, resolve_provider
 from ssl_cropmix.evaluation.results import EvalResult
 
 __all__ = ["FINETUNE_PRESETS", "FineTuneRecipe", "MAEFineTune", "SemiSupervisedFineTune", "copy_feature_module",
@@ -203,8 +203,6 @@ class MAEFineTune(EvaluationLauncher):
 
     def evaluate(self, trainer: pl.Trainer | None, pl_module: Any, trainer_kwargs: dict[str, Any] | None = None) -> EvalResult:
         """Fine-tune a copy of ``pl_module``'s ViT now (every rank)."""
-        from ssl_cropmix.callbacks.utils import get_backbone
-
         p = resolve_provider(self.provider, trainer)
         c = self.check_num_classes(self.num_classes, p)
         full = _full_count(p)

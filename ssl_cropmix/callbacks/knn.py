@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from ssl_cropmix.callbacks.utils import extract_features, frozen, get_backbone, module_device, resolve_provider
+from ssl_cropmix.evaluation.protocol import extract_features, frozen, get_backbone, module_device, resolve_provider
 from ssl_cropmix.evaluation.data import all_gather_rows, dist_world_rank, precision_inputs, shard_loader
 from ssl_cropmix.validation import check_int
 

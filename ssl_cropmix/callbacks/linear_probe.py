@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ssl_cropmix.callbacks.launch import EvaluationLauncher
-from ssl_cropmix.callbacks.utils import (
+from ssl_cropmix.evaluation.protocol import (
     check_optional_positive_ints,
     extract_features,
     frozen,

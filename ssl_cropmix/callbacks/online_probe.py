@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from ssl_cropmix.callbacks.utils import extract_features, frozen, get_backbone
+from ssl_cropmix.evaluation.protocol import extract_features, frozen, get_backbone
 from ssl_cropmix.validation import check_int
 
 
@@ -38,7 +38,7 @@ class OnlineLinearProbe(pl.Callback):
     During training batches that carry labels ``(B,)``, the head takes one optimizer step
     on ``features.detach()`` (the features are taken from the training step's output dict
     under ``"features"`` when present, otherwise computed via
-    ``callbacks.utils.extract_features`` under ``no_grad`` with the backbone in eval mode).
+    ``evaluation.protocol.extract_features`` under ``no_grad`` with the backbone in eval mode).
     On the validation loader it logs ``online_probe/val_top1`` and ``val_top5`` (%).
     Under DDP the head's gradients are averaged over processes.
 

@@ -1,4 +1,5 @@
-"""Data: robust datasets, view recipes and the ``CropMixDataModule`` (see docs/data.md).
+"""Data: sources (``sources.py``), view recipes (``recipes.py``, built from the transforms of
+``views.py``), robust split readers (``datasets.py``) and the ``CropMixDataModule`` (see docs/data.md).
 
 Names are imported lazily so that ``import ssl_cropmix.data.cifar`` stays light.
 """
@@ -18,7 +19,19 @@ _EXPORTS: dict[str, str] = {
     "ImageTooLargeError": "ssl_cropmix.data.datasets",
     "NotARegularFileError": "ssl_cropmix.data.datasets",
     "ImageFolderDataset": "ssl_cropmix.data.datasets",
-    "TorchvisionSource": "ssl_cropmix.data.datasets",
+    "TorchvisionSplit": "ssl_cropmix.data.datasets",
+    "Source": "ssl_cropmix.data.sources",
+    "ImageFolderSource": "ssl_cropmix.data.sources",
+    "DemoSource": "ssl_cropmix.data.sources",
+    "CIFAR10Source": "ssl_cropmix.data.sources",
+    "CIFAR100Source": "ssl_cropmix.data.sources",
+    "STL10Source": "ssl_cropmix.data.sources",
+    "ShardsSource": "ssl_cropmix.data.sources",
+    "source_from_flat": "ssl_cropmix.data.sources",
+    "ViewRecipe": "ssl_cropmix.data.recipes",
+    "MoCoViews": "ssl_cropmix.data.recipes",
+    "MAEViews": "ssl_cropmix.data.recipes",
+    "SupervisedViews": "ssl_cropmix.data.recipes",
     "ViewDataset": "ssl_cropmix.data.datasets",
     "label_fraction_indices": "ssl_cropmix.data.datasets",
     "load_rgb": "ssl_cropmix.data.datasets",

@@ -494,7 +494,7 @@ def scan_image_folder(
     return classes, samples, ignored, revisits
 
 
-class TorchvisionSource(_Source):
+class TorchvisionSplit(_Source):
     """Adapter giving a torchvision dataset (CIFAR-10/100, STL-10) the source interface.
 
     The wrapped dataset must have ``transform=None`` and return ``(PIL image, int)``.
@@ -536,7 +536,7 @@ class ViewDataset(Dataset):
     """A subset of a source with its own transform: ``(transform(image), label)``.
 
     Args:
-        source: an :class:`ImageFolderDataset` or :class:`TorchvisionSource`.
+        source: a split reader (:class:`ImageFolderDataset`, :class:`TorchvisionSplit`, ...).
         transform: applied to the RGB PIL image (e.g. a view recipe from ``views.py``).
         indices: sample indices into ``source``; ``None`` means all.
     """

@@ -3,7 +3,7 @@
 Used by the figure scripts, benchmarks at ImageNet-like resolution and the demo recipe, so
 that nothing needs a download. Requires the ``demo`` extra (``scikit-image``).
 
-``dataset="demo"`` materialises the set in the package's cache (:func:`demo_root`,
+``DemoSource()`` (:mod:`ssl_cropmix.data.sources`) materialises the set in the package's cache (:func:`demo_root`,
 ``<cache_dir()>/demo``, see :func:`ssl_cropmix.data.cifar.cache_dir`), never in a ``data_dir``
 given by a user or recorded in a checkpoint: no command writes into a user's data.
 """
@@ -83,17 +83,3 @@ def demo_root() -> Path:
     from ssl_cropmix.data.cifar import cache_dir
 
     return write_demo_folder(cache_dir() / "demo")
-
-
-def check_demo_data_dir(data_dir: str | os.PathLike | None) -> None:
-    """Refuse a ``data_dir`` with ``dataset="demo"``: built-in data lives in the package's cache
-    (:func:`demo_root`) and is never written into a folder of the user's.
-
-    Raises:
-        ValueError: naming the ``data_dir`` given.
-    """
-    if data_dir is not None:
-        raise ValueError(
-            f"data_dir must be None with dataset='demo', got {str(data_dir)!r}: the built-in demo set is "
-            "written to the package's cache (set $SSL_CROPMIX_CACHE to move it), never into a data folder"
-        )

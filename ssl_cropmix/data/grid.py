@@ -41,7 +41,7 @@ def _pick_images(data: Any, n: int) -> tuple[list[Image.Image], Callable | None,
     mean, std, transform = V.IMAGENET_MEAN, V.IMAGENET_STD, None
     source = data
     if hasattr(data, "train_transform") and hasattr(data, "source"):  # CropMixDataModule
-        source = data.source(data.train_split)
+        source = data.reader(data.source.train_split)
         transform, mean, std = data.train_transform(), data.mean, data.std
     elif hasattr(data, "source") and hasattr(data, "indices"):  # ViewDataset
         transform, source = data.transform, data.source
@@ -203,12 +203,13 @@ def build_parser(prog: str = "python -m ssl_cropmix.data.grid") -> argparse.Argu
 def main(argv: list[str] | None = None, prog: str = "python -m ssl_cropmix.data.grid") -> int:
     """Command-line entry (also used by ``ssl-cropmix show-views``)."""
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import MAEViews, MoCoViews, SupervisedViews
+    from ssl_cropmix.data.sources import source_from_flat
 
     a = build_parser(prog).parse_args(argv)
-    dm = CropMixDataModule(
-        a.data_dir, dataset=a.dataset, train_split=a.split, val_split=None, views=a.views, query=a.query,
-        mae_view=a.mae_view, image_size=a.image_size, batch_size=1, num_workers=0,
-    )
+    source = source_from_flat(a.dataset, a.data_dir, train_split=a.split, val_split=None)
+    recipe = {"moco": lambda: MoCoViews(a.query), "mae": lambda: MAEViews(a.mae_view), "supervised": SupervisedViews}
+    dm = CropMixDataModule(source, recipe[a.views](), image_size=a.image_size, batch_size=1, num_workers=0)
     out = show_views(dm, a.n, a.out, seed=a.seed)
     print(f"wrote {out}")
     return 0

@@ -1,9 +1,10 @@
 """Streaming shards: an ImageFolder split written once as LitData shards, read back through
 ``litdata.StreamingDataset`` / ``StreamingDataLoader`` (local folder or any URI LitData reads).
 
-One more *source* next to the ImageFolder tree and the torchvision sets (``datasets.py``): it
-knows how to list and read its samples, its class index, its splits and its bad-image policy,
-nothing else. The view recipes and loaders stay in ``views.py`` / ``datamodule.py``.
+The split reader of :class:`~ssl_cropmix.data.sources.ShardsSource`, one more source next to
+the ImageFolder tree and the torchvision sets (``sources.py``): it knows how to list and read
+its samples, its class index, its splits and its bad-image policy, nothing else. The view
+recipes and loaders stay in ``recipes.py`` / ``datamodule.py``.
 
 * :func:`optimize_image_folder` (``ssl-cropmix optimize``) writes ``<out>/<split>/``:
   LitData chunks of ``{"image": encoded bytes (the file as it was), "label": int,
@@ -345,7 +346,7 @@ def optimize_main(argv: list[str]) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="ssl-cropmix optimize", description="Write an ImageFolder split as LitData "
-                                "shards (+ manifest: class index, targets, skipped files) for dataset=shards.")
+                                "shards (+ manifest: class index, targets, skipped files) for ShardsSource(uri).")
     p.add_argument("--data-dir", required=True, help="folder holding <split>/<class>/<images>")
     p.add_argument("--out", required=True, help="local folder or URI; the shards go to <out>/<split>")
     p.add_argument("--split", default="train")

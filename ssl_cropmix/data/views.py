@@ -42,7 +42,7 @@ from ssl_cropmix.transforms.functional import uint8_to_pil
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 QUERIES = ("plain", "cropmix", "scalemix", "contrastive")
-#: The names a MoCo query may be given by (``CropMixDataModule(query=...)`` also takes a transform).
+#: The names a MoCo query may be given by (``MoCoViews(query=...)`` also takes a transform).
 QueryName = Literal["plain", "cropmix", "scalemix", "contrastive"]
 MAE_VIEWS = ("rrc", "cropmix_mixup", "cropmix_cutmix")
 SUPERVISED_VIEWS = ("cropmix", "rrc", "resizemix", "plain")

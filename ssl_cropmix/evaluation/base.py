@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ssl_cropmix.evaluation.results import EvalResult, hardware_of
+from ssl_cropmix.evaluation.protocol import get_backbone, module_device
 
 
 class EvalModule(pl.LightningModule):
@@ -109,8 +110,6 @@ def protocol_result(module: EvalModule, t0: float, **fields: Any) -> EvalResult:
 
 def trunk_device(trunk: nn.Module) -> torch.device:
     """Device of the trunk's first parameter or buffer (CPU for an empty module)."""
-    from ssl_cropmix.callbacks.utils import module_device  # lazy: callbacks import this module
-
     return module_device(trunk)
 
 
@@ -154,8 +153,6 @@ def copy_feature_module(pl_module: nn.Module) -> nn.Module:
     pretraining module.
     """
     import copy
-
-    from ssl_cropmix.callbacks.utils import get_backbone
 
     backbone = get_backbone(pl_module)
     if backbone is not pl_module:

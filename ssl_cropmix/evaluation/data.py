@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
+from ssl_cropmix.evaluation.protocol import frozen
+
 
 def dist_world_rank() -> tuple[int, int]:
     """``(world_size, rank)`` of the live default process group, ``(1, 0)`` without one."""
@@ -177,8 +179,6 @@ def extract_features(
     """
     world, rank = dist_world_rank()
     shard = rebatch(loader, ShardSampler(len(loader.dataset), world, rank), batch_size, _Indexed(loader.dataset))
-    from ssl_cropmix.callbacks.utils import frozen  # lazy: the callbacks package imports this module
-
     with frozen(trunk):
         outs = trainer.predict(_Extractor(trunk), shard, return_predictions=True)
     device = trainer.strategy.root_device
@@ -199,8 +199,6 @@ def extract_features(
 def feature_dim(trunk: nn.Module, loader: Any, device: torch.device) -> int:
     """``D`` of ``trunk``'s flattened features of ``loader.dataset[0]`` (trunk frozen in eval
     mode for the call, so its BN statistics and mode are left as they were)."""
-    from ssl_cropmix.callbacks.utils import frozen  # lazy: the callbacks package imports this module
-
     x, _ = loader.dataset[0]
     with frozen(trunk), precision_inputs(trunk) as convert:  # a bf16 / fp16 trunk takes its own dtype
         return int(trunk(convert(torch.as_tensor(x)[None].to(device))).flatten(1).shape[1])

@@ -39,6 +39,7 @@ from ssl_cropmix.evaluation.data import (
     train_loader as sharded_train_loader,
 )
 from ssl_cropmix.evaluation.results import EvalResult
+from ssl_cropmix.evaluation.lars import LARS
 from ssl_cropmix.methods.scaling import warmup_cosine
 
 RecipeT = TypeVar("RecipeT")
@@ -149,8 +150,6 @@ class LinearProbeModule(EvalModule):
         lr = r.base_lr * r.batch_size / 256
         params = list(self.head.parameters())
         if r.optimizer == "lars":
-            from ssl_cropmix.callbacks.lars import LARS  # lazy: the callbacks package imports this module
-
             opt: torch.optim.Optimizer = LARS(params, lr=lr, weight_decay=r.weight_decay, momentum=r.momentum)
         else:
             opt = torch.optim.SGD(params, lr=lr, momentum=r.momentum, weight_decay=r.weight_decay)
@@ -214,7 +213,7 @@ def run_linear_probe(
     ``None``: Lightning's defaults, or ``trainer_kwargs``).
 
     Args:
-        pl_module: any module following the backbone protocol (``callbacks/utils.py``).
+        pl_module: any module following the backbone protocol (``evaluation/protocol.py``).
         train_loader: labelled ``(images, labels)`` batches; its dataset is re-sharded per
             rank (with ``cached_features`` give a non-augmenting loader).
         val_loader: labelled validation batches.

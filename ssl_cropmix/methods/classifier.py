@@ -1,8 +1,7 @@
 """Supervised classification with CropMix inputs (Han et al., 2022, Sec. 4).
 
-The CropMix input view comes from the DataModule (``views="supervised"``,
-``supervised_view="cropmix"``: CropMix with Mixup alpha 0.4 and channel permutation on
-(0.01, 1), ``n = 2`` on CIFAR and ``n in {2, 3, 4}`` on ImageNet; ``"rrc"`` for the
+The CropMix input view comes from the DataModule (``views=SupervisedViews(kind="cropmix")``:
+CropMix with Mixup alpha 0.4 and channel permutation on (0.01, 1), ``n = 2`` on CIFAR and ``n in {2, 3, 4}`` on ImageNet; ``"rrc"`` for the
 RandomResizedCrop baseline). This module trains backbone + linear classifier with
 (soft-label) cross-entropy and SGD, optionally with a *batch* augmentation on the device
 (MixUp / CutMix, as in the stronger ImageNet recipes; ResizeMix, Qin et al. 2020, is an

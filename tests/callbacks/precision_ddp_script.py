@@ -17,6 +17,8 @@ from torch import nn
 
 from ssl_cropmix.callbacks import KNNMonitor, LinearProbe
 from ssl_cropmix.data.datamodule import CropMixDataModule
+from ssl_cropmix.data.recipes import MoCoViews
+from ssl_cropmix.data.sources import DemoSource
 from ssl_cropmix.methods.moco import MoCoCropMix
 
 
@@ -41,8 +43,8 @@ class Record(pl.Callback):
 def main(demo_dir: str, out: Path) -> None:
     torch.set_num_threads(1)
     pl.seed_everything(0)
-    dm = CropMixDataModule(dataset="demo", image_size=32, batch_size=8, num_workers=0,
-                           persistent_workers=False, augment_on="device")
+    dm = CropMixDataModule(DemoSource(), MoCoViews(augment_on="device"), image_size=32, batch_size=8, num_workers=0,
+                           persistent_workers=False)
     trunk = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     module = MoCoCropMix(backbone=trunk, proj_hidden_dim=16, out_dim=8, queue_size=64)
     knn, probe = KNNMonitor(every_n_epochs=1), LinearProbe(optimizer="sgd", base_lr=0.5, epochs=1, batch_size=16)

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from eval_fixtures import FakeProvider, UserModule, snapshot
-from ssl_cropmix.callbacks.lars import LARS
+from ssl_cropmix.evaluation.lars import LARS
 from ssl_cropmix.callbacks.linear_probe import PROBE_PRESETS, LinearProbe, warmup_cosine
 from ssl_cropmix.evaluation.linear import LinearProbeModule, run_linear_probe
 

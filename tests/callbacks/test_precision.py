@@ -23,6 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ssl_cropmix.callbacks import KNNMonitor, LinearProbe, OnlineLinearProbe, SemiSupervisedFineTune
 from ssl_cropmix.data.datamodule import CropMixDataModule
+from ssl_cropmix.data.recipes import MoCoViews
+from ssl_cropmix.data.sources import DemoSource
 from ssl_cropmix.evaluation.data import precision_inputs
 from ssl_cropmix.methods.moco import MoCoCropMix
 
@@ -58,8 +60,8 @@ class BackboneDtypes(pl.Callback):
 
 def _fit(demo_dir: str, root: Path, precision: str, augment_on: str, callbacks: list, epochs: int = 2) -> tuple:
     pl.seed_everything(0)
-    dm = CropMixDataModule(dataset="demo", image_size=32, batch_size=16, num_workers=0,
-                           persistent_workers=False, augment_on=augment_on)
+    dm = CropMixDataModule(DemoSource(), MoCoViews(augment_on=augment_on), image_size=32, batch_size=16, num_workers=0,
+                           persistent_workers=False)
     trunk = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     module = MoCoCropMix(backbone=trunk, proj_hidden_dim=16, out_dim=8, queue_size=64)
     dtypes = BackboneDtypes()

@@ -17,6 +17,8 @@ from torch import nn
 from ssl_cropmix.callbacks.knn import KNNMonitor
 from ssl_cropmix.callbacks.online_probe import OnlineLinearProbe
 from ssl_cropmix.data.datamodule import BadImageCounter, CropMixDataModule
+from ssl_cropmix.data.recipes import MoCoViews
+from ssl_cropmix.data.sources import ImageFolderSource
 
 STEPS_PER_EPOCH = 4
 
@@ -51,7 +53,7 @@ def _model():
 
 
 def _fit(root: Path, out: Path, ckpt_path: str | None = None, every: int | None = None):
-    dm = CropMixDataModule(str(root), dataset="folder", views="moco", query="cropmix", image_size=32,
+    dm = CropMixDataModule(ImageFolderSource(str(root)), MoCoViews("cropmix"), image_size=32,
                            batch_size=4, num_workers=0, persistent_workers=False)
     rec = _Losses()
     probe = OnlineLinearProbe(lr=0.1)

@@ -50,6 +50,8 @@ def test_unreadable_class_warns_at_epoch_end_and_in_the_summary(num_workers, tmp
 
     from ssl_cropmix.callbacks import RunSummary
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import SupervisedViews
+    from ssl_cropmix.data.sources import ImageFolderSource
     from ssl_cropmix.data.datasets import UnreadableDataWarning
 
     for c in ("a", "b", "c"):
@@ -73,9 +75,8 @@ def test_unreadable_class_warns_at_epoch_end_and_in_the_summary(num_workers, tmp
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    dm = CropMixDataModule(data_dir=str(tmp_path / "data"), views="supervised", supervised_view="plain",
-                           image_size=8, batch_size=4, num_workers=num_workers, persistent_workers=False,
-                           val_split=None)
+    dm = CropMixDataModule(ImageFolderSource(str(tmp_path / "data"), val_split=None), SupervisedViews("plain"),
+                           image_size=8, batch_size=4, num_workers=num_workers, persistent_workers=False)
     summary = RunSummary()
     trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[summary],

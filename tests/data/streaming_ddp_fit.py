@@ -13,6 +13,8 @@ from cli_fixtures import TinyTrunk
 from pytorch_lightning.strategies import DDPStrategy
 
 from ssl_cropmix.data.datamodule import CropMixDataModule
+from ssl_cropmix.data.recipes import MoCoViews
+from ssl_cropmix.data.sources import ShardsSource
 from ssl_cropmix.methods.moco import MoCoCropMix
 
 
@@ -29,8 +31,8 @@ class Seen(pl.Callback):
 
 def main(out: str, seen_file: str) -> None:
     pl.seed_everything(0, workers=True)
-    dm = CropMixDataModule(out, dataset="shards", views="moco", query="cropmix", image_size=16, batch_size=2,
-                           num_workers=0, persistent_workers=False, val_split=None)
+    dm = CropMixDataModule(ShardsSource(out, val_split=None), MoCoViews("cropmix"), image_size=16, batch_size=2,
+                           num_workers=0, persistent_workers=False)
     seen = Seen()
     trainer = pl.Trainer(
         accelerator="cpu", devices=2, strategy=DDPStrategy(process_group_backend="gloo", timeout=timedelta(seconds=60)),

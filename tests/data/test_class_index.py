@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 from ssl_cropmix.data.datamodule import CropMixDataModule
+from ssl_cropmix.data.recipes import SupervisedViews
+from ssl_cropmix.data.sources import ImageFolderSource
 from ssl_cropmix.data.datasets import ImageFolderDataset, MissingClassWarning
 
 
@@ -21,7 +23,7 @@ def _tree(root: Path, splits: dict[str, tuple[str, ...]]) -> Path:
 
 
 def _dm(root: Path) -> CropMixDataModule:
-    return CropMixDataModule(data_dir=str(root), views="supervised", supervised_view="plain", image_size=8,
+    return CropMixDataModule(ImageFolderSource(str(root)), SupervisedViews("plain"), image_size=8,
                              batch_size=2, num_workers=0, persistent_workers=False)
 
 
@@ -29,7 +31,7 @@ def test_val_labels_use_the_training_class_index(tmp_path):
     dm = _dm(_tree(tmp_path, {"train": ("a", "b", "c"), "val": ("a", "c")}))
     with pytest.warns(MissingClassWarning, match=r"has no folder for 1 of the 3 training classes: 'b'"):
         dm.setup("fit")
-    val = dm.source("val")
+    val = dm.reader("val")
     assert val.classes == ["a", "b", "c"] and val.num_classes == 3
     labels = {Path(p).parent.name: t for p, t in val.samples}
     assert labels == {"a": 0, "c": 2}  # c is train's c, not val's second folder

@@ -14,13 +14,20 @@ from pytorch_lightning import seed_everything
 
 from ssl_cropmix.data.datamodule import BadImageCounter, CropMixDataModule
 from ssl_cropmix.data.datasets import BadImageError, BadImageWarning
+from ssl_cropmix.data.recipes import MAEViews, MoCoViews
+from ssl_cropmix.data.sources import CIFAR10Source, CIFAR100Source, ImageFolderSource
 from data_fixtures import make_tree, write_bad_kinds
 
 
-def _dm(root, **kw):
+_SOURCE_ARGS = ("train_split", "val_split", "on_bad_image", "max_image_pixels")
+
+
+def _dm(root, views=None, **kw):
+    """An ImageFolderSource at ``root`` (its own arguments picked out of ``kw``) + ``views``."""
+    src = {k: kw.pop(k) for k in _SOURCE_ARGS if k in kw}
     base = dict(image_size=32, batch_size=4, num_workers=0)
     base.update(kw)
-    return CropMixDataModule(str(root), **base)
+    return CropMixDataModule(ImageFolderSource(str(root), **src), views, **base)
 
 
 @pytest.fixture
@@ -32,7 +39,7 @@ def splits(tmp_path):
 
 def test_batches_and_provider_protocol(splits):
     dm = _dm(splits)
-    assert dm.num_classes == 3 and CropMixDataModule.infer_num_classes(data_dir=str(splits)) == 3
+    assert dm.num_classes == 3 and CropMixDataModule.infer_num_classes(source=ImageFolderSource(str(splits))) == 3
     (q, k), y = next(iter(dm.train_dataloader()))
     assert q.shape == k.shape == (4, 3, 32, 32) and q.dtype == torch.float32 and y.dtype == torch.int64
     assert len(dm.train_dataloader()) == 15 // 4  # drop_last for pretraining
@@ -47,7 +54,7 @@ def test_batches_and_provider_protocol(splits):
     assert torch.equal(plain, again)  # augment=False is deterministic
     xv, yv = next(iter(dm.labeled_val_dataloader(batch_size=6)))
     assert xv.shape == (6, 3, 32, 32) and yv.tolist() == [0, 0, 1, 1, 2, 2]
-    x, y = next(iter(_dm(splits, views="mae", mae_view="cropmix_mixup").train_dataloader()))
+    x, y = next(iter(_dm(splits, MAEViews("cropmix_mixup")).train_dataloader()))
     assert x.shape == (4, 3, 32, 32)
 
 
@@ -70,20 +77,24 @@ def test_label_fraction_and_subset_file_on_train(splits, tmp_path):
 def test_errors_say_what_is_missing_and_where(splits, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"split 'test' not found.*splits found in .*: train, val\); pass val_split="):
         _dm(splits, val_split="test").val_dataloader()
-    with pytest.raises(FileNotFoundError, match="data_dir .* does not exist"):
+    with pytest.raises(FileNotFoundError, match="root .* does not exist"):
         _dm(tmp_path / "nowhere").train_dataloader()
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no class sub-directories"):
         _dm(tmp_path / "empty").train_dataloader()
-    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py.*download=True.*dataset='folder'"):
-        _dm(tmp_path, dataset="cifar10").train_dataloader()
-    assert CropMixDataModule.infer_num_classes(dataset="cifar100") == 100
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py.*download=True.*ImageFolderSource"):
+        CropMixDataModule(CIFAR10Source(str(tmp_path)), num_workers=0).train_dataloader()
+    assert CropMixDataModule.infer_num_classes(source=CIFAR100Source()) == 100
+    assert CropMixDataModule.infer_num_classes(
+        source={"class_path": "ssl_cropmix.data.sources.CIFAR100Source", "init_args": {}}) == 100
     with pytest.raises(ValueError, match=r"label_fraction must be in \(0, 1\] or None, got 1.5"):
         _dm(splits, label_fraction=1.5)
     with pytest.raises(ValueError, match="query must be one of .* got 'mix'"):
-        _dm(splits, query="mix")
-    with pytest.raises(ValueError, match="data_dir is required for dataset='folder'"):
-        CropMixDataModule()
+        MoCoViews(query="mix")
+    with pytest.raises(TypeError, match="source must be a ssl_cropmix.data.sources.Source"):
+        CropMixDataModule(str(splits))  # the flat arguments of ssl_cropmix < 0.2 are gone
+    with pytest.raises(TypeError, match="views must be a ssl_cropmix.data.recipes.ViewRecipe"):
+        CropMixDataModule(ImageFolderSource(str(splits)), "moco")
 
 
 def test_cifar_archive_and_folder(cifar10_root):
@@ -91,9 +102,9 @@ def test_cifar_archive_and_folder(cifar10_root):
     shared = Path(__file__).resolve().parents[2].parent / "shared" / "data"
     for d in filter(Path.exists, [archive, shared / "cifar10-jpeg.tar.gz", shared]):
         dm = _dm(d, val_split="test")
-        assert dm.num_classes == 10 and dm._folder_base() == cifar10_root
+        assert dm.num_classes == 10 and dm.source.base() == cifar10_root
     x, y = next(iter(dm.labeled_val_dataloader(batch_size=8)))
-    assert x.shape == (8, 3, 32, 32) and len(dm.source("test")) == 10000
+    assert x.shape == (8, 3, 32, 32) and len(dm.reader("test")) == 10000
 
 
 def _epochs(dm, n=2):
@@ -107,7 +118,7 @@ def test_worker_seeding_reproducible_and_distinct(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     for i in range(8):
         img.save(tmp_path / "train" / "a" / f"a_{i}.png")
-    kw = dict(batch_size=2, num_workers=2, persistent_workers=False, query="cropmix")
+    kw = dict(batch_size=2, num_workers=2, persistent_workers=False, views=MoCoViews("cropmix"))
     seed_everything(5, workers=True)
     run1 = _epochs(_dm(tmp_path, **kw))
     seed_everything(5, workers=True)
@@ -123,13 +134,13 @@ def test_worker_seeding_reproducible_and_distinct(tmp_path):
 def test_bad_images_in_workers_are_counted_and_raise_mode(tmp_path):
     make_tree(tmp_path / "train", classes=("clean",), per_class=(5,))
     write_bad_kinds(tmp_path / "train" / "odd")
-    dm = _dm(tmp_path, batch_size=3, num_workers=2, persistent_workers=False, query="plain")
+    dm = _dm(tmp_path, MoCoViews("plain"), batch_size=3, num_workers=2, persistent_workers=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BadImageWarning)  # worker processes inherit this
         n = sum(len(y) for _, y in dm.train_dataloader())
     assert n == 15 and dm.bad_image_count == 3  # counted in workers, read in the main process
     assert sorted(Path(f).name for f in dm.bad_files) == ["corrupt.png", "text.jpg", "truncated.jpg"]
-    dm = _dm(tmp_path, batch_size=15, on_bad_image="raise", query="plain")
+    dm = _dm(tmp_path, MoCoViews("plain"), batch_size=15, on_bad_image="raise")
     with pytest.raises(BadImageError, match="cannot read image .*(corrupt.png|text.jpg|truncated.jpg)"):
         next(iter(dm.train_dataloader()))
 
@@ -157,7 +168,7 @@ def test_bad_image_counter_logs_each_epoch(tmp_path):
         max_epochs=2, callbacks=[counter], logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
     )
-    dm = _dm(tmp_path, batch_size=5, query="plain", val_split=None)
+    dm = _dm(tmp_path, MoCoViews("plain"), batch_size=5, val_split=None)
     assert dm.val_dataloader() == []
     with pytest.warns(BadImageWarning):
         trainer.fit(Tiny(), datamodule=dm)

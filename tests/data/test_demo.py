@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from ssl_cropmix.data.datamodule import CropMixDataModule
+from ssl_cropmix.data.sources import DemoSource, source_from_flat
 from ssl_cropmix.data.demo import DEMO_NAMES, write_demo_folder
 
 
@@ -27,7 +28,7 @@ def test_demo_folder_layout_and_disjoint_tiles(tmp_path):
 
 def test_datamodule_demo_source_serves_moco_batches(tmp_path, monkeypatch):
     monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
-    dm = CropMixDataModule(dataset="demo", image_size=32, batch_size=8, num_workers=0, persistent_workers=False)
+    dm = CropMixDataModule(DemoSource(), image_size=32, batch_size=8, num_workers=0, persistent_workers=False)
     assert dm.num_classes == len(DEMO_NAMES)
     dm.setup("fit")
     (q, k), y = next(iter(dm.train_dataloader()))
@@ -42,9 +43,12 @@ def test_demo_is_written_to_the_cache_never_to_a_data_dir(tmp_path, monkeypatch)
     ``data_dir`` is refused. The cache follows $SSL_CROPMIX_CACHE, else $XDG_CACHE_HOME."""
     monkeypatch.delenv("SSL_CROPMIX_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    dm = CropMixDataModule(dataset="demo", image_size=32, batch_size=8, num_workers=0, persistent_workers=False)
+    dm = CropMixDataModule(DemoSource(), image_size=32, batch_size=8, num_workers=0, persistent_workers=False)
     dm.setup("fit")
-    assert dm.source("train").root == tmp_path / "xdg" / "ssl_cropmix" / "demo" / "train"
+    assert dm.reader("train").root == tmp_path / "xdg" / "ssl_cropmix" / "demo" / "train"
+    with pytest.raises(TypeError):  # DemoSource takes no folder at all
+        DemoSource(root=str(tmp_path / "mine"))  # type: ignore[call-arg]
+    # the task commands' --dataset demo --data-dir ... (and pre-0.2 checkpoint records) say why
     with pytest.raises(ValueError, match=r"^data_dir must be None with dataset='demo', got '.*mine': the built-in"):
-        CropMixDataModule(dataset="demo", data_dir=str(tmp_path / "mine"))
+        source_from_flat("demo", str(tmp_path / "mine"))
     assert not (tmp_path / "mine").exists()

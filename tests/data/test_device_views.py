@@ -471,13 +471,17 @@ def test_decode_and_pad_collate_keep_true_sizes():
 
 def test_datamodule_device_path_batches(tree):
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import MoCoViews, SupervisedViews
+    from ssl_cropmix.data.sources import ImageFolderSource
 
-    with pytest.raises(ValueError, match="augment_on"):
-        CropMixDataModule(str(tree.parent), augment_on="gpu")
-    with pytest.raises(ValueError, match="supervised"):
-        CropMixDataModule(str(tree.parent), augment_on="device", views="supervised")
-    dm = CropMixDataModule(str(tree.parent), val_split="train", image_size=24, batch_size=5, num_workers=0,
-                           query="scalemix", augment_on="device", persistent_workers=False)
+    with pytest.raises(ValueError, match="augment_on must be one of"):
+        MoCoViews(augment_on="gpu")
+    with pytest.raises(TypeError, match="augment_on"):  # the supervised recipe has no device path
+        SupervisedViews(augment_on="device")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="device_max_size is for augment_on='device'"):
+        MoCoViews(device_max_size=64)
+    dm = CropMixDataModule(ImageFolderSource(str(tree.parent), val_split="train"), MoCoViews("scalemix", "device"),
+                           image_size=24, batch_size=5, num_workers=0, persistent_workers=False)
     raw = next(iter(dm.train_dataloader()))
     assert isinstance(raw, RawImages) and raw.images.dtype == torch.uint8
     assert raw.sizes.unique(dim=0).shape[0] > 1  # the tree's images have different sizes
@@ -503,14 +507,16 @@ def test_short_fit_on_device_views_with_online_probe(tmp_path, monkeypatch):
 
     from ssl_cropmix.callbacks.online_probe import OnlineLinearProbe
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import MoCoViews
+    from ssl_cropmix.data.sources import DemoSource
     from ssl_cropmix.methods.moco import MoCoCropMix
 
     monkeypatch.setenv("SSL_CROPMIX_CACHE", str(tmp_path / "cache"))
     pl.seed_everything(0)
     backbone = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                              nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    dm = CropMixDataModule(dataset="demo", image_size=32, batch_size=8, num_workers=0, persistent_workers=False,
-                           query="contrastive", augment_on="device")
+    dm = CropMixDataModule(DemoSource(), MoCoViews("contrastive", augment_on="device"), image_size=32, batch_size=8,
+                           num_workers=0, persistent_workers=False)
     seen = []
 
     class Spy(pl.Callback):
@@ -539,11 +545,13 @@ def test_datamodule_hook_seeds_per_global_rank(tree):
     from types import SimpleNamespace
 
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import MoCoViews
+    from ssl_cropmix.data.sources import ImageFolderSource
 
     def params(rank: int):
         torch.manual_seed(42)  # seed_everything: the same on every rank
-        dm = CropMixDataModule(str(tree.parent), val_split=None, image_size=24, batch_size=5, num_workers=0,
-                               query="contrastive", augment_on="device", persistent_workers=False)
+        dm = CropMixDataModule(ImageFolderSource(str(tree.parent), val_split=None), MoCoViews("contrastive", "device"),
+                               image_size=24, batch_size=5, num_workers=0, persistent_workers=False)
         dm.trainer = SimpleNamespace(global_rank=rank)
         raw = pad_collate([(pil_to_uint8(im).contiguous(), 0) for im in photos()])
         dm.on_before_batch_transfer(raw, 0)

@@ -1,5 +1,5 @@
 """Streaming shards (issue 25): ``optimize`` with the loaders' bad-image policy, the shards
-source in ``CropMixDataModule(dataset="shards")`` for every view recipe and both
+source in ``CropMixDataModule(ShardsSource(uri))`` for every view recipe and both
 ``augment_on`` modes, label fractions by index, an even 2-process DDP split and an exact
 mid-epoch resume from the streaming loader's saved state."""
 
@@ -74,11 +74,16 @@ def test_optimize_raise_policy_names_the_file(tmp_path):
                               on_bad_image="raise")
 
 
-def _dm(out: Path, **kw) -> CropMixDataModule:
-    args = dict(data_dir=str(out), dataset="shards", image_size=16, batch_size=4, num_workers=0,
-                persistent_workers=False)
+def _dm(out: Path, views: str = "moco", augment_on: str = "workers", query: str = "contrastive",
+        val_split: str | None = "val", **kw) -> CropMixDataModule:
+    from ssl_cropmix.data.recipes import MAEViews, MoCoViews, SupervisedViews
+    from ssl_cropmix.data.sources import ShardsSource
+
+    recipe = {"moco": lambda: MoCoViews(query, augment_on), "mae": lambda: MAEViews(augment_on=augment_on),
+              "supervised": lambda: SupervisedViews()}[views]()
+    args = dict(image_size=16, batch_size=4, num_workers=0, persistent_workers=False)
     args.update(kw)
-    return CropMixDataModule(**args)
+    return CropMixDataModule(ShardsSource(str(out), val_split=val_split), recipe, **args)
 
 
 @pytest.mark.parametrize("views,augment_on", [("moco", "workers"), ("moco", "device"), ("mae", "workers"),

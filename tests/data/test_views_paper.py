@@ -101,21 +101,23 @@ def test_supervised_cropmix_output_is_a_convex_mix_of_channel_permuted_crops(dem
 
 def test_datamodule_defaults_are_the_papers(tmp_path):
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import MAEViews, MoCoViews, SupervisedViews
+    from ssl_cropmix.data.sources import ImageFolderSource
 
-    dm = CropMixDataModule(str(tmp_path), views="moco", num_workers=0)
-    assert dm.query == "contrastive"
+    src = ImageFolderSource(str(tmp_path))
+    dm = CropMixDataModule(src, num_workers=0)  # views: MoCoViews() by default
+    assert isinstance(dm.views, MoCoViews) and dm.views.query == "contrastive"
     q = dm.train_transform().query.transforms[0]
     assert isinstance(q, CropMix) and np.allclose(q.scale_ranges(2), ((0.2, 0.6), (0.6, 1.0))) and q.view_transform is not None
-    mae = CropMixDataModule(str(tmp_path), views="mae", num_workers=0).train_transform().transforms[0]
+    mae = CropMixDataModule(src, MAEViews(), num_workers=0).train_transform().transforms[0]
     assert isinstance(mae, CropMix) and mae.mixing == "mixup" and tuple(mae.num_crops) == (2, 3, 4)
     assert mae.crop_scale == (0.2, 1.0) and mae.intermediate is None
     assert mae.interpolation == v2.InterpolationMode.BILINEAR
-    sup = CropMixDataModule(str(tmp_path), views="supervised", num_workers=0).train_transform().transforms[0]
+    sup = CropMixDataModule(src, SupervisedViews(), num_workers=0).train_transform().transforms[0]
     assert isinstance(sup, CropMix) and sup.intermediate == "channel_permute"
     rrc = CropMixDataModule(
-        str(tmp_path), views="supervised", supervised_view="rrc", supervised_crop_scale=(0.25, 1.0),
-        image_size=32, num_workers=0,
+        src, SupervisedViews("rrc", crop_scale=(0.25, 1.0)), image_size=32, num_workers=0,
     ).train_transform().transforms[0]
     assert isinstance(rrc, v2.RandomResizedCrop) and tuple(rrc.scale) == (0.25, 1.0)
-    with pytest.raises(ValueError, match="supervised_view must be one of .* got 'rc'"):
-        CropMixDataModule(str(tmp_path), views="supervised", supervised_view="rc")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="kind must be one of .* got 'rc'"):
+        SupervisedViews("rc")  # type: ignore[arg-type]

@@ -16,11 +16,13 @@ import torch
 def ckpt(tmp_path_factory) -> Path:
     """A 2-step MoCo run on the demo set at 32 px, checkpoint in <run>/checkpoints/."""
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import MoCoViews
+    from ssl_cropmix.data.sources import DemoSource
     from ssl_cropmix.methods.moco import MoCoCropMix
 
     run = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
-    dm = CropMixDataModule(dataset="demo", views="moco", query="contrastive", image_size=32, batch_size=16, num_workers=0,
+    dm = CropMixDataModule(DemoSource(), MoCoViews("contrastive"), image_size=32, batch_size=16, num_workers=0,
                            persistent_workers=False, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     model = MoCoCropMix(backbone="resnet18", small_image=True, queue_size=64)
     cb = pl.callbacks.ModelCheckpoint(dirpath=run / "checkpoints", save_last=True)
@@ -46,7 +48,7 @@ def test_probe_reads_data_from_checkpoint_and_writes_into_its_run(ckpt, tmp_path
     assert r["hparams"]["batch_size"] == 32 and r["hparams"]["per_device_batch"] == 32  # --batch-size is the probe's
     assert r["hparams"]["epochs"] == 1 and r["hparams"]["cached_features"] is True  # from --config
     d = r["hparams"]["data"]
-    assert (d["dataset"], d["image_size"], d["small_image"]) == ("demo", 32, True)  # from the checkpoint
+    assert (d["source"]["class_path"], d["image_size"], d["small_image"]) == ("ssl_cropmix.data.sources.DemoSource", 32, True)  # from the checkpoint
     assert d["mean"] == [0.5, 0.5, 0.5] and d["std"] == [0.25, 0.25, 0.25]
     assert r["hardware"]["precision"] == "bf16-mixed" and r["hardware"]["accelerator"] == "CPUAccelerator"
     assert r["val_samples"] == 64 and r["train_samples"] == 64

@@ -70,8 +70,8 @@ model:
 data:
   class_path: ssl_cropmix.data.datamodule.CropMixDataModule
   init_args:
-    dataset: demo
-    views: supervised
+    source: {class_path: ssl_cropmix.data.sources.DemoSource}
+    views: {class_path: ssl_cropmix.data.recipes.SupervisedViews}
     image_size: 32
     batch_size: 16
     num_workers: 0

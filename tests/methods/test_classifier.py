@@ -44,7 +44,7 @@ def test_learns_toy_task_and_exposes_backbone(tmp_path):
     m.eval()
     with torch.no_grad():
         assert (m(x).argmax(1) == y).float().mean() > 0.9
-    from ssl_cropmix.callbacks.utils import get_backbone
+    from ssl_cropmix.evaluation.protocol import get_backbone
 
     assert get_backbone(m) is m.backbone
 

@@ -40,7 +40,7 @@ def test_recipe_instantiates_with_the_papers_train_view(config: Path, tmp_path, 
 
     cli = _instantiate(config, tmp_path, monkeypatch)
     model, dm, trainer = cli.model, cli.datamodule, cli.trainer
-    assert isinstance(model, CropMixClassifier) and dm.views == "supervised"
+    assert isinstance(model, CropMixClassifier) and type(dm.views).__name__ == "SupervisedViews"
     name = config.stem
     tf = dm.train_transform()
     assert isinstance(tf, v2.Compose) and isinstance(tf.transforms[-1], (V.ToNormalizedTensor, v2.RandomErasing))
@@ -138,7 +138,7 @@ def test_imagenet_recipe_matches_its_source_value_by_value(config: Path, tmp_pat
             exp["mixup_alpha"], exp["cutmix_alpha"], exp["warmup_start_factor"])
     assert trainer.max_epochs == exp["epochs"]
     assert dm.batch_size * trainer.num_devices * trainer.accumulate_grad_batches == exp["global_batch"]
-    assert (dm.auto_augment, dm.random_erasing) == (exp["auto_augment"], exp["random_erasing"])
+    assert (dm.views.auto_augment, dm.views.random_erasing) == (exp["auto_augment"], exp["random_erasing"])
     assert yaml.safe_load(config.read_text())["trainer"]["precision"] == exp["precision"]
     emas = [c for c in trainer.callbacks if isinstance(c, EMAWeightAveraging)]
     if exp["ema"] is None:

@@ -70,13 +70,15 @@ def test_mae_img_size_must_match_the_data(tmp_path):
     from PIL import Image
 
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import MAEViews
+    from ssl_cropmix.data.sources import ImageFolderSource
 
     for c in ("a", "b"):
         (tmp_path / "train" / c).mkdir(parents=True)
         for i in range(4):
             Image.new("RGB", (40, 40), (i * 40, 0, 0)).save(tmp_path / "train" / c / f"{i}.png")
-    dm = CropMixDataModule(str(tmp_path), views="mae", image_size=64, batch_size=4, num_workers=0,
-                           val_split=None, persistent_workers=False)
+    dm = CropMixDataModule(ImageFolderSource(str(tmp_path), val_split=None), MAEViews(), image_size=64, batch_size=4,
+                           num_workers=0, persistent_workers=False)
     trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(ValueError, match=r"MAECropMix img_size=32 does not match the data's image_size=64"):
@@ -86,9 +88,11 @@ def test_mae_img_size_must_match_the_data(tmp_path):
 @pytest.mark.parametrize("size", [2, 7])
 def test_datamodule_minimum_image_size(size, tmp_path):
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import MAEViews
+    from ssl_cropmix.data.sources import ImageFolderSource
 
     with pytest.raises(ValueError, match=rf"image_size must be an int >= 8, got {size}"):
-        CropMixDataModule(str(tmp_path), image_size=size)
-    assert CropMixDataModule(str(tmp_path), image_size=np.int64(8)).image_size == 8
+        CropMixDataModule(ImageFolderSource(str(tmp_path)), image_size=size)
+    assert CropMixDataModule(ImageFolderSource(str(tmp_path)), image_size=np.int64(8)).image_size == 8
     with pytest.raises(ValueError, match=r"^max_image_pixels must be an int >= 1 or None, got -1$"):
-        CropMixDataModule(str(tmp_path), max_image_pixels=-1)
+        ImageFolderSource(str(tmp_path), max_image_pixels=-1)

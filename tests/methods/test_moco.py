@@ -265,9 +265,12 @@ def _write_folder(root, classes=("a", "b", "c"), n=4, size=40):
 def test_fit_with_datamodule_resnet18_small_image_and_online_probe(tmp_path):
     from ssl_cropmix.callbacks.online_probe import OnlineLinearProbe
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import MoCoViews
+    from ssl_cropmix.data.sources import ImageFolderSource
 
     dm = CropMixDataModule(
-        data_dir=str(_write_folder(tmp_path / "data")), query="cropmix", image_size=32, batch_size=4, num_workers=0
+        ImageFolderSource(str(_write_folder(tmp_path / "data"))), MoCoViews("cropmix"), image_size=32, batch_size=4,
+        num_workers=0,
     )
     model = MoCoCropMix(backbone="resnet18", small_image=True, proj_hidden_dim=64, out_dim=16, queue_size=64)
     backbone_before = copy.deepcopy(model.backbone_momentum.state_dict())
@@ -321,15 +324,18 @@ def test_shuffle_bn_keeps_keys_aligned_across_two_processes(tmp_path):
 
 @pytest.mark.slow
 def test_fit_with_default_datamodule_uses_the_papers_contrastive_query(tmp_path):
-    """``Trainer.fit(MoCoCropMix(), CropMixDataModule(data_dir))`` with no query given trains
+    """``Trainer.fit(MoCoCropMix(), CropMixDataModule(ImageFolderSource(root)))`` with no views given trains
     on the paper's contrastive preset (App. A): crops from (0.2, 0.6) and (0.6, 1), each
     MoCo-v2-augmented, CutMix-pasted; not the generic Mixup CropMix."""
     import numpy as np
 
     from ssl_cropmix.data.datamodule import CropMixDataModule
+    from ssl_cropmix.data.recipes import MoCoViews
+    from ssl_cropmix.data.sources import ImageFolderSource
     from ssl_cropmix.transforms import CropMix
 
-    dm = CropMixDataModule(data_dir=str(_write_folder(tmp_path / "data")), image_size=32, batch_size=4, num_workers=0)
+    dm = CropMixDataModule(ImageFolderSource(str(_write_folder(tmp_path / "data"))), image_size=32, batch_size=4,
+                           num_workers=0)
     seen = {}
 
     class Grab(pl.Callback):

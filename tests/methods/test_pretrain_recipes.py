@@ -25,7 +25,7 @@ def test_moco_imagenet_recipes_use_a_global_batch_of_256(name, tmp_path, monkeyp
     assert t.num_devices * t.num_nodes * dm.batch_size * t.accumulate_grad_batches == 256
     assert t.precision == "32-true" and m.hparams.base_lr == 0.03 and m.hparams.queue_size == 65536
     expected = {"imagenet_cropmix": "contrastive", "imagenet_scalemix": "scalemix", "imagenet_plain": "plain"}[name]
-    assert dm.query == expected
+    assert dm.views.query == expected
 
 
 @pytest.mark.parametrize("name,view,epochs", [("imagenet_cropmix", "cropmix_cutmix", 200),
@@ -35,7 +35,7 @@ def test_mae_imagenet_recipes_use_an_effective_batch_of_4096(name, view, epochs,
     cli = _instantiate(REPO / "configs" / "mae" / f"{name}.yaml")
     t, dm, m = cli.trainer, cli.datamodule, cli.model
     assert t.num_devices * dm.batch_size * t.accumulate_grad_batches == 4096
-    assert dm.mae_view == view and t.max_epochs == epochs and m.hparams.warmup_epochs == 20
+    assert dm.views.kind == view and t.max_epochs == epochs and m.hparams.warmup_epochs == 20
     assert m.hparams.base_lr == 1.5e-4 and m.hparams.weight_decay == 0.05 and m.hparams.norm_pix_loss
 
 
@@ -50,12 +50,12 @@ def test_cli_refuses_a_misspelt_query_at_parse_time_and_takes_a_transform(tmp_pa
     from ssl_cropmix.cli import cli_main
 
     with pytest.raises(SystemExit) as e:
-        cli_main(["--config", str(smoke), "--data.init_args.query=contrastiv", "--trainer.logger=false"], run=False)
+        cli_main(["--config", str(smoke), "--data.views.query=contrastiv", "--trainer.logger=false"], run=False)
     assert e.value.code != 0
     err = capsys.readouterr().err
     assert "contrastiv" in err and "'contrastive'" in err and "Traceback" not in err
     cli = cli_main(
-        ["--config", str(smoke), "--data.init_args.query=torchvision.transforms.v2.RandomHorizontalFlip",
+        ["--config", str(smoke), "--data.views.query=torchvision.transforms.v2.RandomHorizontalFlip",
          "--trainer.logger=false"], run=False,
     )
-    assert isinstance(cli.datamodule.query, v2.RandomHorizontalFlip)
+    assert isinstance(cli.datamodule.views.query, v2.RandomHorizontalFlip)

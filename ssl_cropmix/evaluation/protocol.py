@@ -1,4 +1,5 @@
-"""The backbone protocol: how evaluation code finds features in any LightningModule.
+"""The backbone and provider protocols: how evaluation code (``evaluation/`` and the callbacks
+above it) finds features and labelled data in any LightningModule / DataModule.
 
 A module is probe-able when it has either
 
