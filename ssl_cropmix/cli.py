@@ -12,8 +12,11 @@ Every run writes to one directory, ``<root>/<experiment>/<version>/`` (``ssl_cro
 the resolved ``config.yaml``, TensorBoard events, ``metrics.csv``, ``checkpoints/`` and the
 JSON results of the evaluation callbacks. The version is the start time; runs started in
 the same second get ``-1``, ``-2``, ... suffixes. ``fit --ckpt_path <run>/checkpoints/x.ckpt``
-continues in ``<run>`` (the earlier config is kept as ``config.1.yaml``, ...). A run that
-fails before it wrote a checkpoint or a metric leaves no directory behind.
+continues in ``<run>`` (the earlier config is kept as ``config.1.yaml``, ...); ``fit --ckpt_path
+last`` does the same with the newest checkpoint of the experiment's newest run, and a SLURM
+job that Lightning requeued continues in its own run (``trainer.default_root_dir`` is the run
+directory, where Lightning writes ``hpc_ckpt_<n>.ckpt``). A run that fails before it wrote a
+checkpoint or a metric leaves no directory behind.
 """
 
 from __future__ import annotations
@@ -251,6 +254,60 @@ def _loggers(root: str, name: str, version: str) -> list[dict[str, Any]]:
     ]
 
 
+def _experiment_name(cfg: Any) -> str:
+    """``--experiment``, else the first config file's stem, else ``"ssl_cropmix"``."""
+    experiment = cfg.get("experiment")
+    if not experiment:
+        configs = cfg.get("config") or []
+        experiment = Path(str(configs[0])).stem if configs else "ssl_cropmix"
+    return str(experiment)
+
+
+def _run_root_dir(root: str, name: str, version: str) -> str:
+    """``trainer.default_root_dir`` of a CLI run: its run directory. Lightning's SLURM requeue
+    writes ``hpc_ckpt_<n>.ckpt`` there (``_SignalConnector``), so the checkpoint lies in the run
+    it belongs to and never in another experiment's way."""
+    return str(Path(root) / name / version)
+
+
+def _resolve_resume(cfg: Any) -> None:
+    """Turn ``fit --ckpt_path last`` (and a requeued SLURM job) into the checkpoint to resume.
+
+    * ``--ckpt_path last``: the newest checkpoint (``hpc_ckpt_<n>.ckpt`` or
+      ``checkpoints/*.ckpt``, by step then modification time) of the experiment's newest run
+      (:func:`ssl_cropmix.runs.latest_checkpoint`); the fit continues in that run directory.
+      Without any, the fit starts a new run (as Lightning's ``"last"`` does, so a job script
+      can always pass it).
+    * Under SLURM (``SLURMEnvironment.detect()``), with no ``--ckpt_path`` or ``last``: a run of
+      the experiment that this job id wrote to (``slurm_jobs.txt``) is continued from its
+      newest checkpoint: the requeued job (``scontrol requeue`` keeps the id) resumes in place.
+
+    The choice is said in one log line and replaces ``ckpt_path`` in ``cfg``. A user-given
+    ``trainer.logger`` (no run directories) leaves ``ckpt_path`` to Lightning.
+    """
+    from ssl_cropmix import runs
+
+    ckpt = cfg.get("ckpt_path")
+    trainer = cfg.get("trainer") or {}
+    if ckpt not in (None, "last") or trainer.get("logger") not in (None, True):
+        return
+    job = runs.slurm_job_id()
+    if ckpt is None and job is None:
+        return
+    root = str(trainer.get("default_root_dir") or "runs")
+    name = _experiment_name(cfg)
+    own = runs.runs_of_slurm_job(root, name, job) if job else []
+    latest = runs.latest_checkpoint(root, name, runs=own) if own else None
+    if latest is not None:
+        restart = os.environ.get("SLURM_RESTART_COUNT")
+        _info(f"SLURM job {job}{f' (restart {restart})' if restart else ''} resumes its {latest.describe()}")
+    elif ckpt == "last":
+        latest = runs.latest_checkpoint(root, name)
+        _info(f"--ckpt_path last resumes experiment {name!r}: its newest {latest.describe()}" if latest else
+              f"--ckpt_path last: experiment {name!r} has no checkpoint under {root!r}; starting a new run")
+    cfg["ckpt_path"] = None if latest is None else str(latest.checkpoint)
+
+
 def _make_cli_class():
     from pytorch_lightning.cli import LightningCLI
 
@@ -286,6 +343,9 @@ def _make_cli_class():
 
             sub = self.config.get("subcommand")
             ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+            if sub == "fit":
+                _resolve_resume(self.config[sub])
+                ckpt_path = self.config[sub].get("ckpt_path")
             if ckpt_path and Path(ckpt_path).is_file():  # not "last" / "best" / remote: as Lightning
                 model = self.config[sub].get("model")
                 ckpt = check_cli_checkpoint(ckpt_path, model.get("class_path") if hasattr(model, "get") else None)
@@ -340,6 +400,7 @@ def _make_cli_class():
             root = given_root
             ckpt = cfg.get("ckpt_path")
             resume = runs.run_dir_of_checkpoint(ckpt) if sub == "fit" and ckpt else None
+            job = runs.slurm_job_id() if sub == "fit" and not dry and not runs.is_launched_child() else None
             if resume is not None:
                 run = resume
                 name, version = run.parent.name, run.name
@@ -352,12 +413,11 @@ def _make_cli_class():
                           f"directory {run}")
                 if not dry and not runs.is_launched_child():
                     runs.keep_previous_config(run)
+                    if job:
+                        runs.record_slurm_job(run, job)
                     _info(f"resuming in the checkpoint's run directory {run}")
             else:
-                if not experiment:
-                    configs = cfg.get("config") or []
-                    experiment = Path(str(configs[0])).stem if configs else "ssl_cropmix"
-                name = str(experiment)
+                name = _experiment_name(cfg)
                 if dry:
                     version = runs.timestamp()
                 elif runs.is_launched_child():
@@ -367,6 +427,8 @@ def _make_cli_class():
                     version = run.name
                     os.environ[runs.VERSION_ENV] = version  # for the ranks Lightning launches
                     type(self).created_run_dir = run
+                    if job:  # a requeued job finds its run by this (``_resolve_resume``)
+                        runs.record_slurm_job(run, job)
                     if sub == "fit" and ckpt:
                         _info(f"{ckpt} is not inside an ssl-cropmix run directory: this segment writes "
                               f"to a new run directory {run}")
@@ -376,7 +438,7 @@ def _make_cli_class():
             # the user gave them: `fit --config <run>/config.yaml` is a new run of the recipe.
             cfg["experiment"] = name
             if dry:  # --print_config: show what the run will use
-                trainer["default_root_dir"] = root
+                trainer["default_root_dir"] = _run_root_dir(root, name, version)
                 trainer["logger"] = _loggers(root, name, version)
 
         def instantiate_trainer(self, **kwargs: Any):
@@ -385,7 +447,7 @@ def _make_cli_class():
             run = getattr(self, "_run", None)
             if run is not None:
                 root, name, version = run
-                kwargs.setdefault("default_root_dir", root)
+                kwargs.setdefault("default_root_dir", _run_root_dir(root, name, version))
                 if "logger" not in kwargs:
                     from pytorch_lightning.cli import instantiate_class
 
