@@ -283,13 +283,14 @@ def _resolve_resume(cfg: Any) -> None:
       newest checkpoint: the requeued job (``scontrol requeue`` keeps the id) resumes in place.
 
     The choice is said in one log line and replaces ``ckpt_path`` in ``cfg``. A user-given
-    ``trainer.logger`` (no run directories) leaves ``ckpt_path`` to Lightning.
+    ``trainer.logger`` other than trackers (no run directories) leaves ``ckpt_path`` to Lightning.
     """
     from ssl_cropmix import runs
 
     ckpt = cfg.get("ckpt_path")
     trainer = cfg.get("trainer") or {}
-    if ckpt not in (None, "last") or trainer.get("logger") not in (None, True):
+    logger = trainer.get("logger")
+    if ckpt not in (None, "last") or (logger not in (None, True) and _tracker_configs(logger) is None):
         return
     job = runs.slurm_job_id()
     if ckpt is None and job is None:
@@ -306,6 +307,30 @@ def _resolve_resume(cfg: Any) -> None:
         _info(f"--ckpt_path last resumes experiment {name!r}: its newest {latest.describe()}" if latest else
               f"--ckpt_path last: experiment {name!r} has no checkpoint under {root!r}; starting a new run")
     cfg["ckpt_path"] = None if latest is None else str(latest.checkpoint)
+
+
+def _tracker_configs(logger: Any) -> list[tuple[str, dict[str, Any]]] | None:
+    """A ``trainer.logger`` made only of trackers (W&B, MLflow) joins the run directory's
+    TensorBoard + CSV loggers: their ``(class_path, init_args)``, each checked installed
+    (:func:`ssl_cropmix.trackers.check_tracker_installed`: a one-line error naming the extra).
+    ``None`` for no logger or any other logger (it replaces the run directory's, as before)."""
+    from ssl_cropmix.trackers import check_mlflow_store, check_tracker_installed, tracker_class_name
+
+    items = logger if isinstance(logger, list) else [logger]
+    if logger in (None, True, False) or not items:
+        return None
+    out: list[tuple[str, dict[str, Any]]] = []
+    for item in items:
+        path = item.get("class_path") if hasattr(item, "get") else None
+        if tracker_class_name(path) is None:
+            return None
+        args = item.get("init_args") or {}
+        out.append((str(path), dict(args.as_dict() if hasattr(args, "as_dict") else args)))
+    for path, args in out:
+        check_tracker_installed(path)
+        if tracker_class_name(path) == "MLFlowLogger":
+            check_mlflow_store(args)
+    return out
 
 
 def _make_cli_class():
@@ -392,7 +417,8 @@ def _make_cli_class():
         def _configure_run_dir(self, sub: str | None, cfg: Any, trainer: Any, dry: bool) -> None:
             experiment = cfg.get("experiment")
             logger = trainer.get("logger")
-            if logger not in (None, True):
+            trackers = _tracker_configs(logger)
+            if logger not in (None, True) and trackers is None:
                 if experiment and not dry:
                     self._experiment_to_user_logger(logger, experiment)
                 return
@@ -434,12 +460,16 @@ def _make_cli_class():
                               f"to a new run directory {run}")
             type(self).run_dir = Path(root) / name / version
             self._run = (root, name, version)
+            from ssl_cropmix.trackers import tracker_defaults
+
+            self._trackers = [{"class_path": cp, "init_args": {**args, **tracker_defaults(
+                cp, args, name, version, _run_root_dir(root, name, version))}} for cp, args in trackers or []]
             # The saved config.yaml names the experiment but leaves logger/default_root_dir as
             # the user gave them: `fit --config <run>/config.yaml` is a new run of the recipe.
             cfg["experiment"] = name
             if dry:  # --print_config: show what the run will use
                 trainer["default_root_dir"] = _run_root_dir(root, name, version)
-                trainer["logger"] = _loggers(root, name, version)
+                trainer["logger"] = _loggers(root, name, version) + self._trackers
 
         def instantiate_trainer(self, **kwargs: Any):
             if "plugins" not in kwargs:  # atomic checkpoint writes unless the config brings its own CheckpointIO
@@ -451,7 +481,8 @@ def _make_cli_class():
                 if "logger" not in kwargs:
                     from pytorch_lightning.cli import instantiate_class
 
-                    kwargs["logger"] = [instantiate_class((), c) for c in _loggers(root, name, version)]
+                    configs = _loggers(root, name, version) + getattr(self, "_trackers", [])
+                    kwargs["logger"] = [instantiate_class((), c) for c in configs]
             return super().instantiate_trainer(**kwargs)
 
         @staticmethod
@@ -522,8 +553,9 @@ def _one_line_errors() -> tuple[type[BaseException], ...]:
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
     from ssl_cropmix.runs import CheckpointWriteError, RunDirectoryError
+    from ssl_cropmix.trackers import TrackerNotInstalledError
 
-    return (MisconfigurationException, CheckpointWriteError, RunDirectoryError)
+    return (MisconfigurationException, CheckpointWriteError, RunDirectoryError, TrackerNotInstalledError)
 
 
 #: ``errno`` of a write the file system refused (full / read-only): a one-line error from any
