@@ -83,7 +83,7 @@ def check_tracker_installed(class_path: str) -> None:
 
 
 def check_mlflow_store(init_args: dict[str, Any]) -> None:
-    """MLflow >= 3.7 refuses its file store (``file:./mlruns``, the ``save_dir`` default)
+    """Recent MLflow (3.18 here) refuses its file store (``file:./mlruns``, the ``save_dir`` default)
     unless ``MLFLOW_ALLOW_FILE_STORE=true``: say so in one line before the logger is built
     (the variable is the user's choice to make; it is not set here)."""
     import os
