@@ -27,6 +27,7 @@ Needs ``pip install 'ssl_cropmix[streaming]'`` (LitData).
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import os
@@ -36,6 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image
 
 from ssl_cropmix.data.datasets import (
@@ -254,17 +256,46 @@ class _DecodeView:
         return (self.view(img) if self.view is not None else img), label
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentations: a 63-bit hash of ``(seed, epoch, index)``.
+
+    Args:
+        seed: the loader's seed (from ``seed_everything``; restored from a checkpoint on resume).
+        epoch: LitData's epoch counter of the dataset.
+        index: the sample's index in the shards (global, the same on every rank).
+    """
+    digest = hashlib.blake2b(f"{int(seed)}:{int(epoch)}:{int(index)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 def _streaming_dataset_class() -> type:
     litdata = require_litdata()
 
     class StreamingImages(litdata.StreamingDataset):
-        """``StreamingDataset`` whose resume takes the shuffle seed from the saved state (a
-        resumed run continues the same order even if the new process seeded differently)."""
+        """``StreamingDataset`` that resumes exactly.
+
+        * The shuffle seed comes from the saved state (a resumed run continues the same order
+          even if the new process seeded differently).
+        * Each sample's view is drawn with torch's RNG seeded by :func:`sample_seed` of (seed,
+          epoch, sample index), inside ``torch.random.fork_rng``: a sample's augmentations do
+          not depend on which worker or rank reads it or when, and reading never moves the
+          global RNG. So a batch Lightning prefetches before a step checkpoint (with
+          ``num_workers=0`` it is loaded in the training process) leaves the checkpoint's RNG
+          state as it was, and a resumed fit gives the uninterrupted fit's losses exactly.
+        """
 
         def load_state_dict(self, state_dict: dict[str, Any]) -> None:
             if "seed" in state_dict:
                 self.seed = state_dict["seed"]
             super().load_state_dict(state_dict)
+
+        def __getitem__(self, index: Any) -> Any:
+            sample = getattr(index, "index", index)
+            if not isinstance(sample, int) or getattr(self, "transform", None) is None:
+                return super().__getitem__(index)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, self.current_epoch, sample))
+                return super().__getitem__(index)
 
     return StreamingImages
 
@@ -325,10 +356,15 @@ class StreamingShards(_Source):
                collate_fn: Callable | None = None, **kwargs: Any) -> Any:
         """A ``litdata.StreamingDataLoader`` over :meth:`streaming_dataset`. ``drop_last``
         ``None``: LitData's (equal sample counts on every rank under DDP); ``kwargs`` go to
-        ``torch.utils.data.DataLoader`` (``pin_memory``, ``persistent_workers`` ...)."""
+        ``torch.utils.data.DataLoader`` (``pin_memory``, ``persistent_workers`` ...; its
+        ``generator`` defaults to one seeded with ``seed``, so starting an iterator leaves
+        torch's global RNG alone)."""
         from litdata import StreamingDataLoader
 
         ds = self.streaming_dataset(view, indices, shuffle, seed)
+        # the DataLoader draws its workers' base seed when an iterator starts; from its own
+        # generator, not torch's global RNG, which a resumed fit has just restored
+        kwargs.setdefault("generator", torch.Generator().manual_seed(int(seed)))
         return StreamingDataLoader(ds, batch_size=batch_size, num_workers=num_workers, shuffle=shuffle,
                                    drop_last=drop_last, collate_fn=collate_fn, **kwargs)
 
