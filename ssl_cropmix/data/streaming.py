@@ -30,6 +30,7 @@ import functools
 import hashlib
 import io
 import json
+import multiprocessing
 import os
 import tempfile
 import warnings
@@ -168,6 +169,9 @@ def optimize_image_folder(
         fn = functools.partial(_encode, classes=list(src.classes), max_pixels=max_pixels,
                                on_bad_image=on_bad_image, bad_dir=bad_dir)
         bad: dict[int, tuple[str, str]] = {}
+        # litdata.optimize sets the process-wide start method (spawn, force=True): put it back,
+        # so the DataLoader workers of whatever runs next in this process start as before
+        previous = multiprocessing.get_start_method(allow_none=True)
         try:
             litdata.optimize(
                 fn=fn, inputs=inputs, output_dir=output_dir, chunk_bytes=chunk_bytes,
@@ -176,6 +180,7 @@ def optimize_image_folder(
                 start_method=start_method,
             )
         finally:
+            multiprocessing.set_start_method(previous, force=True)
             for name in os.listdir(bad_dir):
                 for line in Path(bad_dir, name).read_text().splitlines():
                     i, path, msg = line.split("\t", 2)
@@ -268,6 +273,15 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+def __getattr__(name: str) -> Any:
+    """``StreamingImages`` is built on first use (litdata is optional) yet importable by name, so
+    pickle finds it in a spawned / forkserver DataLoader worker (Python 3.14's default)."""
+    if name == "StreamingImages":
+        return _streaming_dataset_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
 def _streaming_dataset_class() -> type:
     litdata = require_litdata()
 
@@ -297,6 +311,8 @@ def _streaming_dataset_class() -> type:
                 torch.manual_seed(sample_seed(self.seed, self.current_epoch, sample))
                 return super().__getitem__(index)
 
+    StreamingImages.__module__ = __name__
+    StreamingImages.__qualname__ = "StreamingImages"
     return StreamingImages
 
 

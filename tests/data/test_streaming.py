@@ -230,3 +230,36 @@ def test_a_samples_view_depends_only_on_seed_epoch_and_index(shards):
     assert all(torch.equal(first[i], again[i]) for i in first)
     ds.current_epoch += 1
     assert not torch.equal(ds[3][0][0], first[3])
+
+
+def test_streaming_dataset_pickles_by_name(shards):
+    """Spawned / forkserver DataLoader workers (Python 3.14's default) receive the dataset by
+    pickle: its class is found again by name although litdata is imported lazily."""
+    import pickle
+
+    out, _ = shards
+    ds = StreamingShards(out / "train").streaming_dataset(None, shuffle=True, seed=3)
+    back = pickle.loads(pickle.dumps(ds))
+    assert type(back) is type(ds) and back.seed == 3 and len(back) == N_TRAIN
+
+
+def test_optimize_puts_the_start_method_back(tmp_path, monkeypatch):
+    """litdata.optimize forces the process-wide start method to spawn; optimize_image_folder
+    restores the previous one (also when optimize fails)."""
+    import multiprocessing
+
+    import litdata
+
+    def fake_optimize(**kwargs):
+        multiprocessing.set_start_method("spawn", force=True)
+        raise RuntimeError("stopped here")
+
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("fork", force=True)
+    monkeypatch.setattr(litdata, "optimize", fake_optimize)
+    try:
+        with pytest.raises(RuntimeError, match="stopped here"):
+            optimize_image_folder(_tree(tmp_path / "t"), str(tmp_path / "o"), "train", num_workers=1, verbose=False)
+        assert multiprocessing.get_start_method(allow_none=True) == "fork"
+    finally:
+        multiprocessing.set_start_method(before, force=True)
