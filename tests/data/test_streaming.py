@@ -177,7 +177,7 @@ def test_mid_epoch_resume_continues_the_same_samples_and_losses(shards, tmp_path
 def test_mid_epoch_resume_gives_the_same_losses(shards, tmp_path):
     """With num_workers=0 Lightning prefetches batch 3 in the training process before step 2's
     checkpoint saves the RNG; each sample's view is drawn from its own (seed, epoch, index)
-    seed inside fork_rng, and the loader's iterator seeds from its own generator, so neither
+    seed (the RNG state restored after it), and the loader's iterator seeds from its own generator, so neither
     moves the RNG the checkpoint restores: the resumed losses (steps 3-6, into the 2nd epoch)
     are the uninterrupted run's, bit for bit. The interrupted run has the same max_steps (the
     same cosine schedule) and is stopped after step 2."""
