@@ -278,9 +278,11 @@ def _resolve_resume(cfg: Any) -> None:
       (:func:`ssl_cropmix.runs.latest_checkpoint`); the fit continues in that run directory.
       Without any, the fit starts a new run (as Lightning's ``"last"`` does, so a job script
       can always pass it).
-    * Under SLURM (``SLURMEnvironment.detect()``), with no ``--ckpt_path`` or ``last``: a run of
-      the experiment that this job id wrote to (``slurm_jobs.txt``) is continued from its
-      newest checkpoint: the requeued job (``scontrol requeue`` keeps the id) resumes in place.
+    * Under SLURM (``SLURMEnvironment.detect()``), in a requeued job (``SLURM_RESTART_COUNT``
+      >= 1; ``scontrol requeue`` keeps the job id) with no ``--ckpt_path``, or with ``last``: a
+      run of the experiment that this job id wrote to (``slurm_jobs.txt``) is continued from its
+      newest checkpoint, in place. A first execution of the job starts a new run, so a job
+      that runs several fits of one experiment does not chain them.
 
     The choice is said in one log line and replaces ``ckpt_path`` in ``cfg``. A user-given
     ``trainer.logger`` other than trackers (no run directories) leaves ``ckpt_path`` to Lightning.
@@ -293,14 +295,14 @@ def _resolve_resume(cfg: Any) -> None:
     if ckpt not in (None, "last") or (logger not in (None, True) and _tracker_configs(logger) is None):
         return
     job = runs.slurm_job_id()
-    if ckpt is None and job is None:
-        return
+    restart = os.environ.get("SLURM_RESTART_COUNT")
+    if ckpt is None and (job is None or not restart or int(restart) < 1):
+        return  # only a requeued job (SLURM_RESTART_COUNT >= 1) continues without being asked
     root = str(trainer.get("default_root_dir") or "runs")
     name = _experiment_name(cfg)
     own = runs.runs_of_slurm_job(root, name, job) if job else []
     latest = runs.latest_checkpoint(root, name, runs=own) if own else None
     if latest is not None:
-        restart = os.environ.get("SLURM_RESTART_COUNT")
         _info(f"SLURM job {job}{f' (restart {restart})' if restart else ''} resumes its {latest.describe()}")
     elif ckpt == "last":
         latest = runs.latest_checkpoint(root, name)

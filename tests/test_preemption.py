@@ -193,6 +193,16 @@ def test_slurm_requeue_resumes_the_hpc_checkpoint_in_the_same_run(workdir, monke
     # was logged, but after the hpc checkpoint: the requeued job goes on with steps 4 and 5
     assert _train_steps(run) == [(0, 0), (0, 1), (0, 2), (1, 4), (1, 5)]
     assert (run / "slurm_jobs.txt").read_text().split() == ["4242"]
+    # only a requeued job continues unasked: another fit in the job's first execution is a new run
+    from ssl_cropmix.cli import _resolve_resume
+
+    cfg = {"ckpt_path": None, "experiment": "tiny", "trainer": {"default_root_dir": "runs"}}
+    _resolve_resume(cfg)
+    assert cfg["ckpt_path"] is not None
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
+    cfg["ckpt_path"] = None
+    _resolve_resume(cfg)
+    assert cfg["ckpt_path"] is None
 
 
 def test_evaluation_trainer_does_not_load_the_runs_hpc_checkpoint(tmp_path, monkeypatch):
