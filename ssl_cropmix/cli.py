@@ -296,7 +296,7 @@ def _resolve_resume(cfg: Any) -> None:
         return
     job = runs.slurm_job_id()
     restart = os.environ.get("SLURM_RESTART_COUNT")
-    if ckpt is None and (job is None or not restart or int(restart) < 1):
+    if ckpt is None and (job is None or not (restart or "").strip().isdigit() or int(restart) < 1):
         return  # only a requeued job (SLURM_RESTART_COUNT >= 1) continues without being asked
     root = str(trainer.get("default_root_dir") or "runs")
     name = _experiment_name(cfg)
