@@ -19,9 +19,16 @@ single measurements drift by +-20 %, paired ones far less.
 
 Targets (issue 3): plain >= lightly; cropmix >= 0.9x plain; contrastive >= 0.65x plain.
 
+``--source streaming`` (issue 25) instead writes each dataset as LitData shards
+(``optimize_image_folder``, timed, size on disk reported) and compares, in the same
+interleaved rounds, the pairs/s of the shards' ``StreamingDataLoader`` (shuffled) against the
+ImageFolder loader, both with the ``--pipeline`` views (default: the recipes' contrastive
+query). Target: streaming >= 0.9x ImageFolder at 224 px. Needs ``ssl_cropmix[streaming]``.
+
     python benchmarks/dataloader.py --data-root ../shared/data --num-workers 0
     python benchmarks/dataloader.py --data-root ../shared/data --num-workers 2
     python benchmarks/dataloader.py --quick      # short smoke run
+    python benchmarks/dataloader.py --source streaming --data-root ../shared/data --num-workers 2
 """
 
 from __future__ import annotations
@@ -117,6 +124,86 @@ def run_rounds(source, size: int, pipelines: list[str], a: argparse.Namespace) -
     return out
 
 
+def forever(make_iter):
+    """Batches of ``make_iter()``, restarted whenever an epoch ends."""
+    while True:
+        yield from make_iter()
+
+
+def folder_size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def run_streaming_rounds(folder, shards, size: int, pipeline: str, a: argparse.Namespace) -> dict[str, list[float]]:
+    """Pairs/s of the ImageFolder loader (``"folder"``) and the shards' StreamingDataLoader
+    (``"streaming"``) with the same views, in ``a.repeats`` interleaved rounds (as
+    :func:`run_rounds`: persistent iterators with 0 workers, fresh warmed-up ones otherwise)."""
+    view = make_transform(pipeline, size)
+    per_loader = 1 + a.batches * (a.repeats if a.num_workers == 0 else 1) + 2 * a.num_workers
+
+    def start(kind: str, seed: int):
+        if kind == "folder":
+            return iter(make_loader(folder, view, a.batch_size, per_loader, a.num_workers, seed))
+        return forever(lambda: shards.loader(view, a.batch_size, shuffle=True, seed=seed, drop_last=True,
+                                             num_workers=a.num_workers))
+
+    kinds = ["folder", "streaming"]
+    out: dict[str, list[float]] = {k: [] for k in kinds}
+    iters = {k: start(k, 0) for k in kinds} if a.num_workers == 0 else {}
+    for it in iters.values():
+        next(it)  # warm-up
+    for r in range(a.repeats):
+        for k in kinds if r % 2 == 0 else kinds[::-1]:
+            if a.num_workers == 0:
+                out[k].append(time_batches(iters[k], a.batches))
+                continue
+            it = start(k, r)
+            for _ in range(1 + 2 * a.num_workers):
+                next(it)
+            out[k].append(time_batches(it, a.batches))
+            del it
+    return out
+
+
+def streaming_main(a: argparse.Namespace, tmp: Path) -> list[str]:
+    """``--source streaming``: optimize each dataset, then streaming vs ImageFolder pairs/s."""
+    from ssl_cropmix.data.streaming import StreamingShards, optimize_image_folder
+
+    lines = []
+    for name in a.datasets.split(","):
+        if name == "cifar10":
+            from ssl_cropmix.data.cifar import resolve_cifar10
+
+            data_dir, split, size = resolve_cifar10(a.data_root), "train", 32
+        elif name == "photos":
+            photo_folder(tmp, a.photos, a.photo_side)
+            data_dir, split, size = tmp, "photos", 224
+        else:
+            raise SystemExit(f"--datasets: unknown {name!r} (cifar10, photos)")
+        out = tmp / "shards" / name
+        t = time.perf_counter()
+        manifest = optimize_image_folder(data_dir, str(out), split, num_workers=a.optimize_workers, verbose=False)
+        took = time.perf_counter() - t
+        folder = ImageFolderDataset(Path(data_dir) / split)
+        n = len(manifest["targets"])
+        print(f"optimize {name}: {n} images ({folder_size_mb(Path(data_dir) / split):.0f} MB of files) -> "
+              f"{folder_size_mb(out / split):.0f} MB of shards in {took:.1f} s "
+              f"({a.optimize_workers} workers, {n / took:.0f} images/s)", flush=True)
+        res = run_streaming_rounds(folder, StreamingShards(out / split), size, a.pipeline, a)
+        ratios = [s / f for s, f in zip(res["streaming"], res["folder"])]
+        q = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else [ratios[0]] * 3
+        lines.append(f"| {name} | {size} | {statistics.median(res['folder']):.0f} | "
+                     f"{statistics.median(res['streaming']):.0f} | {statistics.median(ratios):.2f}x | "
+                     f"{q[0]:.2f}-{q[2]:.2f} | {n} images, {folder_size_mb(out / split):.0f} MB, {took:.1f} s |")
+    print(f"\nMoCo pair ({a.pipeline} query) throughput, streaming shards vs ImageFolder, "
+          f"num_workers={a.num_workers}, batch {a.batch_size}, {a.repeats} interleaved rounds x {a.batches} batches\n")
+    print("| data | px | ImageFolder pairs/s | streaming pairs/s | streaming / folder (median) | quartiles | optimize |")
+    print("|---|---|---|---|---|---|---|")
+    for line in lines:
+        print(line)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -129,10 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photos", type=int, default=400, help="photo files to write")
     p.add_argument("--photo-side", type=int, default=500, help="long side of the photos (px)")
     p.add_argument("--quick", action="store_true", help="tiny run to check the script works")
+    p.add_argument("--source", choices=("folder", "streaming"), default="folder",
+                   help="folder: compare view pipelines; streaming: LitData shards vs ImageFolder")
+    p.add_argument("--pipeline", default="contrastive", help="views of --source streaming")
+    p.add_argument("--optimize-workers", type=int, default=2, help="litdata.optimize workers (--source streaming)")
     a = p.parse_args(argv)
     if a.quick:
         a.batches, a.repeats, a.batch_size, a.photos = 1, 2, 16, 40
     torch.set_num_threads(1)
+    if a.source == "streaming":
+        with tempfile.TemporaryDirectory() as tmp:
+            streaming_main(a, Path(tmp))
+        return 0
     pipelines = a.pipelines.split(",")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,8 +12,11 @@ Every run writes to one directory, ``<root>/<experiment>/<version>/`` (``ssl_cro
 the resolved ``config.yaml``, TensorBoard events, ``metrics.csv``, ``checkpoints/`` and the
 JSON results of the evaluation callbacks. The version is the start time; runs started in
 the same second get ``-1``, ``-2``, ... suffixes. ``fit --ckpt_path <run>/checkpoints/x.ckpt``
-continues in ``<run>`` (the earlier config is kept as ``config.1.yaml``, ...). A run that
-fails before it wrote a checkpoint or a metric leaves no directory behind.
+continues in ``<run>`` (the earlier config is kept as ``config.1.yaml``, ...); ``fit --ckpt_path
+last`` does the same with the newest checkpoint of the experiment's newest run, and a SLURM
+job that Lightning requeued continues in its own run (``trainer.default_root_dir`` is the run
+directory, where Lightning writes ``hpc_ckpt_<n>.ckpt``). A run that fails before it wrote a
+checkpoint or a metric leaves no directory behind.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 #: argparse task commands (``ssl_cropmix.commands``); a new one is one more name here and
 #: one more entry in ``commands._HANDLERS``.
@@ -281,12 +284,15 @@ def _subcommand_config(config: Any) -> tuple[str | None, Any]:
 
 
 def _check_ckpt_path(config: Any) -> None:
-    """Refuse foreign / untrusted ``--ckpt_path`` files (``checkpoints.check_cli_checkpoint``) and
+    """Resolve ``fit --ckpt_path last`` / a requeued SLURM job (:func:`_resolve_resume`), then
+    refuse foreign / untrusted ``--ckpt_path`` files (``checkpoints.check_cli_checkpoint``) and
     a class count that changed, before LightningCLI merges the checkpoint's hyper-parameters
     (and ``_class_path``) into the config."""
     from ssl_cropmix.checkpoints import check_cli_checkpoint
 
     sub, cfg = _subcommand_config(config)
+    if sub == "fit":
+        _resolve_resume(cfg)
     ckpt_path = cfg.get("ckpt_path") if sub else None
     if ckpt_path and Path(ckpt_path).is_file():  # not "last" / "best" / remote: as Lightning
         model = cfg.get("model")
@@ -324,8 +330,11 @@ def _link_data_into_model(cfg: Any) -> None:
         cfg["model"]["init_args"][k] = v
 
 
-def _resumed_run(ckpt: str, run: Path, given_root: str, experiment: str | None, dry: bool) -> tuple[str, str, str]:
-    """``fit --ckpt_path <run>/checkpoints/x.ckpt``: continue in ``<run>``; ``(root, name, version)``."""
+def _resumed_run(
+    sub: str | None, ckpt: str, run: Path, given_root: str, experiment: str | None, dry: bool
+) -> tuple[str, str, str]:
+    """``fit --ckpt_path <run>/checkpoints/x.ckpt``: continue in ``<run>`` (and record this SLURM
+    job there, so a requeue finds it); ``(root, name, version)``."""
     from ssl_cropmix import runs
 
     name, version = run.parent.name, run.name
@@ -336,6 +345,8 @@ def _resumed_run(ckpt: str, run: Path, given_root: str, experiment: str | None, 
         _warn(f"--experiment {experiment!r} ignored: resuming {ckpt} continues in its run directory {run}")
     if not dry and not runs.is_launched_child():
         runs.keep_previous_config(run)
+        if sub == "fit" and (job := runs.slurm_job_id()):
+            runs.record_slurm_job(run, job)
         _info(f"resuming in the checkpoint's run directory {run}")
     return root, name, version
 
@@ -346,6 +357,78 @@ def _experiment_name(cfg: Any) -> str:
         return str(cfg.get("experiment"))
     configs = cfg.get("config") or []
     return Path(str(configs[0])).stem if configs else "ssl_cropmix"
+
+
+def _run_root_dir(root: str, name: str, version: str) -> str:
+    """``trainer.default_root_dir`` of a CLI run: its run directory. Lightning's SLURM requeue
+    writes ``hpc_ckpt_<n>.ckpt`` there (``_SignalConnector``), so the checkpoint lies in the run
+    it belongs to and never in another experiment's way."""
+    return str(Path(root) / name / version)
+
+
+def _resolve_resume(cfg: Any) -> None:
+    """Turn ``fit --ckpt_path last`` (and a requeued SLURM job) into the checkpoint to resume.
+
+    * ``--ckpt_path last``: the newest checkpoint (``hpc_ckpt_<n>.ckpt`` or
+      ``checkpoints/*.ckpt``, by step then modification time) of the experiment's newest run
+      (:func:`ssl_cropmix.runs.latest_checkpoint`); the fit continues in that run directory.
+      Without any, the fit starts a new run (as Lightning's ``"last"`` does, so a job script
+      can always pass it).
+    * Under SLURM (``SLURMEnvironment.detect()``), in a requeued job (``SLURM_RESTART_COUNT``
+      >= 1; ``scontrol requeue`` keeps the job id) with no ``--ckpt_path``, or with ``last``: a
+      run of the experiment that this job id wrote to (``slurm_jobs.txt``) is continued from its
+      newest checkpoint, in place. A first execution of the job starts a new run, so a job
+      that runs several fits of one experiment does not chain them.
+
+    The choice is said in one log line and replaces ``ckpt_path`` in ``cfg``. A user-given
+    ``trainer.logger`` other than trackers (no run directories) leaves ``ckpt_path`` to Lightning.
+    """
+    from ssl_cropmix import runs
+
+    ckpt = cfg.get("ckpt_path")
+    trainer = cfg.get("trainer") or {}
+    logger = trainer.get("logger")
+    if ckpt not in (None, "last") or (logger not in (None, True) and _tracker_configs(logger) is None):
+        return
+    job = runs.slurm_job_id()
+    restart = os.environ.get("SLURM_RESTART_COUNT")
+    if ckpt is None and (job is None or not (restart or "").strip().isdigit() or int(restart) < 1):
+        return  # only a requeued job (SLURM_RESTART_COUNT >= 1) continues without being asked
+    root = str(trainer.get("default_root_dir") or "runs")
+    name = _experiment_name(cfg)
+    own = runs.runs_of_slurm_job(root, name, job) if job else []
+    latest = runs.latest_checkpoint(root, name, runs=own) if own else None
+    if latest is not None:
+        _info(f"SLURM job {job}{f' (restart {restart})' if restart else ''} resumes its {latest.describe()}")
+    elif ckpt == "last":
+        latest = runs.latest_checkpoint(root, name)
+        _info(f"--ckpt_path last resumes experiment {name!r}: its newest {latest.describe()}" if latest else
+              f"--ckpt_path last: experiment {name!r} has no checkpoint under {root!r}; starting a new run")
+    cfg["ckpt_path"] = None if latest is None else str(latest.checkpoint)
+
+
+def _tracker_configs(logger: Any) -> list[tuple[str, dict[str, Any]]] | None:
+    """A ``trainer.logger`` made only of trackers (W&B, MLflow) joins the run directory's
+    TensorBoard + CSV loggers: their ``(class_path, init_args)``, each checked installed
+    (:func:`ssl_cropmix.trackers.check_tracker_installed`: a one-line error naming the extra).
+    ``None`` for no logger or any other logger (it replaces the run directory's, as before)."""
+    from ssl_cropmix.trackers import check_mlflow_store, check_tracker_installed, tracker_class_name
+
+    items = logger if isinstance(logger, list) else [logger]
+    if logger in (None, True, False) or not items:
+        return None
+    out: list[tuple[str, dict[str, Any]]] = []
+    for item in items:
+        path = item.get("class_path") if hasattr(item, "get") else None
+        if tracker_class_name(path) is None:
+            return None
+        args = item.get("init_args") or {}
+        out.append((str(path), dict(args.as_dict() if hasattr(args, "as_dict") else args)))
+    for path, args in out:
+        check_tracker_installed(path)
+        if tracker_class_name(path) == "MLFlowLogger":
+            check_mlflow_store(args)
+    return out
 
 
 def _new_run(cli_cls: Any, sub: str | None, ckpt: str | None, root: str, name: str, dry: bool) -> str:
@@ -360,20 +443,34 @@ def _new_run(cli_cls: Any, sub: str | None, ckpt: str | None, root: str, name: s
     run = runs.new_run_dir(root, name)
     os.environ[runs.VERSION_ENV] = run.name  # for the ranks Lightning launches
     cli_cls.created_run_dir = run
+    if sub == "fit" and (job := runs.slurm_job_id()):  # a requeued job finds its run by this
+        runs.record_slurm_job(run, job)
     if sub == "fit" and ckpt:
         _info(f"{ckpt} is not inside an ssl-cropmix run directory: this segment writes to a new run directory {run}")
     return run.name
 
 
-def _configure_run_dir(cli_cls: Any, sub: str | None, cfg: Any, trainer: Any, dry: bool) -> tuple[str, str, str] | None:
-    """The run directory of this run, ``(root, name, version)``, or ``None`` with a user-given
-    logger (which then gets ``--experiment`` as its name). ``dry``: ``--print_config``, which
-    shows the loggers and root the run will use but creates nothing."""
+class _Run(NamedTuple):
+    """Where a CLI run writes: ``<root>/<name>/<version>``, plus the trackers' logger configs
+    (``class_path`` / ``init_args``) that join the run directory's TensorBoard + CSV loggers."""
+
+    root: str
+    name: str
+    version: str
+    trackers: list[dict[str, Any]]
+
+
+def _configure_run_dir(cli_cls: Any, sub: str | None, cfg: Any, trainer: Any, dry: bool) -> _Run | None:
+    """The run directory of this run, or ``None`` with a user-given logger other than trackers
+    (which then gets ``--experiment`` as its name). ``dry``: ``--print_config``, which shows the
+    loggers and root the run will use but creates nothing."""
     from ssl_cropmix import runs
+    from ssl_cropmix.trackers import tracker_defaults
 
     experiment = cfg.get("experiment")
     logger = trainer.get("logger")
-    if logger not in (None, True):
+    trackers = _tracker_configs(logger)
+    if logger not in (None, True) and trackers is None:
         if experiment and not dry:
             _experiment_to_user_logger(logger, experiment)
         return None
@@ -381,32 +478,38 @@ def _configure_run_dir(cli_cls: Any, sub: str | None, cfg: Any, trainer: Any, dr
     ckpt = cfg.get("ckpt_path")
     resume = runs.run_dir_of_checkpoint(ckpt) if sub == "fit" and ckpt else None
     if resume is not None:
-        root, name, version = _resumed_run(ckpt, resume, given_root, experiment, dry)
+        root, name, version = _resumed_run(sub, ckpt, resume, given_root, experiment, dry)
     else:
         root, name = given_root, _experiment_name(cfg)
         version = _new_run(cli_cls, sub, ckpt, root, name, dry)
     cli_cls.run_dir = Path(root) / name / version
+    run_dir = _run_root_dir(root, name, version)
+    tracker_cfgs = [
+        {"class_path": cp, "init_args": {**args, **tracker_defaults(cp, args, name, version, run_dir)}}
+        for cp, args in trackers or []
+    ]
     # The saved config.yaml names the experiment but leaves logger/default_root_dir as
     # the user gave them: `fit --config <run>/config.yaml` is a new run of the recipe.
     cfg["experiment"] = name
     if dry:  # --print_config: show what the run will use
-        trainer["default_root_dir"] = root
-        trainer["logger"] = _loggers(root, name, version)
-    return root, name, version
+        trainer["default_root_dir"] = run_dir
+        trainer["logger"] = _loggers(root, name, version) + tracker_cfgs
+    return _Run(root, name, version, tracker_cfgs)
 
 
-def _trainer_kwargs_for_run(kwargs: dict[str, Any], plugins: Any, run: tuple[str, str, str] | None) -> dict[str, Any]:
+def _trainer_kwargs_for_run(kwargs: dict[str, Any], plugins: Any, run: _Run | None) -> dict[str, Any]:
     """Trainer arguments the run adds: atomic checkpoint writes (unless the config brings its
-    own ``CheckpointIO``), the run's root and its loggers (unless given)."""
+    own ``CheckpointIO``), the run directory as ``default_root_dir`` and its loggers plus the
+    trackers (unless given)."""
     if "plugins" not in kwargs:
         kwargs["plugins"] = _with_atomic_checkpoint_io(plugins)
     if run is not None:
-        root, name, version = run
-        kwargs.setdefault("default_root_dir", root)
+        kwargs.setdefault("default_root_dir", _run_root_dir(run.root, run.name, run.version))
         if "logger" not in kwargs:
             from pytorch_lightning.cli import instantiate_class
 
-            kwargs["logger"] = [instantiate_class((), c) for c in _loggers(root, name, version)]
+            configs = _loggers(run.root, run.name, run.version) + run.trackers
+            kwargs["logger"] = [instantiate_class((), c) for c in configs]
     return kwargs
 
 
@@ -524,8 +627,9 @@ def _one_line_errors() -> tuple[type[BaseException], ...]:
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
     from ssl_cropmix.runs import CheckpointWriteError, RunDirectoryError
+    from ssl_cropmix.trackers import TrackerNotInstalledError
 
-    return (MisconfigurationException, CheckpointWriteError, RunDirectoryError)
+    return (MisconfigurationException, CheckpointWriteError, RunDirectoryError, TrackerNotInstalledError)
 
 
 #: ``errno`` of a write the file system refused (full / read-only): a one-line error from any

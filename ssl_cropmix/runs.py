@@ -10,6 +10,14 @@ collision), when a fit is resumed (:func:`run_dir_of_checkpoint` finds the check
 atomically (:class:`AtomicCheckpointIO`, installed by the CLI), so a failed write leaves no
 truncated file under a checkpoint's name, and the error names the directory
 (:class:`CheckpointWriteError`, :class:`RunDirectoryError`).
+
+Preemption: :func:`latest_checkpoint` finds what ``fit --ckpt_path last`` resumes (the
+newest checkpoint, ``hpc_ckpt_<n>.ckpt`` or a ``checkpoints/*.ckpt``, of the experiment's
+newest run), and :func:`slurm_job_id` / :func:`record_slurm_job` let a SLURM job that Lightning
+requeued (``SLURMEnvironment(auto_requeue=True)``: SIGUSR1 -> ``hpc_ckpt_<n>.ckpt`` in
+``trainer.default_root_dir`` -> ``scontrol requeue``) find its own run directory again. The
+CLI sets ``default_root_dir`` to the run directory, so the hpc checkpoints are written into
+the run they belong to.
 """
 
 from __future__ import annotations
@@ -17,9 +25,11 @@ from __future__ import annotations
 import csv
 import errno
 import os
+import re
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -181,17 +191,149 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+#: Lightning's name for the checkpoint its SLURM signal handler writes into
+#: ``trainer.default_root_dir`` (``_CheckpointConnector.hpc_save_path``).
+HPC_CHECKPOINT = re.compile(r"^hpc_ckpt_(\d+)\.ckpt$")
+#: File in a run directory listing the SLURM jobs (one id a line) that wrote to it.
+SLURM_JOBS_FILE = "slurm_jobs.txt"
+
+
 def run_dir_of_checkpoint(ckpt_path: str | os.PathLike) -> Path | None:
     """The run directory a checkpoint was written into, or ``None``.
 
-    A checkpoint ``<run>/checkpoints/<file>.ckpt`` belongs to ``<run>`` when ``<run>`` holds
-    the ``config.yaml`` that every ``ssl-cropmix`` run writes.
+    A checkpoint ``<run>/checkpoints/<file>.ckpt`` (``ModelCheckpoint``) or
+    ``<run>/hpc_ckpt_<n>.ckpt`` (Lightning's SLURM requeue checkpoint) belongs to ``<run>``
+    when ``<run>`` holds the ``config.yaml`` that every ``ssl-cropmix`` run writes.
     """
     path = Path(ckpt_path)
-    if path.parent.name != "checkpoints" or not path.is_file():
+    if not path.is_file():
         return None
-    run = path.parent.parent
+    if path.parent.name == "checkpoints":
+        run = path.parent.parent
+    elif HPC_CHECKPOINT.match(path.name):
+        run = path.parent
+    else:
+        return None
     return run if (run / "config.yaml").is_file() else None
+
+
+def run_checkpoints(run: str | os.PathLike) -> list[Path]:
+    """Every checkpoint of a run: ``<run>/hpc_ckpt_<n>.ckpt`` and ``<run>/checkpoints/*.ckpt``
+    (a ``last.ckpt`` link counts as the file it points to; temporary files are skipped)."""
+    run = Path(run)
+    found = [p for p in run.glob("hpc_ckpt_*.ckpt") if HPC_CHECKPOINT.match(p.name)]
+    found += [p for p in (run / "checkpoints").glob("*.ckpt") if not p.name.startswith(".")]
+    return sorted({p for p in found if p.is_file()})
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The ``global_step`` a Lightning checkpoint was saved at (``-1`` if it has none or cannot
+    be read). The file is memory-mapped, so no tensor is read."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint / truncated / foreign pickle: never the newest
+        return -1
+    step = ckpt.get("global_step") if isinstance(ckpt, dict) else None
+    return int(step) if isinstance(step, int) else -1
+
+
+@dataclass(frozen=True)
+class LatestCheckpoint:
+    """What ``--ckpt_path last`` (or a requeued SLURM job) resumes.
+
+    Attributes:
+        run: the run directory the fit continues in.
+        checkpoint: the checkpoint file (newest of ``run``'s by step, then mtime).
+        step: its ``global_step``.
+        candidates: how many checkpoints the run holds.
+    """
+
+    run: Path
+    checkpoint: Path
+    step: int
+    candidates: int
+
+    def describe(self) -> str:
+        """One line naming the run, the checkpoint and why it was chosen."""
+        return (f"run {self.run}, checkpoint {self.checkpoint.name} (step {self.step}; the newest of "
+                f"{self.candidates} checkpoint(s) in the run, by step then modification time)")
+
+
+def newest_checkpoint(run: str | os.PathLike) -> LatestCheckpoint | None:
+    """The checkpoint of ``run`` with the highest ``global_step`` (ties: the later written),
+    hpc and ``ModelCheckpoint`` files alike; ``None`` if the run has none."""
+    files = run_checkpoints(run)
+    if not files:
+        return None
+    keyed = [(checkpoint_step(p), p.stat().st_mtime, p) for p in files]
+    step, _, best = max(keyed, key=lambda t: (t[0], t[1], str(t[2])))
+    return LatestCheckpoint(Path(run), best, step, len(files))
+
+
+def experiment_runs(root: str | os.PathLike, name: str) -> list[Path]:
+    """The run directories of experiment ``name`` under ``root`` (those holding a
+    ``config.yaml``), in no particular order."""
+    parent = Path(root) / name
+    if not parent.is_dir():
+        return []
+    return [p for p in parent.iterdir() if p.is_dir() and (p / "config.yaml").is_file()]
+
+
+def latest_checkpoint(root: str | os.PathLike, name: str, runs: list[Path] | None = None) -> LatestCheckpoint | None:
+    """The checkpoint ``fit --ckpt_path last`` resumes: of the experiment's runs that hold a
+    checkpoint, the newest run (the one whose latest checkpoint was written last), and in it
+    the checkpoint with the highest step (:func:`newest_checkpoint`). ``None`` without one.
+
+    Args:
+        root: ``trainer.default_root_dir`` as given (parent of all experiments).
+        name: experiment name.
+        runs: restrict the search to these run directories (default: every run of ``name``).
+    """
+    newest: tuple[float, Path] | None = None
+    for run in experiment_runs(root, name) if runs is None else runs:
+        files = run_checkpoints(run)
+        if not files:
+            continue
+        written = max(p.stat().st_mtime for p in files)
+        if newest is None or written > newest[0]:
+            newest = (written, run)
+    return None if newest is None else newest_checkpoint(newest[1])
+
+
+def slurm_job_id() -> str | None:
+    """This SLURM job's id as Lightning's requeue uses it (``<array job>_<task>`` for array
+    jobs), or ``None`` when Lightning does not run under SLURM (``SLURMEnvironment.detect()``:
+    no ``SLURM_NTASKS``, or an interactive job named ``bash`` / ``interactive``)."""
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return None
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array is not None and os.environ.get("SLURM_ARRAY_TASK_ID") is not None:
+        return f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+def record_slurm_job(run: str | os.PathLike, job_id: str) -> None:
+    """Add ``job_id`` to ``<run>/slurm_jobs.txt`` (once): the requeued job finds its run by it."""
+    path = Path(run) / SLURM_JOBS_FILE
+    if job_id in slurm_jobs(run):
+        return
+    with open(path, "a") as f:
+        f.write(job_id + "\n")
+
+
+def slurm_jobs(run: str | os.PathLike) -> list[str]:
+    """The SLURM job ids recorded in a run directory."""
+    path = Path(run) / SLURM_JOBS_FILE
+    return path.read_text().split() if path.is_file() else []
+
+
+def runs_of_slurm_job(root: str | os.PathLike, name: str, job_id: str) -> list[Path]:
+    """The runs of experiment ``name`` that SLURM job ``job_id`` wrote to."""
+    return [r for r in experiment_runs(root, name) if job_id in slurm_jobs(r)]
 
 
 def keep_previous_config(run: Path) -> Path | None:

@@ -147,19 +147,20 @@ def test_short_class_names_resolve(tmp_path, monkeypatch, capsys):
 
 def test_print_config_shows_the_run_directory_and_loggers(tmp_path, monkeypatch, capsys):
     """What ``--print_config`` prints is what the run uses (TensorBoard + CSV loggers in
-    runs/<experiment>/<version>, default_root_dir runs), and printing creates nothing."""
+    runs/<experiment>/<version>, default_root_dir that run directory, where Lightning's SLURM
+    requeue writes its hpc checkpoints), and printing creates nothing."""
     from cli_fixtures import write_tiny_recipe
 
     monkeypatch.chdir(tmp_path)
     recipe = write_tiny_recipe(tmp_path)
     cfg = _print_config(["--config", str(recipe), "--experiment", "demo"], capsys, monkeypatch)
     trainer = cfg["trainer"]
-    assert trainer["default_root_dir"] == "runs"
     kinds = [lg["class_path"].rsplit(".", 1)[-1] for lg in trainer["logger"]]
     assert kinds == ["TensorBoardLogger", "RunCSVLogger"]
     for lg in trainer["logger"]:
         assert lg["init_args"]["save_dir"] == "runs" and lg["init_args"]["name"] == "demo"
         assert lg["init_args"]["version"]
+    assert trainer["default_root_dir"] == str(Path("runs", "demo", trainer["logger"][0]["init_args"]["version"]))
     assert not (tmp_path / "runs").exists()
 
 

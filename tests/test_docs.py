@@ -148,6 +148,7 @@ _EXTERNAL = (
     "PIL.ImageFilter", "numpy", "lightly.loss", "lightly.models", "lightly.models.modules", "lightly.models.utils",
     "lightly.transforms", "lightly.models.modules.memory_bank", "torchmetrics", "jsonargparse", "torch.optim",
     "torch.optim.lr_scheduler", "timm.data", "timm.layers", "timm.loss", "litdata",
+    "pytorch_lightning.plugins.environments",
 )
 # libraries of optional extras (``pip install 'ssl_cropmix[streaming]'``): their names are
 # checked where the extra is installed

@@ -8,6 +8,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from ssl_cropmix.trackers import log_text
+
 
 def _data_sources(trainer: pl.Trainer) -> list[Any]:
     """The image sources (``datasets._Source``) behind the trainer's training and validation
@@ -31,7 +33,8 @@ class RunSummary(pl.Callback):
     """Prints, after every ``fit`` on global rank 0: the run directory, the last / best
     checkpoint paths, the final online-probe and kNN values, each evaluation result (from
     every callback with a ``results`` list of :class:`~ssl_cropmix.evaluation.results.EvalResult`),
-    any unreadable data, and the wall time. ``lines`` keeps the printed text.
+    any unreadable data, and the wall time. ``lines`` keeps the printed text, which also goes
+    to the run's trackers (W&B summary ``run_summary``, MLflow artifact ``run_summary.txt``).
 
     At the end of every training epoch it also checks the data the loaders read: a class whose
     images were all unreadable, or more than ``max_unreadable_share`` of a split, ends the
@@ -116,3 +119,4 @@ class RunSummary(pl.Callback):
             return
         self.lines = self.summary(trainer)
         print("\n".join(self.lines), flush=True)
+        log_text(trainer, "run_summary", "\n".join(self.lines))  # W&B summary / MLflow artifact

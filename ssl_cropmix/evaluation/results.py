@@ -16,6 +16,8 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from ssl_cropmix.trackers import log_record
+
 #: File name of the JSON list of result records in a run directory.
 RESULTS_FILE = "eval_results.json"
 
@@ -103,8 +105,9 @@ def append_record(path: str | Path, record: dict[str, Any]) -> Path:
 
 def publish(res: EvalResult, trainer: pl.Trainer | None, results_path: str | Path | None = None) -> Path | None:
     """Log ``res.metrics()`` to ``trainer``'s loggers, append the record to ``results_path``
-    (default ``<run directory>/eval_results.json``; written by global rank 0 only) and print
-    one line. Call on every rank.
+    (default ``<run directory>/eval_results.json``; written by global rank 0 only), give the
+    record to the trackers (``eval/<key>/record``: W&B summary, MLflow artifact; see
+    :mod:`ssl_cropmix.trackers`) and print one line. Call on every rank.
 
     Returns:
         the JSON file written (``None`` when there is neither a path nor a trainer).
@@ -134,6 +137,7 @@ def publish(res: EvalResult, trainer: pl.Trainer | None, results_path: str | Pat
         path = rd / RESULTS_FILE if rd is not None else None
     if path is not None and rank == 0:
         append_record(path, res.as_dict())
+    log_record(trainer, f"eval/{res.key}/record", res.as_dict())  # W&B summary / MLflow artifact
     rank_zero_info(f"[eval/{res.key}] {res.protocol}: top-1 {res.top1:.2f}%, top-5 {res.top5:.2f}% ({res.wall_seconds:.1f}s)")
     return Path(path) if path is not None else None
 

@@ -13,6 +13,7 @@ launched a second time, whatever ``start_method`` the pretraining used.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -140,8 +141,10 @@ def evaluation_trainer(trainer: pl.Trainer | None = None, **overrides: Any) -> p
     """A new ``Trainer`` on ``trainer``'s hardware for one evaluation protocol.
 
     Defaults suited to an evaluation run that the pretraining launches: no logger of its own,
-    no checkpoints, no sanity validation, the pretraining's progress-bar setting and
-    ``default_root_dir``. ``overrides`` replace any keyword (e.g. ``max_epochs``).
+    no checkpoints, no sanity validation, the pretraining's progress-bar setting, and
+    ``<pretraining default_root_dir>/evaluation`` as its own ``default_root_dir`` (under SLURM,
+    Lightning restores any ``hpc_ckpt_<n>.ckpt`` of ``default_root_dir`` into the fitted module:
+    the pretraining's requeue checkpoints must stay out of the probe's). ``overrides`` replace any keyword (e.g. ``max_epochs``).
 
     Args:
         trainer: the pretraining trainer (``None``: Lightning's default hardware).
@@ -155,7 +158,7 @@ def evaluation_trainer(trainer: pl.Trainer | None = None, **overrides: Any) -> p
         "enable_model_summary": False,
     }
     if trainer is not None:
-        kwargs["default_root_dir"] = trainer.default_root_dir
+        kwargs["default_root_dir"] = str(Path(trainer.default_root_dir) / "evaluation")
         kwargs["enable_progress_bar"] = trainer.progress_bar_callback is not None
     kwargs.update(overrides)
     return pl.Trainer(**kwargs)

@@ -134,7 +134,19 @@ class _Record(pl.Callback):
         self.losses.append(outputs["loss"].item())
 
 
-def _fit(out: Path, root: Path, max_steps: int, ckpt_path: str | None = None) -> _Record:
+class _StopAt(pl.Callback):
+    """Ends the fit after step ``step`` (a preemption), leaving max_steps and so the lr
+    schedule as in the uninterrupted run."""
+
+    def __init__(self, step: int | None) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if self.step is not None and trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def _fit(out: Path, root: Path, max_steps: int, ckpt_path: str | None = None, stop_at: int | None = None) -> _Record:
     from cli_fixtures import TinyTrunk
 
     from ssl_cropmix.methods.moco import MoCoCropMix
@@ -142,7 +154,7 @@ def _fit(out: Path, root: Path, max_steps: int, ckpt_path: str | None = None) ->
     rec = _Record()
     ck = pl.callbacks.ModelCheckpoint(dirpath=root / "ck", every_n_train_steps=2, save_top_k=-1)
     trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=root, callbacks=[rec, ck],
+                         enable_model_summary=False, default_root_dir=root, callbacks=[rec, ck, _StopAt(stop_at)],
                          limit_val_batches=0)
     model = MoCoCropMix(backbone=TinyTrunk(), proj_hidden_dim=16, out_dim=8, queue_size=16, lr=0.05)
     trainer.fit(model, datamodule=_dm(out, views="moco", query="cropmix", val_split=None), ckpt_path=ckpt_path)
@@ -167,15 +179,18 @@ def test_mid_epoch_resume_continues_the_same_samples_and_losses(shards, tmp_path
     assert resumed.losses[0] != 0  # the resumed fit trains
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: with num_workers=0 Lightning prefetches batch 3 (drawing its "
-                   "augmentations from the global RNG) before step 2's checkpoint saves the RNG, so the resumed "
-                   "augmentations are shifted by one batch; the sample order is exact (test above)")
 def test_mid_epoch_resume_gives_the_same_losses(shards, tmp_path):
+    """With num_workers=0 Lightning prefetches batch 3 in the training process before step 2's
+    checkpoint saves the RNG; each sample's view is drawn from its own (seed, epoch, index)
+    seed (the RNG state restored after it), and the loader's iterator seeds from its own generator, so neither
+    moves the RNG the checkpoint restores: the resumed losses (steps 3-6, into the 2nd epoch)
+    are the uninterrupted run's, bit for bit. The interrupted run has the same max_steps (the
+    same cosine schedule) and is stopped after step 2."""
     out, _ = shards
     pl.seed_everything(0, workers=True)
     full = _fit(out, tmp_path / "a", 6)
     pl.seed_everything(0, workers=True)
-    _fit(out, tmp_path / "b", 2)
+    _fit(out, tmp_path / "b", 6, stop_at=2)
     resumed = _fit(out, tmp_path / "b", 6, ckpt_path=str(tmp_path / "b" / "ck" / "epoch=0-step=2.ckpt"))
     assert resumed.losses == full.losses[2:]
 
@@ -201,3 +216,55 @@ def test_two_process_ddp_sees_every_sample_once_per_epoch(shards, tmp_path):
         a, b = seen[0][epoch], seen[1][epoch]
         assert len(a) == len(b) == N_TRAIN // 2
         assert not set(a) & set(b) and sorted(a + b) == list(range(N_TRAIN))
+
+
+def test_a_samples_view_depends_only_on_seed_epoch_and_index(shards):
+    """Reading samples in another order, after another global seed, gives each sample the same
+    view; reading leaves torch's global RNG where it was; another epoch gives another view."""
+    from ssl_cropmix.data.views import moco_views
+
+    out, _ = shards
+    src = StreamingShards(out / "train")
+    ds = src.streaming_dataset(moco_views(size=16, query="cropmix"), shuffle=True, seed=7)
+    torch.manual_seed(1)
+    first = {i: ds[i][0][0] for i in (3, 5, 9)}
+    torch.manual_seed(2)
+    state = torch.get_rng_state()
+    again = {i: ds[i][0][0] for i in (9, 3, 5)}
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(first[i], again[i]) for i in first)
+    ds.current_epoch += 1
+    assert not torch.equal(ds[3][0][0], first[3])
+
+
+def test_streaming_dataset_pickles_by_name(shards):
+    """Spawned / forkserver DataLoader workers (Python 3.14's default) receive the dataset by
+    pickle: its class is found again by name although litdata is imported lazily."""
+    import pickle
+
+    out, _ = shards
+    ds = StreamingShards(out / "train").streaming_dataset(None, shuffle=True, seed=3)
+    back = pickle.loads(pickle.dumps(ds))
+    assert type(back) is type(ds) and back.seed == 3 and len(back) == N_TRAIN
+
+
+def test_optimize_puts_the_start_method_back(tmp_path, monkeypatch):
+    """litdata.optimize forces the process-wide start method to spawn; optimize_image_folder
+    restores the previous one (also when optimize fails)."""
+    import multiprocessing
+
+    import litdata
+
+    def fake_optimize(**kwargs):
+        multiprocessing.set_start_method("spawn", force=True)
+        raise RuntimeError("stopped here")
+
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method("fork", force=True)
+    monkeypatch.setattr(litdata, "optimize", fake_optimize)
+    try:
+        with pytest.raises(RuntimeError, match="stopped here"):
+            optimize_image_folder(_tree(tmp_path / "t"), str(tmp_path / "o"), "train", num_workers=1, verbose=False)
+        assert multiprocessing.get_start_method(allow_none=True) == "fork"
+    finally:
+        multiprocessing.set_start_method(before, force=True)
