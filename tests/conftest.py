@@ -27,6 +27,30 @@ def _seed_everything():
     yield
 
 
+_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
+             "LOCAL_WORLD_SIZE", "PL_GLOBAL_SEED", "PL_TRAINER_GPUS")
+
+
+@pytest.fixture(autouse=True)
+def _isolate_distributed_env():
+    """Each test starts without the distributed variables an earlier test left behind.
+
+    Lightning's ``ddp_spawn`` writes ``MASTER_PORT`` (and friends) into this process's
+    environment; without this, the next DDP test (in-process or a subprocess that copies
+    ``os.environ``) reuses that port and can fail with ``EADDRINUSE`` while the old store's
+    socket lingers. Restored afterwards, so a variable set outside pytest is kept.
+    """
+    saved = {k: os.environ.get(k) for k in _DIST_ENV}
+    for k in _DIST_ENV:
+        os.environ.pop(k, None)
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture
 def one_torch_thread():
     """One intra-op torch thread for the test, restored afterwards.
