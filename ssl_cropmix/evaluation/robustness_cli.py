@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         run_robustness,
         write_robustness_table,
     )
+    from ssl_cropmix.methods.mae import MAECropMix
+    from ssl_cropmix.methods.moco import MoCoCropMix
 
     mean = tuple(a.mean) if a.mean else IMAGENET_MEAN
     std = tuple(a.std) if a.std else IMAGENET_STD
@@ -90,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     if not sets:
         build_parser().error("give at least one test set (--val, --replace, --noise, --imagenet-a/-r/-sketch)")
     module = load_module(a.ckpt, a.backbone)
+    if isinstance(module, (MoCoCropMix, MAECropMix)) and not isinstance(getattr(module, "classifier", None),
+                                                                         torch.nn.Module):
+        # Their forward returns backbone features (B, D), which would be scored as D "logits".
+        raise SystemExit(
+            f"{a.ckpt}: the checkpoint is a self-supervised {type(module).__name__}, whose forward gives features, "
+            "not class scores; fine-tune it first (ssl-cropmix finetune --ckpt ...) and evaluate that checkpoint"
+        )
     classifier = resolve_classifier(module).eval()
     try:  # a plain holder (backbone only) has no forward at all
         with torch.no_grad():

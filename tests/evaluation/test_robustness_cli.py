@@ -38,6 +38,25 @@ def test_robustness_cli_rejects_a_module_without_logits(tmp_path):
               "--accelerator", "cpu", "--num-workers", "0"])
 
 
+def test_robustness_cli_refuses_a_self_supervised_checkpoint(tmp_path):
+    """A MoCo checkpoint's forward gives 512-d features: scoring them as 512 logits wrote
+    Clean 0.0 with exit 0 (new-user audit); now a one-line refusal naming the class."""
+    import torch
+
+    from ssl_cropmix.cli import main
+    from ssl_cropmix.data.demo import write_demo_folder
+    from ssl_cropmix.methods.moco import MoCoCropMix
+
+    module = MoCoCropMix(backbone="resnet18", small_image=True, queue_size=64)
+    hp = {**dict(module.hparams), "_class_path": "ssl_cropmix.methods.moco.MoCoCropMix"}
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hp}, tmp_path / "m.ckpt")
+    demo = write_demo_folder(tmp_path / "demo")
+    with pytest.raises(SystemExit, match="self-supervised MoCoCropMix, whose forward gives features"):
+        main(["robustness", "--ckpt", str(tmp_path / "m.ckpt"), "--val", str(demo / "val"), "--image-size", "32",
+              "--accelerator", "cpu", "--num-workers", "0"])
+    assert not (tmp_path / "robustness.json").exists()
+
+
 @pytest.mark.slow
 def test_fit_with_callback_then_command_write_the_table(tmp_path, monkeypatch):
     from ssl_cropmix.cli import main
