@@ -456,3 +456,28 @@ def test_docs_config_check_reads_the_recipe_tables():
     whats = " ".join(w for _, _, w, _, _ in _doc_restatements()).lower()
     for phrase in ("per device", "accumulation", "epochs", "warmup", "k / m / t", "$(("):
         assert phrase in whats, phrase
+
+
+_PART_HELP = r"`(ssl-cropmix fit\s[^`]*?--data\.(?:source|views)\.help\s+\w+)`"
+
+
+@pytest.mark.parametrize(("where", "line"), [(w, " ".join(c.split())) for w, c in _found(_PART_HELP, 1)])
+def test_documented_part_help_runs_as_printed(where, line, capsys, monkeypatch):
+    """Every per-class help line the docs print runs verbatim and lists that class's own
+    arguments (README once printed one that argparse refused without ``--data``)."""
+    import shlex
+
+    from ssl_cropmix.cli import main
+
+    argv = shlex.split(line)
+    group, cls = re.search(r"--data\.(source|views)\.help\s+(\w+)", line).groups()
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as e:
+        main(argv[1:])
+    assert e.value.code == 0, (where, line)
+    out = capsys.readouterr().out
+    assert f"--{group}." in out, (where, line)
+
+
+def test_docs_print_part_help_lines():
+    assert len(_found(_PART_HELP, 1)) >= 3
