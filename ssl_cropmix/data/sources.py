@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal
 
 from ssl_cropmix.data.datasets import (
     DEFAULT_MAX_PIXELS,
+    IMG_EXTENSIONS,
     BadImagePolicy,
     ImageFolderDataset,
     TorchvisionSplit,
@@ -101,6 +102,11 @@ class Source:
         return f"{type(self).__name__}({args})"
 
 
+def _holds_images_directly(folder: Path) -> bool:
+    """Whether ``folder`` has an image file (one of ``IMG_EXTENSIONS``) at its top level."""
+    return any(f.suffix.lower() in IMG_EXTENSIONS for f in folder.iterdir() if f.is_file())
+
+
 class _FolderSource(Source):
     """An ImageFolder tree under :meth:`base` (the shared part of folder and demo)."""
 
@@ -125,9 +131,14 @@ class _FolderSource(Source):
         if not root.is_dir():
             found = visible_subdirs(base)
             which = "val_split" if split == self.val_split else "train_split"
+            hint = f"pass {which}=<one of them>"
+            if found and all(_holds_images_directly(base / d) for d in found):
+                # The subfolders are classes, not splits: root was set to a split folder itself.
+                hint = (f"those hold images directly, so they look like class folders: {str(base)!r} is a split "
+                        f"itself; set root to the folder that holds {split}/ (here {str(base.parent)!r})")
             raise FileNotFoundError(
                 f"split {split!r} not found: {str(root)!r} does not exist (splits found in "
-                f"{str(base)!r}: {', '.join(found) or 'none'}); pass {which}=<one of them>"
+                f"{str(base)!r}: {', '.join(found) or 'none'}); {hint}"
             )
         return root
 

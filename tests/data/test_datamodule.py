@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -79,6 +80,11 @@ def test_errors_say_what_is_missing_and_where(splits, tmp_path):
         _dm(splits, val_split="test").val_dataloader()
     with pytest.raises(FileNotFoundError, match="root .* does not exist"):
         _dm(tmp_path / "nowhere").train_dataloader()
+    # root set to the train split itself: its subfolders are classes, and the error says so
+    # (it used to advise train_split=<a class folder>)
+    with pytest.raises(FileNotFoundError, match=r"look like class folders: .* is a split itself; set root to the "
+                                                r"folder that holds train/ \(here '" + re.escape(str(splits)) + "'"):
+        _dm(splits / "train").train_dataloader()
     (tmp_path / "empty" / "train").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no class sub-directories"):
         _dm(tmp_path / "empty").train_dataloader()
