@@ -643,6 +643,8 @@ def _one_line(e: BaseException) -> str | None:
 
     if isinstance(e, _one_line_errors()):
         return e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    if isinstance(e, FileNotFoundError):  # a missing checkpoint / data root: the message names it
+        return str(e)
     if isinstance(e, OSError) and e.errno in _FILESYSTEM_ERRNOS and e.filename:
         return f"could not write {str(e.filename)!r}: {describe_write_error(e, Path(e.filename).parent)}"
     return None

@@ -229,15 +229,24 @@ def test_rerun_from_saved_config_scales_lr_at_its_own_batch_size(workdir, monkey
 
 
 def test_failed_runs_leave_no_directory(workdir, monkeypatch, capsys):
-    """A bad data_dir and an accelerator the machine lacks: no stray run directory; the
-    missing GPU is one line on stderr and exit status 2, not a traceback."""
+    """A bad data root, a missing --ckpt_path and an accelerator the machine lacks: no stray
+    run directory; each is one line on stderr and exit status 2, not a traceback."""
     import torch
 
     recipe = write_tiny_recipe(workdir)
-    with pytest.raises(Exception):
-        _fit(["--config", str(recipe), "--data.source=ImageFolderSource", f"--data.source.root={workdir / 'nowhere'}"],
-             monkeypatch)
+    capsys.readouterr()
+    assert _fit(["--config", str(recipe), "--data.source=ImageFolderSource",
+                 f"--data.source.root={workdir / 'nowhere'}"], monkeypatch) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ssl-cropmix: error: root ") and "nowhere" in err[0], err
     assert not list((workdir / "runs" / "tiny").glob("*")) if (workdir / "runs" / "tiny").exists() else True
+    assert _fit(["--config", str(recipe), f"--ckpt_path={workdir / 'nope.ckpt'}"], monkeypatch) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ssl-cropmix: error:") and "nope.ckpt" in err[0], err
+    monkeypatch.setenv("SSL_CROPMIX_DEBUG", "1")  # the traceback on request
+    with pytest.raises(FileNotFoundError):
+        _fit(["--config", str(recipe), f"--ckpt_path={workdir / 'nope.ckpt'}"], monkeypatch)
+    monkeypatch.delenv("SSL_CROPMIX_DEBUG")
     if torch.cuda.is_available():
         pytest.skip("the machine has a GPU")
     capsys.readouterr()
