@@ -653,11 +653,11 @@ def _one_line(e: BaseException) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     silence_known_noise()
-    if args and args[0] in TASK_COMMANDS:
-        from ssl_cropmix import commands
-
-        return commands.run(args[0], args[1:])
     try:
+        if args and args[0] in TASK_COMMANDS:
+            from ssl_cropmix import commands
+
+            return commands.run(args[0], args[1:])
         # LightningCLI reads sys.argv itself when args is None (and warns if given both).
         cli_main(None if argv is None else args)
     except Exception as e:  # configuration / file-system errors: the message is the whole story

@@ -243,6 +243,13 @@ def test_failed_runs_leave_no_directory(workdir, monkeypatch, capsys):
     assert _fit(["--config", str(recipe), f"--ckpt_path={workdir / 'nope.ckpt'}"], monkeypatch) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ssl-cropmix: error:") and "nope.ckpt" in err[0], err
+    from ssl_cropmix.cli import main
+
+    for task in ("probe", "finetune", "export"):  # the task commands' --ckpt as well
+        extra = ["--out", str(workdir / "x.safetensors")] if task == "export" else ["--device", "cpu"]
+        assert main([task, "--ckpt", str(workdir / "nope.ckpt"), *extra]) == 2, task
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("ssl-cropmix: error:") and "nope.ckpt" in err[0], (task, err)
     monkeypatch.setenv("SSL_CROPMIX_DEBUG", "1")  # the traceback on request
     with pytest.raises(FileNotFoundError):
         _fit(["--config", str(recipe), f"--ckpt_path={workdir / 'nope.ckpt'}"], monkeypatch)
