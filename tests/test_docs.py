@@ -470,13 +470,15 @@ def test_documented_part_help_runs_as_printed(where, line, capsys, monkeypatch):
     from ssl_cropmix.cli import main
 
     argv = shlex.split(line)
-    group, cls = re.search(r"--data\.(source|views)\.help\s+(\w+)", line).groups()
+    group, name = re.search(r"--data\.(source|views)\.help\s+(\w+)", line).groups()
+    cls = getattr(importlib.import_module(f"ssl_cropmix.data.{'sources' if group == 'source' else 'recipes'}"), name)
+    own = [p for p in inspect.signature(cls).parameters if p not in ("self", "args", "kwargs")]
     monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(SystemExit) as e:
         main(argv[1:])
     assert e.value.code == 0, (where, line)
-    out = capsys.readouterr().out
-    assert f"--{group}." in out, (where, line)
+    listed = set(re.findall(rf"--{group}\.(\w+)", capsys.readouterr().out))
+    assert own and listed - {"help"} == set(own), (where, line, sorted(listed), own)
 
 
 def test_docs_print_part_help_lines():
