@@ -31,7 +31,10 @@ Sampling is split from applying (STYLE principles 1 and 13):
   contrast / saturation one in-place blend, hue in a fixed few ops), grayscale a batched
   product, blur a grouped separable convolution with host-computed taps, and normalisation
   one multiply-add (the generic CropMix query: key and mixed query in one colour pass).
-  :class:`DeviceOpCounter` costs it (kernels, bytes, copies, syncs) on the ``meta`` device.
+  On CUDA (``colour_kernel="auto"``, checked once against those eager ops) jitter,
+  grayscale and blur run instead as the fused Triton kernels of
+  :mod:`ssl_cropmix.data.colour_kernel` (one read and one write per image for the colour,
+  two 1-D passes for the blur). :class:`DeviceOpCounter` costs it (kernels, bytes, copies, syncs) on the ``meta`` device.
 
 Choice of the crop + resize kernel (measured, see ``docs/data.md``): ``"matrix"`` (the
 default off CPU, exact antialiasing), ``"roi_align"`` (``torchvision.ops.roi_align`` with
@@ -59,11 +62,13 @@ from torch.utils._pytree import tree_flatten
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
+from ssl_cropmix.data.colour_kernel import blur_cost, colour_cost, fused_plan, triton_available
 from ssl_cropmix.transforms import functional as CF
 from ssl_cropmix.transforms.cropmix import CropMix
 from ssl_cropmix.validation import check_bool
 
 RESIZE_METHODS = ("auto", "matrix", "roi_align", "interpolate")
+COLOUR_KERNELS = ("auto", "eager", "fused")
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
@@ -790,6 +795,11 @@ def _pack_colour(pk: _Packer, name: str, p: ColourParams, max_sigma: float, size
     pk.float(f"{name}.blur.k", gaussian_kernels(p.sigma[bidx], blur_radius(max_sigma, size)))
     pk.host[f"{name}.gray"] = int(gidx.numel())
     pk.host[f"{name}.blur"] = int(bidx.numel())
+    # the same jitter + grayscale as one per-row plan for the fused kernel (colour_kernel.py)
+    codes, fz = fused_plan(p.order, p.factors, p.jitter, p.gray)
+    pk.int(f"{name}.fz", codes)
+    pk.float(f"{name}.fz.f", fz)
+    pk.host[f"{name}.fz"] = (int((p.jitter | p.gray).sum()), int(p.jitter.sum()))
 
 
 def _linear_(y: torch.Tensor, coef: torch.Tensor, gw: torch.Tensor) -> None:
@@ -804,16 +814,21 @@ def _linear_(y: torch.Tensor, coef: torch.Tensor, gw: torch.Tensor) -> None:
     y.lerp_(other, coef[:, 0]).clamp_(0.0, 1.0)
 
 
-def _apply_colour(x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, Any], name: str) -> None:
+def _apply_colour(x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, Any], name: str, fused: bool = False) -> None:
     """Jitter (each row in its own op order), grayscale and blur of :func:`_pack_colour`,
-    in place on ``x`` ``(N, 3, H, W)`` (any strides), touching only the selected rows.
+    in place on ``x`` ``(N, 3, H, W)`` float32 (any strides), touching only the selected rows.
 
-    The jittered rows are gathered once into a contiguous buffer, run through the four
-    positions on slices of it (in place) and copied back once; grayscale and blur gather,
-    compute and copy back their own rows."""
+    Eager (``fused=False``): the jittered rows are gathered once into a contiguous buffer,
+    run through the four positions on slices of it (in place) and copied back once;
+    grayscale gathers, computes and copies back its own rows. ``fused=True``: jitter and
+    grayscale in the two passes of :func:`~ssl_cropmix.data.colour_kernel.colour_` (Triton).
+    Blur (a stencil) gathers, convolves and copies back its rows either way."""
     gw = t["gray_w"]
     counts = host[f"{name}.jit"]
-    n = sum(counts)
+    n = 0 if fused else sum(counts)
+    if fused:
+        touched, contrast = host[f"{name}.fz"]
+        torch.ops.ssl_cropmix.colour_(x, t[f"{name}.fz"], t[f"{name}.fz.f"], touched, contrast)
     if n:
         idx = t[f"{name}.jit"]
         consts = t[f"{name}.jit.f"].view(4, n, 3)
@@ -827,10 +842,12 @@ def _apply_colour(x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, A
             if hi > lo:
                 _hue_shift(y[lo:hi], consts[k, lo:hi].view(-1, 3, 1, 1), t["hue_diff"], out=y[lo:hi])
         x.index_copy_(0, idx, y)
-    if host[f"{name}.gray"]:
+    if host[f"{name}.gray"] and not fused:
         idx = t[f"{name}.gray"]
         x.index_copy_(0, idx, _gray(x.index_select(0, idx), gw).expand(-1, 3, -1, -1))
-    if host[f"{name}.blur"]:
+    if host[f"{name}.blur"] and fused:
+        torch.ops.ssl_cropmix.blur_(x, t[f"{name}.blur"], t[f"{name}.blur.k"])
+    elif host[f"{name}.blur"]:
         idx = t[f"{name}.blur"]
         x.index_copy_(0, idx, _gaussian_blur(x.index_select(0, idx), t[f"{name}.blur.k"]))
 
@@ -941,6 +958,12 @@ class DeviceViews:
         generator: CPU ``torch.Generator`` for every draw; ``None``: one seeded on first use
             from torch's global RNG and :attr:`rank` (:meth:`seed_for_rank`), so DDP ranks
             draw different augmentations and a seeded run repeats.
+        colour_kernel: how the colour jitter and grayscale run, one of :data:`COLOUR_KERNELS`:
+            ``"eager"`` (whole-tensor torch ops on the selected rows), ``"fused"`` (one
+            Triton pass, :mod:`ssl_cropmix.data.colour_kernel`; on CPU tensors its
+            reference, or the kernels under ``TRITON_INTERPRET=1``) or ``"auto"``: fused on
+            CUDA when Triton is installed, checked once against the eager ops on the first
+            batch (a mismatch or an error warns and stays eager), eager elsewhere.
 
     Shape:
         ``images (B, 3, H, W)`` uint8 (padded), ``sizes (B, 2)`` -> ``(query, key)`` each
@@ -959,6 +982,7 @@ class DeviceViews:
         resize: str = "auto",
         output_dtype: torch.dtype = torch.float32,
         generator: torch.Generator | None = None,
+        colour_kernel: str = "auto",
     ) -> None:
         from ssl_cropmix.data import views as V
 
@@ -972,6 +996,8 @@ class DeviceViews:
             raise ValueError(f"resize must be one of {RESIZE_METHODS}, got {resize!r}")
         if not (isinstance(output_dtype, torch.dtype) and output_dtype.is_floating_point):
             raise ValueError(f"output_dtype must be a floating torch.dtype, got {output_dtype!r}")
+        if colour_kernel not in COLOUR_KERNELS:
+            raise ValueError(f"colour_kernel must be one of {COLOUR_KERNELS}, got {colour_kernel!r}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
         if generator is not None and generator.device.type != "cpu":
@@ -983,6 +1009,8 @@ class DeviceViews:
         self.std = torch.tensor(V._check_stats("std", std)).view(1, 3, 1, 1)
         self.resize, self.output_dtype = resize, output_dtype
         self.generator = generator
+        self.colour_kernel = colour_kernel
+        self._fused_checked: dict[str, bool] = {}  # device type -> the fused kernel passed its check
         self.rank = 0
         if views == "moco":
             worker = V.moco_views(query, self.size, self.small_image)
@@ -1125,6 +1153,42 @@ class DeviceViews:
             return out.view(b, oh, ch, ow).permute(0, 2, 1, 3)  # the matrix path's (S, C, S)
         return cutmix_fold(y[:, s], t[f"{name}.paste"], t[f"{name}.from_mix"] != 0)
 
+    def _colour(self, x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, Any], name: str) -> None:
+        """:func:`_apply_colour` with the kernel :attr:`colour_kernel` picks. ``"auto"`` on
+        CUDA checks the fused kernel once against the eager ops on this batch (one host
+        read, the only one of a run) and keeps whichever is right."""
+        kind = self.colour_kernel
+        dev = x.device.type
+        if kind == "auto":
+            if dev != "cuda" or not triton_available() or self._fused_checked.get(dev) is False:
+                kind = "eager"
+            elif self._fused_checked.get(dev):
+                kind = "fused"
+            else:
+                self._fused_checked[dev] = self._check_fused(x, t, host, name)
+                return
+        _apply_colour(x, t, host, name, fused=kind == "fused")
+
+    def _check_fused(self, x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, Any], name: str) -> bool:
+        """Run the fused and the eager colour ops on copies of ``x``; keep the fused result if
+        they agree to 1e-4 (float rounding: measured <= 1e-6), else warn and keep eager's."""
+        import warnings
+
+        ref = x.clone()
+        _apply_colour(ref, t, host, name, fused=False)
+        try:
+            _apply_colour(x, t, host, name, fused=True)
+            err = float((x - ref).abs().max()) if x.numel() else 0.0
+            problem = None if err <= 1e-4 else f"differs from the eager colour ops by up to {err:.3g}"
+        except Exception as e:  # an unexpected Triton / driver failure: never stop the fit for it
+            problem = f"failed ({type(e).__name__}: {e})"
+        if problem is None:
+            return True
+        x.copy_(ref)
+        warnings.warn(f"DeviceViews: the fused colour kernel {problem} on this {x.device.type} device; using "
+                      "the eager colour ops (colour_kernel='eager' silences this)", RuntimeWarning, stacklevel=3)
+        return False
+
     def _normalize(self, x: torch.Tensor, t: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(x - mean) / std`` as one multiply-add into a contiguous ``output_dtype`` tensor."""
         norm = t["norm"].view(2, 1, 3, 1, 1)
@@ -1171,18 +1235,18 @@ class DeviceViews:
             if self.bicubic:  # the cubic filter overshoots [0, 1]; each crop clamped once
                 y.clamp_(0.0, 1.0)
             if host["pre"]:
-                _apply_colour(y, t, host, "crops")
+                self._colour(y, t, host, "crops")
             y5 = y.unflatten(0, (b, m))
             if self.views == "mae":
                 out = self._fold(y5, store, slice(0, m), "key", t, host)
-                _apply_colour(out, t, host, "key")
+                self._colour(out, t, host, "key")
                 return self._normalize(out, t)
             key = y5[:, 0]
             query = self._fold(y5, store, slice(1, m), "query", t, host)
             if host["pre"]:
                 return self._normalize(query, t), self._normalize(key, t)
             pair = torch.cat([key, query])  # (2 B, 3, S, S): one colour pass, one normalisation
-            _apply_colour(pair, t, host, "pair")
+            self._colour(pair, t, host, "pair")
             out = self._normalize(pair, t)
             return out[b:], out[:b]
 
@@ -1196,7 +1260,8 @@ class DeviceViews:
 
     def __repr__(self) -> str:
         what = f"query={self.query!r}" if self.views == "moco" else f"mae_view={self.mae_view!r}"
-        return f"DeviceViews(views={self.views!r}, {what}, size={self.size}, resize={self.resize!r})"
+        return (f"DeviceViews(views={self.views!r}, {what}, size={self.size}, resize={self.resize!r}, "
+                f"colour_kernel={self.colour_kernel!r})")
 
 
 # --------------------------------------------------------------------------- cost model
@@ -1261,6 +1326,14 @@ class DeviceOpCounter(TorchDispatchMode):
         def nbytes(ts: list[torch.Tensor]) -> int:
             return sum(t.numel() * t.element_size() for t in ts)
 
+        if func.namespace == "ssl_cropmix" and name in ("colour_", "blur_"):  # our fused kernels
+            k, b = (colour_cost if name == "colour_" else blur_cost)(args)
+            self.kernels += k
+            self.bytes += b
+            entry = self.by_op.setdefault(name, [0, 0])
+            entry[0] += k
+            entry[1] += b
+            return out
         if name in ("index_copy_", "index_put_", "index_add_", "scatter_", "scatter_add_"):
             b = 2 * nbytes(ins[1:])
         elif name in ("index_select", "gather"):  # reads the selected entries only

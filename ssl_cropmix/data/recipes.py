@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 from ssl_cropmix.data import views as V
-from ssl_cropmix.data.device_views import DecodeToUint8, DeviceViews, pad_collate
+from ssl_cropmix.data.device_views import COLOUR_KERNELS, DecodeToUint8, DeviceViews, pad_collate
 from ssl_cropmix.validation import check_int
 
 AUGMENT_ON = ("workers", "device")
@@ -40,16 +40,27 @@ class ViewRecipe:
             training device, :mod:`ssl_cropmix.data.device_views`).
         device_max_size: ``augment_on="device"``: longest image side the workers keep
             (larger images are downscaled, aspect kept; ``None``: twice the image size).
+        device_colour_kernel: ``augment_on="device"``: how the colour jitter, grayscale and
+            blur run (:class:`~ssl_cropmix.data.device_views.DeviceViews`' ``colour_kernel``):
+            ``"auto"`` (fused Triton kernels on CUDA after a first-batch check against the
+            eager ops, eager elsewhere), ``"eager"`` or ``"fused"``.
     """
 
     augment_on: str = "workers"
     device_max_size: int | None = None
+    device_colour_kernel: str = "auto"
     #: the recipe's batches are ``((query, key), labels)``
     pairs: ClassVar[bool] = False
 
-    def _set_device_path(self, augment_on: str, device_max_size: int | None) -> None:
+    def _set_device_path(self, augment_on: str, device_max_size: int | None, device_colour_kernel: str = "auto") -> None:
         if augment_on not in AUGMENT_ON:
             raise ValueError(f"augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
+        if device_colour_kernel not in COLOUR_KERNELS:
+            raise ValueError(f"device_colour_kernel must be one of {COLOUR_KERNELS}, got {device_colour_kernel!r}")
+        if device_colour_kernel != "auto" and augment_on != "device":
+            raise ValueError(f"device_colour_kernel is for augment_on='device', got device_colour_kernel="
+                             f"{device_colour_kernel!r} with augment_on={augment_on!r}")
+        self.device_colour_kernel = device_colour_kernel
         if device_max_size is not None:
             check_int("device_max_size", device_max_size, 1)
             if augment_on != "device":
@@ -103,7 +114,7 @@ class MoCoViews(ViewRecipe):
             augmentation) or ``"cropmix"`` (generic Mixup CropMix); or a transform (from
             YAML: a ``class_path``; workers only). See :func:`~ssl_cropmix.data.views.moco_query`.
         augment_on: ``"workers"`` or ``"device"`` (see :class:`ViewRecipe`).
-        device_max_size: see :class:`ViewRecipe`.
+        device_max_size, device_colour_kernel: see :class:`ViewRecipe`.
 
     Shape:
         PIL image -> ``((3, S, S), (3, S, S))`` float32 normalised (``S``: the image size).
@@ -112,12 +123,13 @@ class MoCoViews(ViewRecipe):
     pairs = True
 
     def __init__(self, query: V.QueryName | Callable[[Any], Any] = "contrastive",
-                 augment_on: Literal["workers", "device"] = "workers", device_max_size: int | None = None) -> None:
+                 augment_on: Literal["workers", "device"] = "workers", device_max_size: int | None = None,
+                 device_colour_kernel: Literal["auto", "eager", "fused"] = "auto") -> None:
         if not callable(query) and query not in V.QUERIES:
             raise ValueError(f"query must be one of {V.QUERIES} or a transform, got {query!r}")
         if augment_on == "device" and callable(query):
             raise ValueError(f"augment_on='device' builds the named queries {V.QUERIES}, got query={query!r}")
-        self._set_device_path(augment_on, device_max_size)
+        self._set_device_path(augment_on, device_max_size, device_colour_kernel)
         self.query = query
 
     def worker_transform(self, size: int, small_image: bool, mean: Sequence[float],
@@ -128,11 +140,12 @@ class MoCoViews(ViewRecipe):
                      std: Sequence[float]) -> DeviceViews | None:
         if self.augment_on != "device":
             return None
-        return DeviceViews(views="moco", query=str(self.query), size=size, small_image=small_image, mean=mean, std=std)
+        return DeviceViews(views="moco", query=str(self.query), size=size, small_image=small_image, mean=mean, std=std,
+                           colour_kernel=self.device_colour_kernel)
 
     def init_args(self) -> dict[str, Any]:
         return {"query": self.query if isinstance(self.query, str) else None, "augment_on": self.augment_on,
-                "device_max_size": self.device_max_size}
+                "device_max_size": self.device_max_size, "device_colour_kernel": self.device_colour_kernel}
 
 
 class MAEViews(ViewRecipe):
@@ -143,17 +156,18 @@ class MAEViews(ViewRecipe):
             {2, 3, 4}, the official code's defaults and the 10 %-data recipe),
             ``"cropmix_cutmix"`` (n = 2, CutMix) or ``"rrc"`` (plain MAE).
         augment_on: ``"workers"`` or ``"device"`` (see :class:`ViewRecipe`).
-        device_max_size: see :class:`ViewRecipe`.
+        device_max_size, device_colour_kernel: see :class:`ViewRecipe`.
 
     Shape:
         PIL image -> ``(3, S, S)`` float32 normalised.
     """
 
     def __init__(self, kind: Literal["cropmix_mixup", "cropmix_cutmix", "rrc"] = "cropmix_mixup",
-                 augment_on: Literal["workers", "device"] = "workers", device_max_size: int | None = None) -> None:
+                 augment_on: Literal["workers", "device"] = "workers", device_max_size: int | None = None,
+                 device_colour_kernel: Literal["auto", "eager", "fused"] = "auto") -> None:
         if kind not in V.MAE_VIEWS:
             raise ValueError(f"kind must be one of {V.MAE_VIEWS}, got {kind!r}")
-        self._set_device_path(augment_on, device_max_size)
+        self._set_device_path(augment_on, device_max_size, device_colour_kernel)
         self.kind = kind
 
     def worker_transform(self, size: int, small_image: bool, mean: Sequence[float],
@@ -164,10 +178,12 @@ class MAEViews(ViewRecipe):
                      std: Sequence[float]) -> DeviceViews | None:
         if self.augment_on != "device":
             return None
-        return DeviceViews(views="mae", mae_view=self.kind, size=size, small_image=small_image, mean=mean, std=std)
+        return DeviceViews(views="mae", mae_view=self.kind, size=size, small_image=small_image, mean=mean, std=std,
+                           colour_kernel=self.device_colour_kernel)
 
     def init_args(self) -> dict[str, Any]:
-        return {"kind": self.kind, "augment_on": self.augment_on, "device_max_size": self.device_max_size}
+        return {"kind": self.kind, "augment_on": self.augment_on, "device_max_size": self.device_max_size,
+                "device_colour_kernel": self.device_colour_kernel}
 
 
 class SupervisedViews(ViewRecipe):

@@ -85,7 +85,7 @@ def test_parts_validate_their_arguments_naming_them(tmp_path):
 @pytest.mark.parametrize("part", [
     ImageFolderSource("/data/imagenet", val_split=None, on_bad_image="raise"), DemoSource(), CIFAR100Source(download=True),
     STL10Source(train_split="train+unlabeled"), ShardsSource("s3://bucket/shards", cache_dir="/tmp/c"),
-    MoCoViews("scalemix", "device", 96), MAEViews("rrc"), SupervisedViews("rrc", crop_scale=(0.25, 1.0), random_erasing=0.25),
+    MoCoViews("scalemix", "device", 96), MoCoViews("contrastive", "device", device_colour_kernel="eager"), MAEViews("rrc"), SupervisedViews("rrc", crop_scale=(0.25, 1.0), random_erasing=0.25),
 ], ids=repr)
 def test_config_round_trips_and_is_plain_data(part, tmp_path):
     base = Source if isinstance(part, Source) else ViewRecipe
@@ -93,6 +93,20 @@ def test_config_round_trips_and_is_plain_data(part, tmp_path):
     assert type(again) is type(part) and again.init_args() == part.init_args()
     torch.save({"hp": part.config()}, tmp_path / "hp.pt")
     assert torch.load(tmp_path / "hp.pt", weights_only=True)["hp"] == part.config()
+
+
+def test_device_colour_kernel_reaches_the_device_views_and_is_checked():
+    """The recipe's ``device_colour_kernel`` is what its DeviceViews run; it is refused when
+    bad or without the device path (it would do nothing there)."""
+    for recipe in (MoCoViews("contrastive", "device", device_colour_kernel="eager"),
+                   MAEViews("rrc", "device", device_colour_kernel="fused")):
+        dv = recipe.device_views(32, True, (0.5,) * 3, (0.25,) * 3)
+        assert dv.colour_kernel == recipe.device_colour_kernel
+    assert MoCoViews(augment_on="device").device_views(32, True, (0.5,) * 3, (0.25,) * 3).colour_kernel == "auto"
+    with pytest.raises(ValueError, match="device_colour_kernel must be one of .* got 'triton'"):
+        MoCoViews(augment_on="device", device_colour_kernel="triton")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="device_colour_kernel is for augment_on='device'.*augment_on='workers'"):
+        MAEViews(device_colour_kernel="eager")
 
 
 def test_build_part_refuses_classes_outside_the_data_package():
