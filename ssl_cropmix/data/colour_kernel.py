@@ -117,8 +117,16 @@ def run_kernels(x: torch.Tensor, codes: torch.Tensor, factors: torch.Tensor) -> 
     factors = factors.contiguous()
     mean = torch.empty(n, device=x.device, dtype=torch.float32)
     sn, sc, sh, sw = x.stride()
-    _mean_kernel[(n,)](x, codes, factors, mean, h * w, w, sn, sc, sh, sw, BLOCK=BLOCK)
-    _apply_kernel[(n, triton.cdiv(h * w, BLOCK))](x, codes, factors, mean, h * w, w, sn, sc, sh, sw, BLOCK=BLOCK)
+    with _on(x.device):  # Triton launches on the current CUDA device: make it x's
+        _mean_kernel[(n,)](x, codes, factors, mean, h * w, w, sn, sc, sh, sw, BLOCK=BLOCK)
+        _apply_kernel[(n, triton.cdiv(h * w, BLOCK))](x, codes, factors, mean, h * w, w, sn, sc, sh, sw, BLOCK=BLOCK)
+
+
+def _on(device: torch.device) -> Any:
+    """``torch.cuda.device(device)`` for a CUDA tensor's device, else a no-op context."""
+    import contextlib
+
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 @torch.library.custom_op("ssl_cropmix::colour_", mutates_args=("x",))
@@ -170,10 +178,11 @@ def run_blur(x: torch.Tensor, idx: torch.Tensor, kernels: torch.Tensor) -> None:
     idx, kernels = idx.contiguous(), kernels.contiguous()
     tmp = torch.empty((n, c, h, w), device=x.device, dtype=x.dtype)
     grid = (n, c, triton.cdiv(h * w, BLOCK))
-    _blur_kernel[grid](x, tmp, idx, kernels, h, w, *x.stride(), *tmp.stride(),
-                       SRC_INDEXED=True, DST_INDEXED=False, VERTICAL=True, TAPS=taps, BLOCK=BLOCK)
-    _blur_kernel[grid](tmp, x, idx, kernels, h, w, *tmp.stride(), *x.stride(),
-                       SRC_INDEXED=False, DST_INDEXED=True, VERTICAL=False, TAPS=taps, BLOCK=BLOCK)
+    with _on(x.device):
+        _blur_kernel[grid](x, tmp, idx, kernels, h, w, *x.stride(), *tmp.stride(),
+                           SRC_INDEXED=True, DST_INDEXED=False, VERTICAL=True, TAPS=taps, BLOCK=BLOCK)
+        _blur_kernel[grid](tmp, x, idx, kernels, h, w, *tmp.stride(), *x.stride(),
+                           SRC_INDEXED=False, DST_INDEXED=True, VERTICAL=False, TAPS=taps, BLOCK=BLOCK)
 
 
 @torch.library.custom_op("ssl_cropmix::blur_", mutates_args=("x",))
