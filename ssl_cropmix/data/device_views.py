@@ -762,7 +762,8 @@ class PackedParams(NamedTuple):
         return out
 
 
-def _pack_colour(pk: _Packer, name: str, p: ColourParams, max_sigma: float, size: tuple[int, int]) -> None:
+def _pack_colour(pk: _Packer, name: str, p: ColourParams, max_sigma: float, size: tuple[int, int],
+                 fused: bool = False) -> None:
     """Host plan of the jitter / grayscale / blur of ``p``'s rows (flip is folded into the
     resize).
 
@@ -772,7 +773,9 @@ def _pack_colour(pk: _Packer, name: str, p: ColourParams, max_sigma: float, size
     linear op (brightness, contrast, saturation: ``x <- lerp(x, other, 1 - f)``) the one or
     two slices around it. Per (position, row) constants ``(4, n, 3)``: linear ``(1 - f,
     saturation?, contrast?)``, hue :func:`hue_base`. Then the grayscale and blur rows and
-    the blur kernels. Block sizes and counts are host integers."""
+    the blur kernels. Block sizes and counts are host integers. ``fused``: also the plan of
+    :func:`~ssl_cropmix.data.colour_kernel.fused_plan` (only packed where it may run: ~0.4 µs
+    a sample)."""
     if "gray_w" not in pk.layout:
         pk.float("gray_w", torch.tensor(_GRAY).view(1, 3, 1, 1))
         pk.float("hue_diff", HUE_DIFF)
@@ -795,11 +798,11 @@ def _pack_colour(pk: _Packer, name: str, p: ColourParams, max_sigma: float, size
     pk.float(f"{name}.blur.k", gaussian_kernels(p.sigma[bidx], blur_radius(max_sigma, size)))
     pk.host[f"{name}.gray"] = int(gidx.numel())
     pk.host[f"{name}.blur"] = int(bidx.numel())
-    # the same jitter + grayscale as one per-row plan for the fused kernel (colour_kernel.py)
-    codes, fz = fused_plan(p.order, p.factors, p.jitter, p.gray)
-    pk.int(f"{name}.fz", codes)
-    pk.float(f"{name}.fz.f", fz)
-    pk.host[f"{name}.fz"] = (int((p.jitter | p.gray).sum()), int(p.jitter.sum()))
+    if fused:  # the same jitter + grayscale as one per-row plan for the fused kernel (colour_kernel.py)
+        codes, fz = fused_plan(p.order, p.factors, p.jitter, p.gray)
+        pk.int(f"{name}.fz", codes)
+        pk.float(f"{name}.fz.f", fz)
+        pk.host[f"{name}.fz"] = (int((p.jitter | p.gray).sum()), int(p.jitter.sum()))
 
 
 def _linear_(y: torch.Tensor, coef: torch.Tensor, gw: torch.Tensor) -> None:
@@ -1091,6 +1094,7 @@ class DeviceViews:
         """
         key, kc, query, qc = params.key, params.key_colour, params.query, params.query_colour
         pk = _Packer()
+        fused = self._may_fuse()
         b = int(key.boxes.shape[0])
         ow = self.size
         pk.float("norm", torch.stack([1.0 / self.std.view(3), -self.mean.view(3) / self.std.view(3)]))
@@ -1099,7 +1103,7 @@ class DeviceViews:
         if self.views == "mae":
             boxes, flip = key.boxes, kc.flip[:, None].expand(key.boxes.shape[:2])
             groups.append(("key", key, kc.flip))
-            _pack_colour(pk, "key", kc, sigma, size2)  # MAE's recipe: flip only, so no rows
+            _pack_colour(pk, "key", kc, sigma, size2, fused)  # MAE's recipe: flip only, so no rows
             pre = False
         else:
             assert query is not None and qc is not None
@@ -1109,12 +1113,13 @@ class DeviceViews:
             if pre:
                 colour = _cat_colour(kc, qc, c)
                 flip = colour.flip.view(b, 1 + c)
-                _pack_colour(pk, "crops", colour, sigma, size2)
+                _pack_colour(pk, "crops", colour, sigma, size2, fused)
                 groups.append(("query", query, torch.zeros(b, dtype=torch.bool)))
             else:
                 flip = torch.cat([kc.flip[:, None], qc.flip[:, None].expand(b, c)], 1)
                 # key and mixed query run one colour pass over their concatenation (2 B rows)
-                _pack_colour(pk, "pair", ColourParams(*(torch.cat([k, q]) for k, q in zip(kc, qc))), sigma, size2)
+                _pack_colour(pk, "pair", ColourParams(*(torch.cat([k, q]) for k, q in zip(kc, qc))), sigma, size2,
+                             fused)
                 groups.append(("query", query, qc.flip))
         m = int(boxes.shape[1])
         pk.host["crops"] = m
@@ -1153,12 +1158,21 @@ class DeviceViews:
             return out.view(b, oh, ch, ow).permute(0, 2, 1, 3)  # the matrix path's (S, C, S)
         return cutmix_fold(y[:, s], t[f"{name}.paste"], t[f"{name}.from_mix"] != 0)
 
+    def _may_fuse(self) -> bool:
+        """Whether :meth:`pack` adds the fused kernels' plan: ``"fused"``, or ``"auto"`` where
+        CUDA and Triton are there and the kernels have not failed their check."""
+        if self.colour_kernel != "auto":
+            return self.colour_kernel == "fused"
+        return torch.cuda.is_available() and triton_available() and self._fused_checked.get("cuda") is not False
+
     def _colour(self, x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, Any], name: str) -> None:
         """:func:`_apply_colour` with the kernel :attr:`colour_kernel` picks. ``"auto"`` on
         CUDA checks the fused kernel once against the eager ops on this batch (one host
         read, the only one of a run) and keeps whichever is right."""
         kind = self.colour_kernel
         dev = x.device.type
+        if f"{name}.fz" not in host:  # packed without the fused plan (where it could not run)
+            kind = "eager"
         if kind == "auto":
             if dev != "cuda" or not triton_available() or self._fused_checked.get(dev) is False:
                 kind = "eager"

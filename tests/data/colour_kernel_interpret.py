@@ -25,7 +25,7 @@ def colour_case() -> float:
     x[3:6, 0] = x[3:6, 1]  # ties between the largest channels
     x[6:9] = (x[6:9] > 0.5).float()  # saturated
     pk = D._Packer()
-    D._pack_colour(pk, "c", p, 2.0, (7, 9))
+    D._pack_colour(pk, "c", p, 2.0, (7, 9), fused=True)
     packed = pk.finish()
     t = packed.to(torch.device("cpu"))
     ref = x.clone()

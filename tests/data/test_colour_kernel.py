@@ -31,7 +31,7 @@ def _params(n: int, seed: int = 0, blur: bool = False) -> D.ColourParams:
 
 def _plan(p: D.ColourParams, size: tuple[int, int]) -> tuple[dict[str, torch.Tensor], dict]:
     pk = D._Packer()
-    D._pack_colour(pk, "c", p, 2.0, size)
+    D._pack_colour(pk, "c", p, 2.0, size, fused=True)
     packed = pk.finish()
     return packed.to(torch.device("cpu")), packed.host
 
@@ -137,7 +137,7 @@ def _batch(n: int = 6, seed: int = 5):
     x = torch.rand(n, 3, 12, 12, generator=torch.Generator().manual_seed(seed))
     pk = D._Packer()
     pk.float("norm", torch.zeros(2, 3))
-    D._pack_colour(pk, "c", p, 2.0, (12, 12))
+    D._pack_colour(pk, "c", p, 2.0, (12, 12), fused=True)
     packed = pk.finish()
     return x, packed.to(torch.device("cpu")), packed.host
 
@@ -179,3 +179,7 @@ def test_auto_is_eager_off_cuda():
     with D.DeviceOpCounter("meta") as cost:
         dv.apply(torch.empty((4, 3, 40, 40), dtype=torch.uint8, device="meta"), p)
     assert "colour_" not in cost.by_op and "blur_" not in cost.by_op and not dv._fused_checked
+    if not torch.cuda.is_available():  # nothing to fuse here: sampling does not pack the plan
+        assert "crops.fz" not in p.packed.host and "crops.fz" not in p.packed.layout
+    fused = D.DeviceViews("moco", "contrastive", size=16, colour_kernel="fused").sample(torch.full((4, 2), 40))
+    assert fused.packed.host["crops.fz"][0] > 0 and fused.packed.layout["crops.fz"][2] == (12, 6)
