@@ -1,4 +1,4 @@
-"""One fused pass for MoCo v2's colour jitter and grayscale on the device (Triton).
+"""Fused passes for MoCo v2's colour jitter + grayscale and its blur on the device (Triton).
 
 The eager colour path of :mod:`ssl_cropmix.data.device_views` runs each jitter op as a few
 whole-tensor torch operations (a blend, a clamp, a luma product, the hue's dozen steps),
@@ -24,10 +24,13 @@ saturation, 3 hue), the contrast's position (4: none) and the grayscale flag; ``
 float32 ``(N, 4)``: the factor of the op at each position (the hue's: ``6 * shift``).
 
 Rows that neither jitter nor turn gray are masked out: their pixels are neither read nor
-written. The kernels run as compiled Triton on CUDA and under Triton's interpreter on CPU
-tensors (``interpret=True``, the tests' way to check them on a machine without a GPU).
-:func:`colour_` is the registered torch operator ``ssl_cropmix::colour_`` (so a ``meta``
-batch costs it without running it, :class:`~ssl_cropmix.data.device_views.DeviceOpCounter`).
+written. The blur (:func:`blur_`) is two 1-D passes with each image's own taps and reflect
+padding, vertical into a buffer and horizontal back. The kernels run as compiled Triton on
+CUDA and, with ``TRITON_INTERPRET=1``, under Triton's interpreter on CPU tensors (the tests'
+way to check them without a GPU); on CPU otherwise the operators run eager torch code.
+:func:`colour_` and :func:`blur_` are registered torch operators (``ssl_cropmix::colour_``,
+``ssl_cropmix::blur_``), so a ``meta`` batch costs them without running them
+(:class:`~ssl_cropmix.data.device_views.DeviceOpCounter`, :func:`colour_cost`, :func:`blur_cost`).
 """
 
 from __future__ import annotations
@@ -83,8 +86,9 @@ def interpreting() -> bool:
 
 
 def colour_reference(x: torch.Tensor, codes: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """The eager path's ops in the plan's layout, whole-tensor torch (for tests and as the
-    CPU implementation of :func:`colour_`). Shape: ``(N, 3, H, W)`` float32, in place."""
+    """The plan applied with the eager path's primitives, row by row (the CPU implementation
+    of :func:`colour_` outside Triton's interpreter; a second coding of the plan for the
+    tests). Shape: ``(N, 3, H, W)`` float32, in place."""
     from ssl_cropmix.data.device_views import _hue_shift
 
     gw = torch.tensor(_GRAY, device=x.device).view(1, 3, 1, 1)
