@@ -323,6 +323,13 @@ def preflight(smoke: bool, data_root: str | None, sections: list[str]) -> Prefli
                cuda_available=cuda)
     pf.lines.append(f"torch {torch.__version__} (CUDA build {torch.version.cuda}, cuDNN {env['cudnn']}), "
                     f"CUDA available: {cuda}")
+    try:  # the device views' fused colour kernels need it (without it they run eager: slower, same views)
+        from importlib.metadata import version as _version
+
+        env["triton"] = _version("triton")
+    except Exception:
+        env["triton"] = None
+    pf.lines.append(f"triton {env['triton'] or 'not installed (device views: eager colour ops)'}")
     if cuda:
         props = torch.cuda.get_device_properties(0)
         env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
