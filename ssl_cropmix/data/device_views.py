@@ -763,40 +763,45 @@ class PackedParams(NamedTuple):
 
 
 def _pack_colour(pk: _Packer, name: str, p: ColourParams, max_sigma: float, size: tuple[int, int],
-                 fused: bool = False) -> None:
+                 fused: bool = False, eager: bool = True) -> None:
     """Host plan of the jitter / grayscale / blur of ``p``'s rows (flip is folded into the
     resize).
 
-    Jitter: the jittered rows, sorted by the position of their hue op (stable), so that
-    :func:`_apply_colour` gathers them once into a contiguous buffer in which, at every
-    position ``k``, the rows running hue are one slice (block ``k``) and the rows running a
-    linear op (brightness, contrast, saturation: ``x <- lerp(x, other, 1 - f)``) the one or
-    two slices around it. Per (position, row) constants ``(4, n, 3)``: linear ``(1 - f,
-    saturation?, contrast?)``, hue :func:`hue_base`. Then the grayscale and blur rows and
-    the blur kernels. Block sizes and counts are host integers. ``fused``: also the plan of
-    :func:`~ssl_cropmix.data.colour_kernel.fused_plan` (only packed where it may run: ~0.4 µs
-    a sample)."""
-    if "gray_w" not in pk.layout:
-        pk.float("gray_w", torch.tensor(_GRAY).view(1, 3, 1, 1))
-        pk.float("hue_diff", HUE_DIFF)
-    hue_pos = (p.order == 3).to(torch.int64).argmax(1)  # (N,): the position of hue
-    key = torch.where(p.jitter, hue_pos, 4)
-    rows = key.argsort(stable=True)
-    counts = torch.bincount(key, minlength=5)[:4].tolist()
-    rows = rows[: sum(counts)]
-    op = p.order[rows].t()  # (4, n): the op at each position
-    f = p.factors[rows].gather(1, op.t()).t()  # (4, n): the factor of the op at each position
-    lin = torch.stack([1.0 - f, (op == 2).float(), (op == 1).float()], -1)
-    consts = torch.where((op == 3)[..., None], hue_base(f.reshape(-1)).view(4, -1, 3), lin)
-    pk.int(f"{name}.jit", rows)
-    pk.float(f"{name}.jit.f", consts)
-    pk.host[f"{name}.jit"] = counts
-    gidx = torch.nonzero(p.gray).view(-1)
+    ``eager``: the plan of the eager ops. Jitter: the jittered rows, sorted by the position
+    of their hue op (stable), so that :func:`_apply_colour` gathers them once into a
+    contiguous buffer in which, at every position ``k``, the rows running hue are one slice
+    (block ``k``) and the rows running a linear op (brightness, contrast, saturation:
+    ``x <- lerp(x, other, 1 - f)``) the one or two slices around it. Per (position, row)
+    constants ``(4, n, 3)``: linear ``(1 - f, saturation?, contrast?)``, hue
+    :func:`hue_base`. Then the grayscale rows. ``fused``: the plan of the fused kernel
+    (:func:`~ssl_cropmix.data.colour_kernel.fused_plan`) instead or as well. Always: the
+    blur rows and kernels. Block sizes and counts are host integers. Each plan is packed
+    only where it may run (:meth:`DeviceViews.pack`): building one costs ~0.4-0.8 µs a
+    sample."""
+    if not (eager or fused):
+        raise ValueError("_pack_colour needs eager=True or fused=True")
+    if eager:
+        if "gray_w" not in pk.layout:
+            pk.float("gray_w", torch.tensor(_GRAY).view(1, 3, 1, 1))
+            pk.float("hue_diff", HUE_DIFF)
+        hue_pos = (p.order == 3).to(torch.int64).argmax(1)  # (N,): the position of hue
+        key = torch.where(p.jitter, hue_pos, 4)
+        rows = key.argsort(stable=True)
+        counts = torch.bincount(key, minlength=5)[:4].tolist()
+        rows = rows[: sum(counts)]
+        op = p.order[rows].t()  # (4, n): the op at each position
+        f = p.factors[rows].gather(1, op.t()).t()  # (4, n): the factor of the op at each position
+        lin = torch.stack([1.0 - f, (op == 2).float(), (op == 1).float()], -1)
+        consts = torch.where((op == 3)[..., None], hue_base(f.reshape(-1)).view(4, -1, 3), lin)
+        pk.int(f"{name}.jit", rows)
+        pk.float(f"{name}.jit.f", consts)
+        pk.host[f"{name}.jit"] = counts
+        gidx = torch.nonzero(p.gray).view(-1)
+        pk.int(f"{name}.gray", gidx)
+        pk.host[f"{name}.gray"] = int(gidx.numel())
     bidx = torch.nonzero(p.blur).view(-1)
-    pk.int(f"{name}.gray", gidx)
     pk.int(f"{name}.blur", bidx)
     pk.float(f"{name}.blur.k", gaussian_kernels(p.sigma[bidx], blur_radius(max_sigma, size)))
-    pk.host[f"{name}.gray"] = int(gidx.numel())
     pk.host[f"{name}.blur"] = int(bidx.numel())
     if fused:  # the same jitter + grayscale as one per-row plan for the fused kernel (colour_kernel.py)
         codes, fz = fused_plan(p.order, p.factors, p.jitter, p.gray)
@@ -826,13 +831,12 @@ def _apply_colour(x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, A
     grayscale gathers, computes and copies back its own rows. ``fused=True``: jitter and
     grayscale in the two passes of :func:`~ssl_cropmix.data.colour_kernel.colour_` (Triton).
     Blur (a stencil) gathers, convolves and copies back its rows either way."""
-    gw = t["gray_w"]
-    counts = host[f"{name}.jit"]
-    n = 0 if fused else sum(counts)
+    n = 0 if fused else sum(host[f"{name}.jit"])
     if fused:
         touched, contrast = host[f"{name}.fz"]
         torch.ops.ssl_cropmix.colour_(x, t[f"{name}.fz"], t[f"{name}.fz.f"], touched, contrast)
     if n:
+        gw, counts = t["gray_w"], host[f"{name}.jit"]
         idx = t[f"{name}.jit"]
         consts = t[f"{name}.jit.f"].view(4, n, 3)
         y = x.index_select(0, idx)  # contiguous, blocks by hue position
@@ -845,9 +849,9 @@ def _apply_colour(x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, A
             if hi > lo:
                 _hue_shift(y[lo:hi], consts[k, lo:hi].view(-1, 3, 1, 1), t["hue_diff"], out=y[lo:hi])
         x.index_copy_(0, idx, y)
-    if host[f"{name}.gray"] and not fused:
+    if not fused and host[f"{name}.gray"]:
         idx = t[f"{name}.gray"]
-        x.index_copy_(0, idx, _gray(x.index_select(0, idx), gw).expand(-1, 3, -1, -1))
+        x.index_copy_(0, idx, _gray(x.index_select(0, idx), t["gray_w"]).expand(-1, 3, -1, -1))
     if host[f"{name}.blur"] and fused:
         torch.ops.ssl_cropmix.blur_(x, t[f"{name}.blur"], t[f"{name}.blur.k"])
     elif host[f"{name}.blur"]:
@@ -1094,7 +1098,10 @@ class DeviceViews:
         """
         key, kc, query, qc = params.key, params.key_colour, params.query, params.query_colour
         pk = _Packer()
+        # which plans apply() may need: the eager one unless only the fused kernels can run
         fused = self._may_fuse()
+        eager = self.colour_kernel == "eager" or (
+            self.colour_kernel == "auto" and not (fused and self._fused_checked.get("cuda") is True))
         b = int(key.boxes.shape[0])
         ow = self.size
         pk.float("norm", torch.stack([1.0 / self.std.view(3), -self.mean.view(3) / self.std.view(3)]))
@@ -1103,7 +1110,7 @@ class DeviceViews:
         if self.views == "mae":
             boxes, flip = key.boxes, kc.flip[:, None].expand(key.boxes.shape[:2])
             groups.append(("key", key, kc.flip))
-            _pack_colour(pk, "key", kc, sigma, size2, fused)  # MAE's recipe: flip only, so no rows
+            _pack_colour(pk, "key", kc, sigma, size2, fused, eager)  # MAE's recipe: flip only, so no rows
             pre = False
         else:
             assert query is not None and qc is not None
@@ -1113,13 +1120,13 @@ class DeviceViews:
             if pre:
                 colour = _cat_colour(kc, qc, c)
                 flip = colour.flip.view(b, 1 + c)
-                _pack_colour(pk, "crops", colour, sigma, size2, fused)
+                _pack_colour(pk, "crops", colour, sigma, size2, fused, eager)
                 groups.append(("query", query, torch.zeros(b, dtype=torch.bool)))
             else:
                 flip = torch.cat([kc.flip[:, None], qc.flip[:, None].expand(b, c)], 1)
                 # key and mixed query run one colour pass over their concatenation (2 B rows)
                 _pack_colour(pk, "pair", ColourParams(*(torch.cat([k, q]) for k, q in zip(kc, qc))), sigma, size2,
-                             fused)
+                             fused, eager)
                 groups.append(("query", query, qc.flip))
         m = int(boxes.shape[1])
         pk.host["crops"] = m
@@ -1173,6 +1180,8 @@ class DeviceViews:
         dev = x.device.type
         if f"{name}.fz" not in host:  # packed without the fused plan (where it could not run)
             kind = "eager"
+        elif f"{name}.jit" not in host:  # packed for the fused kernels only (on CPU: their reference)
+            kind = "fused"
         if kind == "auto":
             if dev != "cuda" or not triton_available() or self._fused_checked.get(dev) is False:
                 kind = "eager"

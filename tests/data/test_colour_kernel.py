@@ -187,3 +187,29 @@ def test_auto_is_eager_off_cuda():
         assert "crops.fz" not in p.packed.host and "crops.fz" not in p.packed.layout
     fused = D.DeviceViews("moco", "contrastive", size=16, colour_kernel="fused").sample(torch.full((4, 2), 40))
     assert fused.packed.host["crops.fz"][0] > 0 and fused.packed.layout["crops.fz"][2] == (12, 6)
+
+
+def test_only_the_fused_plan_is_packed_once_the_kernels_passed_their_check(monkeypatch):
+    """Where the fused kernels may run (simulated: CUDA and Triton), sampling packs both plans
+    until their first-batch check, then only theirs (cheaper sampling); the views are the
+    eager ones either way (here on CPU, through the operators' CPU implementation)."""
+    real = D.DeviceViews._may_fuse
+    monkeypatch.setattr(D.DeviceViews, "_may_fuse", lambda self: real(self) if self.colour_kernel != "auto"
+                        else self._fused_checked.get("cuda") is not False)
+    imgs = torch.randint(0, 256, (4, 3, 40, 44), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    sizes = torch.tensor([[40, 44], [36, 44], [40, 30], [20, 20]])
+    for query in ("contrastive", "cropmix"):
+        dv, ref = (D.DeviceViews("moco", query, size=16, small_image=False, resize="matrix",
+                                 generator=torch.Generator().manual_seed(0), colour_kernel=k) for k in ("auto", "eager"))
+        name = "crops" if query == "contrastive" else "pair"
+        first, ref_first = dv.sample(sizes), ref.sample(sizes)
+        assert f"{name}.jit" in first.packed.host and f"{name}.fz" in first.packed.host
+        dv._fused_checked["cuda"] = True  # as after a passed check
+        then, ref_then = dv.sample(sizes), ref.sample(sizes)
+        assert f"{name}.jit" not in then.packed.host and f"{name}.fz" in then.packed.host
+        assert f"{name}.fz" not in ref_then.packed.host  # eager: its own plan only
+        for p, r in ((first, ref_first), (then, ref_then)):
+            for a, b in zip(dv.apply(imgs, p), ref.apply(imgs, r)):
+                assert (a - b).abs().max() <= 2e-5
+        dv._fused_checked["cuda"] = False  # a failed check: eager plan only from then on
+        assert f"{name}.fz" not in dv.sample(sizes).packed.host
