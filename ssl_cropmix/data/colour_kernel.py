@@ -119,6 +119,7 @@ def run_kernels(x: torch.Tensor, codes: torch.Tensor, factors: torch.Tensor) -> 
     import triton
 
     from ssl_cropmix.data._triton_colour import _apply_kernel, _mean_kernel
+
     n, c, h, w = x.shape
     if c != 3 or x.dtype != torch.float32:
         raise ValueError(f"the fused colour kernel takes (N, 3, H, W) float32, got {tuple(x.shape)} {x.dtype}")
