@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 import torch
 
-_GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 BLOCK = 1024  # pixels per program
 _HUE_SCALE = np.array([1.0, 1.0, 1.0, 6.0], np.float32)  # hue's factor on HSV's [0, 6) scale
 
@@ -86,28 +85,29 @@ def interpreting() -> bool:
 
 
 def colour_reference(x: torch.Tensor, codes: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """The plan applied with the eager path's primitives, row by row (the CPU implementation
-    of :func:`colour_` outside Triton's interpreter; a second coding of the plan for the
-    tests). Shape: ``(N, 3, H, W)`` float32, in place."""
-    from ssl_cropmix.data.device_views import _hue_shift
+    """The plan applied row by row with the eager path's own primitives (``_linear_``,
+    ``_hue_shift``, ``_gray`` of :mod:`~ssl_cropmix.data.device_views`): the CPU
+    implementation of :func:`colour_` outside Triton's interpreter, so that a plan packed
+    for the fused kernels only still runs on CPU tensors. Shape: ``(N, 3, H, W)`` float32,
+    in place."""
+    from ssl_cropmix.data.device_views import _GRAY, HUE_DIFF, _gray, _hue_shift, _linear_
 
     gw = torch.tensor(_GRAY, device=x.device).view(1, 3, 1, 1)
-    codes = codes.to(x.device)
-    factors = factors.to(x.device)
-    diff = torch.tensor([[0.0, 1.0, -1.0], [-1.0, 0.0, 1.0], [1.0, -1.0, 0.0]], device=x.device)
-    for i in range(x.shape[0]):
+    diff = HUE_DIFF.to(x.device)
+    plan = codes.tolist()
+    fac = factors.tolist()
+    for i, (row, f) in enumerate(zip(plan, fac)):
         y = x[i : i + 1]
-        for k in range(4):
-            op, f = int(codes[i, k]), float(factors[i, k])
-            if op == 3:
-                base = torch.tensor([f + 5.0, f + 3.0, f + 1.0], device=x.device).view(1, 3, 1, 1)
-                y.copy_(_hue_shift(y, base, diff))
-            elif op >= 0:
-                luma = (y * gw).sum(1, keepdim=True)
-                other = luma if op == 2 else (luma.mean() if op == 1 else torch.zeros((), device=x.device))
-                y.lerp_(other.expand_as(y), 1.0 - f).clamp_(0.0, 1.0)
-        if int(codes[i, 5]):
-            y.copy_((y * gw).sum(1, keepdim=True).expand_as(y))
+        for op, fk in zip(row[:4], f):
+            if op == 3:  # fk = 6 * shift: hue_base's 6 shift + (5, 3, 1)
+                _hue_shift(y, torch.tensor([fk + 5.0, fk + 3.0, fk + 1.0], device=x.device).view(1, 3, 1, 1), diff, out=y)
+            elif op >= 0:  # _linear_'s (1 - f, saturation?, contrast?)
+                coef = torch.tensor([[1.0 - fk, float(op == 2), float(op == 1)]], device=x.device)
+                buf = y.contiguous()
+                _linear_(buf, coef, gw)
+                y.copy_(buf)
+        if row[5]:
+            y.copy_(_gray(y, gw).expand_as(y))
     return x
 
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -1195,8 +1196,6 @@ class DeviceViews:
     def _check_fused(self, x: torch.Tensor, t: dict[str, torch.Tensor], host: dict[str, Any], name: str) -> bool:
         """Run the fused and the eager colour ops on copies of ``x``; keep the fused result if
         they agree to 1e-4 (float rounding: measured <= 1e-6), else warn and keep eager's."""
-        import warnings
-
         ref = x.clone()
         _apply_colour(ref, t, host, name, fused=False)
         try:
@@ -1314,6 +1313,8 @@ class DeviceOpCounter(TorchDispatchMode):
         "_reshape_alias", "set_", "resize_",
     })
     _SYNCS = frozenset({"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "item"})
+    #: ``(kernels, bytes)`` of the package's own operators, from their arguments
+    _CUSTOM_COSTS = {"ssl_cropmix::colour_": colour_cost, "ssl_cropmix::blur_": blur_cost}
 
     def __init__(self, device: str | torch.device) -> None:
         super().__init__()
@@ -1349,8 +1350,9 @@ class DeviceOpCounter(TorchDispatchMode):
         def nbytes(ts: list[torch.Tensor]) -> int:
             return sum(t.numel() * t.element_size() for t in ts)
 
-        if func.namespace == "ssl_cropmix" and name in ("colour_", "blur_"):  # our fused kernels
-            k, b = (colour_cost if name == "colour_" else blur_cost)(args)
+        custom = self._CUSTOM_COSTS.get(f"{func.namespace}::{name}")
+        if custom is not None:  # an operator of ours with kernels inside: what they move
+            k, b = custom(args)
             self.kernels += k
             self.bytes += b
             entry = self.by_op.setdefault(name, [0, 0])
