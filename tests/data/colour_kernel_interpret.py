@@ -61,9 +61,41 @@ def views_case(query: str) -> float:
     return max(float((a - b).abs().max()) for a, b in zip(out["eager"], out["fused"]))
 
 
+def guard_case() -> float:
+    """The kernels on images that are views inside a NaN-filled buffer (rows, channels and
+    pixels strided by the padding): a read outside an image would turn its output NaN, a
+    write outside it would overwrite the padding, which on a GPU is an illegal address or
+    silent corruption. Returns the largest difference from the eager ops, ``inf`` when
+    the padding changed or an output is not finite."""
+    g = torch.Generator().manual_seed(3)
+    n, h, w = 7, 9, 11
+    spec = D.colour_spec(V.moco_v2_augmentation(20, blur_prob=0.0))
+    p = D.sample_colour_params(n, spec, g)
+    p = p._replace(jitter=torch.rand(n, generator=g) < 0.7, blur=torch.zeros(n, dtype=torch.bool))
+    pk = D._Packer()
+    D._pack_colour(pk, "c", p, 2.0, (h, w), fused=True)
+    packed = pk.finish()
+    t = packed.to(torch.device("cpu"))
+    big = torch.full((n + 2, 5, h + 4, w + 6), float("nan"))
+    inside = torch.zeros(big.shape, dtype=torch.bool)
+    inside[1 : n + 1, 1:4, 2 : h + 2, 3 : w + 3] = True
+    x = big[1 : n + 1, 1:4, 2 : h + 2, 3 : w + 3]
+    x.copy_(torch.rand(n, 3, h, w, generator=g))
+    ref = x.clone()
+    D._apply_colour(ref, t, packed.host, "c")
+    D._apply_colour(x, t, packed.host, "c", fused=True)
+    idx = torch.tensor([5, 0, 3])
+    k = D.gaussian_kernels(torch.tensor([0.4, 1.0, 2.5]), 4)
+    ref.index_copy_(0, idx, D._gaussian_blur(ref.index_select(0, idx), k))
+    torch.ops.ssl_cropmix.blur_(x, idx, k)
+    if not (big[~inside].isnan().all() and x.isfinite().all()):
+        return float("inf")
+    return float((x - ref).abs().max())
+
+
 DeviceViews = D.DeviceViews
 
 if __name__ == "__main__":
     assert K.interpreting(), "run with TRITON_INTERPRET=1"
-    print(json.dumps({"colour": colour_case(), "blur": blur_case(),
+    print(json.dumps({"colour": colour_case(), "blur": blur_case(), "guard": guard_case(),
                       **{q: views_case(q) for q in ("contrastive", "cropmix")}}))
