@@ -9,9 +9,11 @@ Compares, in one process, interleaved and repeated, on the same files, loader an
 * ``scalemix``: ScaleMix query + key.
 * ``contrastive``: the paper's contrastive CropMix preset (two fully augmented crops) + key.
 
-Datasets: CIFAR-10 JPEGs (32 px views) from ``--data-root`` and ImageNet-sized photos
+Datasets: CIFAR-10 JPEGs (32 px views) from ``--data-root``, ImageNet-sized photos
 (224 px views): the scikit-image demo photos resized to ``--photo-side`` px on the long side
-(ImageNet's typical 500x375) and replicated to ``--photos`` JPEG files in a temp folder.
+(ImageNet's typical 500x375) and replicated to ``--photos`` JPEG files in a temp folder, and
+``tiles``: the demo set's 64 training tiles (75-352 px JPEGs) cut to 32-px views, i.e. large
+sources for small outputs (issue 24: the CropMix pair >= 0.9x plain there too).
 Images/s counts source images (each yields a query and a key), decoding included. Batches
 are drawn at random with replacement. Each ratio is the median of per-round ratios (a
 round times every pipeline once, back to back), with its quartiles: on a shared machine
@@ -207,7 +209,7 @@ def streaming_main(a: argparse.Namespace, tmp: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    p.add_argument("--datasets", default="cifar10,photos")
+    p.add_argument("--datasets", default="cifar10,photos", help="any of cifar10, photos, tiles")
     p.add_argument("--pipelines", default=",".join(PIPELINES))
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
@@ -239,8 +241,12 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "photos":
                 root = photo_folder(Path(tmp), a.photos, a.photo_side)
                 source, size = ImageFolderDataset(root), 224
+            elif name == "tiles":
+                from ssl_cropmix.data.demo import write_demo_folder
+
+                source, size = ImageFolderDataset(write_demo_folder(Path(tmp) / "demo") / "train"), 32
             else:
-                raise SystemExit(f"--datasets: unknown {name!r} (cifar10, photos)")
+                raise SystemExit(f"--datasets: unknown {name!r} (cifar10, photos, tiles)")
             results = run_rounds(source, size, pipelines, a)
             for k in pipelines:
                 ips = statistics.median(results[k])

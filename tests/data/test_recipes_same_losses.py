@@ -70,10 +70,13 @@ data:
 
 # float32 losses of steps 0-4 with the flat DataModule arguments (exact: compared with ==):
 # at main df7aab7; moco_device re-recorded at 19c516d, whose new device colour pass (issue 24)
-# reorders float operations, just before the refactor landed
+# reorders float operations, just before the refactor landed; mae re-recorded when CropMix
+# began to skip the crops invisible in its uint8 Mixup (``skip_invisible``, issue 24): its
+# df7aab7 losses, MAE_EVERY_CROP, are still what the recipe gives when every crop is rendered
+MAE_EVERY_CROP = [1.297441005706787, 1.2904390096664429, 1.2929736375808716, 1.2986139059066772, 1.2900294065475464]
 EXPECTED = {
     "moco_smoke": [2.5802605152130127, 2.9980735778808594, 3.56949520111084, 3.8505144119262695, 4.229132175445557],
-    "mae": [1.297441005706787, 1.2904390096664429, 1.2929736375808716, 1.2986139059066772, 1.2900294065475464],
+    "mae": [1.297441005706787, 1.2904390096664429, 1.2929747104644775, 1.2986302375793457, 1.2900276184082031],
     "moco_device": [1.2673418521881104, 3.2316842079162598, 2.9617979526519775, 2.8916468620300293, 2.941962957382202],
     "supervised": [2.174433469772339, 2.221261978149414, 2.199615716934204, 2.1049563884735107, 2.0376033782958984],
 }
@@ -109,3 +112,15 @@ def test_first_five_losses_are_unchanged(name: str, tmp_path, monkeypatch):
         config = tmp_path / f"{name}.yaml"
         config.write_text({"mae": MAE, "supervised": SUPERVISED, "moco_device": MOCO_DEVICE}[name])
     assert first_losses(config, tmp_path) == EXPECTED[name]
+
+
+def test_mae_losses_with_every_crop_rendered_are_those_before_skipping(tmp_path, monkeypatch):
+    """Skipping the invisible crops is the only change to the MAE recipe's data: with every
+    crop rendered (the weights left as they are), the first losses are df7aab7's."""
+    from ssl_cropmix.transforms import functional as CF
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(CF, "visible_fold_weights", lambda w, levels=255.0: list(w))
+    config = tmp_path / "mae.yaml"
+    config.write_text(MAE)
+    assert first_losses(config, tmp_path) == MAE_EVERY_CROP

@@ -112,7 +112,7 @@ def test_mixup_output_is_convex_combination_with_sampled_weights(intermediate):
 
 def test_uint8_mixup_output_is_the_rounded_fold():
     x = noise_image()
-    t = CropMix(24, num_crops=(2, 3, 4), output_dtype=None)
+    t = CropMix(24, num_crops=(2, 3, 4), output_dtype=None, skip_invisible=False)
     for seed in range(6):
         p = t.sample_params(x.shape[-2:], torch.Generator().manual_seed(seed))
         out = t.apply(x, p)
@@ -204,8 +204,10 @@ def test_input_types_dtypes_and_shapes(demo_photos):
     assert type(out_pil) is torch.Tensor and out_pil.dtype == torch.float32 and out_pil.shape == (3, 40, 40)
     assert torch.equal(out_pil, out_u8)  # PIL and its uint8 tensor give the same result
     assert 0.0 <= out_pil.min() and out_pil.max() <= 1.0
-    keep = CropMix(40, output_dtype=None, generator=g())(x)
+    keep = CropMix(40, output_dtype=None, generator=g(), skip_invisible=False)(x)
     assert keep.dtype == torch.uint8 and torch.equal(keep, CF.to_uint8(out_u8))
+    skip = CropMix(40, output_dtype=None, generator=g())(x)  # invisible crops skipped: within a level
+    assert skip.dtype == torch.uint8 and (skip.int() - keep.int()).abs().max() <= 1
     f64 = CropMix(40, generator=g())(x.double() / 255)
     assert f64.dtype == torch.float64 and f64.shape == (3, 40, 40)
     # float path ~ uint8 path: torchvision's uint8 resize rounds after each of its two
@@ -366,3 +368,81 @@ def test_single_inputs_take_the_shortcut_and_other_structures_do_not(monkeypatch
         assert tf(inpt).shape == (3, 16, 16)
     with pytest.raises(AssertionError, match="Transform.forward called"):
         tf({"image": x})
+
+
+# ------------------------------------------------------------------ invisible crops (skip_invisible)
+def _fold_weights_by_hand(p: CropMixParams) -> list[float]:
+    """Independent reference: the paper's fold ``m <- lam m + (1 - lam) v`` run on unit
+    vectors, i.e. each crop's weight in the mixed image, in fold order."""
+    n = len(p.order)
+    m = torch.zeros(n, dtype=torch.float64)
+    m[0] = 1.0
+    for k, step in enumerate(p.steps, start=1):
+        m = step.lam * m + (1 - step.lam) * torch.eye(n, dtype=torch.float64)[k]
+    return m.tolist()
+
+
+def test_invisible_crops_are_not_resized_and_the_output_stays_within_a_level(monkeypatch):
+    """uint8 Mixup: a crop whose weight (with the other skipped ones) is below half a level
+    is not resized; the output is the rounded fold of the other crops with their weights
+    rescaled to sum to 1, within one level of the full fold; the random numbers are the
+    same as without skipping."""
+    x = noise_image(64, 72, seed=4)
+    calls = []
+    real = CF.resized_crop
+    monkeypatch.setattr(CF, "resized_crop", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    skip, full = (CropMix(24, crop_scale=(0.2, 1.0), num_crops=(2, 3, 4), output_dtype=None, skip_invisible=s)
+                  for s in (True, False))
+    skipped = 0
+    for seed in range(40):
+        p = skip.sample_params((64, 72), torch.Generator().manual_seed(seed))
+        assert p == full.sample_params((64, 72), torch.Generator().manual_seed(seed))
+        w = _fold_weights_by_hand(p)
+        ranked = sorted(range(len(w)), key=w.__getitem__)
+        drop = [i for j, i in enumerate(ranked) if sum(w[r] for r in ranked[: j + 1]) < 0.5 / 255]
+        calls.clear()
+        out = skip.apply(x, p)
+        assert len(calls) == len(w) - len(drop)  # the invisible crops were neither cut nor resized
+        skipped += len(drop)
+        crops = [c.double() for c in ref_crops(x, p, 24)]
+        full_fold = sum(wi * c for wi, c in zip(w, crops))
+        s = sum(w[i] for i in drop)
+        kept_fold = sum(w[i] / (1 - s) * crops[i] for i in range(len(w)) if i not in drop)
+        assert out.dtype == torch.uint8
+        assert (out.double() - kept_fold).abs().max() <= 0.5 + 1e-3  # one rounding of the kept fold
+        assert (out.double() - full_fold).abs().max() <= 1.0 + 1e-3  # within a level of the full fold
+        if not drop:
+            assert torch.equal(out, full.apply(x, p))
+    assert skipped >= 10  # the case under test happened (39 % of crops with these settings)
+
+
+def test_skipping_leaves_flat_images_float_outputs_and_other_mixings_unchanged():
+    flat = torch.full((3, 50, 60), 173, dtype=torch.uint8)
+    x = noise_image(50, 60, seed=2)
+    for seed in range(12):
+        g = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
+        # a flat image: the rescaled weights still sum to 1, so every pixel keeps its value
+        assert torch.equal(CropMix(16, output_dtype=None, generator=g())(flat), flat[:, :16, :16])
+        # float output (nothing rounded) and CutMix / channel_permute / view_transform: every crop
+        for kw in (dict(), dict(mixing="cutmix", output_dtype=None),
+                   dict(intermediate="channel_permute", output_dtype=None),
+                   dict(view_transform=lambda v: v, output_dtype=None)):
+            a = CropMix(16, generator=g(), **kw)(x)
+            b = CropMix(16, generator=g(), skip_invisible=False, **kw)(x)
+            assert torch.equal(a, b), kw
+
+
+def test_every_backend_skips_within_a_level_of_its_full_fold():
+    from pil_images import noise_pil
+
+    img = noise_pil(56, 64, seed=6)
+    for backend in ("pil", "numpy", "tensor"):
+        skip, full = (CropMix(16, num_crops=(2, 3, 4), output_dtype=None, backend=backend, skip_invisible=s)
+                      for s in (True, False))
+        for seed in range(10):
+            p = skip.sample_params((56, 64), torch.Generator().manual_seed(seed))
+            a, b = skip.transform(img, {"params": p}), full.transform(img, {"params": p})
+            assert a.dtype == b.dtype == torch.uint8
+            assert (a.int() - b.int()).abs().max() <= 1, (backend, seed)
+    with pytest.raises(TypeError, match="skip_invisible must be a bool, got 'yes'"):
+        CropMix(16, skip_invisible="yes")

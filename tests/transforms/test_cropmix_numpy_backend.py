@@ -86,7 +86,7 @@ def test_separable_product_is_torchvisions_antialiased_resize(interpolation, h, 
 def test_mixup_is_the_rounded_float_fold_of_torchvision_crops(interpolation, mode, h, w, size):
     img = noise_pil(h, w, mode, seed=h + w)
     tf = CropMix(size, crop_scale=(0.05, 1.0), num_crops=(2, 3, 4), output_dtype=None, backend="numpy",
-                 interpolation=interpolation)
+                 interpolation=interpolation, skip_invisible=False)
     for seed in range(6):
         p = tf.sample_params((h, w), generator=torch.Generator().manual_seed(seed))
         out = tf.apply_numpy(img, p)
@@ -98,7 +98,7 @@ def test_mixup_is_the_rounded_float_fold_of_torchvision_crops(interpolation, mod
 
 def test_small_boxes_read_only_their_union_of_a_large_image():
     img = noise_pil(300, 400, seed=9)
-    tf = CropMix(16, crop_scale=(0.01, 0.04), num_crops=3, output_dtype=None, backend="numpy")
+    tf = CropMix(16, crop_scale=(0.01, 0.04), num_crops=3, output_dtype=None, backend="numpy", skip_invisible=False)
     for seed in range(4):
         p = tf.sample_params((300, 400), generator=torch.Generator().manual_seed(seed))
         boxes = p.boxes

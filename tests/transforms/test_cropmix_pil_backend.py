@@ -30,7 +30,7 @@ def pil_ref_crops(img: Image.Image, p: CropMixParams, size: int, resample=Image.
 @pytest.mark.parametrize("seed", range(6))
 def test_mixup_equals_fold_of_pil_reference_crops(mode, seed):
     img = noise_pil(mode=mode, seed=seed)
-    tf = CropMix(16, num_crops=(2, 3, 4), output_dtype=None, backend="pil")
+    tf = CropMix(16, num_crops=(2, 3, 4), output_dtype=None, backend="pil", skip_invisible=False)
     p = tf.sample_params((img.height, img.width), generator=torch.Generator().manual_seed(seed))
     out = tf.apply_pil(img, p)
     crops = pil_ref_crops(img, p, 16)
@@ -137,7 +137,7 @@ def test_keep_pil_returns_the_same_pixels_as_a_pil_image(backend, mode, mixing):
 
 def test_keep_pil_mixup_equals_fold_of_pil_reference_crops():
     img = noise_pil(seed=11)
-    tf = CropMix(16, num_crops=4, output_dtype=None, backend="pil", keep_pil=True)
+    tf = CropMix(16, num_crops=4, output_dtype=None, backend="pil", keep_pil=True, skip_invisible=False)
     for seed in range(5):
         p = tf.sample_params((img.height, img.width), generator=torch.Generator().manual_seed(seed))
         out = tf.apply_pil(img, p, as_pil=True)

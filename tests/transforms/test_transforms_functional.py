@@ -165,3 +165,42 @@ def test_resize_paste_box_area_is_tau_squared(tau):
         assert 0 <= top and top + h <= H and 0 <= left and left + w <= W
         assert abs(h - tau * H) <= 0.5 and abs(w - tau * W) <= 0.5
         assert abs(h * w / (H * W) - tau**2) <= (0.5 * (H + W) + 0.25) / (H * W) + 1e-12
+
+
+def test_visible_fold_weights_move_a_weighted_sum_by_less_than_half_a_level():
+    g = torch.Generator().manual_seed(0)
+    worst, dropped_any = 0.0, 0
+    for _ in range(3000):
+        n = int(torch.randint(2, 5, (1,), generator=g))
+        lams = [CF.sample_beta(0.4 / n, 0.4 / n, g) for _ in range(n - 1)]
+        w = CF.mixup_fold_weights(lams)
+        v = CF.visible_fold_weights(w)
+        assert math.isclose(sum(v), 1.0, rel_tol=0, abs_tol=1e-12)
+        gone = [i for i in range(n) if v[i] == 0.0 and w[i] > 0.0]
+        assert sum(w[i] for i in gone) * 255 < 0.5
+        kept = [i for i in range(n) if v[i] > 0]
+        assert all(w[i] <= w[k] for i in gone for k in kept)  # the smallest weights go
+        assert all(math.isclose(v[k], w[k] / (1 - sum(w[i] for i in gone)), rel_tol=1e-12) for k in kept)
+        dropped_any += bool(gone)
+        for x in (torch.rand(n, generator=g) * 255, torch.randint(0, 2, (n,), generator=g) * 255.0):
+            xs = x.tolist()
+            worst = max(worst, abs(sum(a * b for a, b in zip(v, xs)) - sum(a * b for a, b in zip(w, xs))))
+    assert worst < 0.5 and dropped_any > 1000
+    assert CF.visible_fold_weights([0.3, 0.7]) == [0.3, 0.7]  # nothing below half a level
+    assert CF.visible_fold_weights([0.001, 0.0005, 0.9985]) == [0.0, 0.0, 1.0]
+    assert CF.visible_fold_weights([0.0015, 0.0015, 0.997], levels=255) == [0.0, 0.0015 / 0.9985, 0.997 / 0.9985]
+
+
+def test_a_third_of_the_papers_mixup_crops_are_invisible_in_uint8():
+    """The share that CropMix's docstring and the benchmarks quote: alpha 0.4, n in {2, 3, 4}."""
+    from ssl_cropmix.transforms import CropMix
+
+    t = CropMix(32, crop_scale=(0.2, 1.0), num_crops=(2, 3, 4), alpha=0.4)
+    g = torch.Generator().manual_seed(1)
+    crops = gone = 0
+    for _ in range(6000):
+        p = t.sample_params((100, 100), g)
+        v = CF.visible_fold_weights(CF.mixup_fold_weights([s.lam for s in p.steps]))
+        crops += len(v)
+        gone += sum(x == 0.0 for x in v)
+    assert 0.37 < gone / crops < 0.41
