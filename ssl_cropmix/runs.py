@@ -247,7 +247,8 @@ class LatestCheckpoint:
         run: the run directory the fit continues in.
         checkpoint: the checkpoint file (newest of ``run``'s by step, then mtime).
         step: its ``global_step``.
-        candidates: how many checkpoints the run holds.
+        candidates: how many checkpoint files the run holds (a ``last.ckpt`` link and the file
+            it points to are one).
     """
 
     run: Path
@@ -269,7 +270,7 @@ def newest_checkpoint(run: str | os.PathLike) -> LatestCheckpoint | None:
         return None
     keyed = [(checkpoint_step(p), p.stat().st_mtime, p) for p in files]
     step, _, best = max(keyed, key=lambda t: (t[0], t[1], str(t[2])))
-    return LatestCheckpoint(Path(run), best, step, len(files))
+    return LatestCheckpoint(Path(run), best, step, len({f.resolve() for f in files}))  # a last.ckpt link: one file
 
 
 def experiment_runs(root: str | os.PathLike, name: str) -> list[Path]:

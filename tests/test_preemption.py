@@ -64,6 +64,19 @@ def _fake_run(root: Path, name: str, version: str) -> Path:
     return run
 
 
+def test_a_last_ckpt_link_counts_as_the_file_it_points_to(tmp_path):
+    """The recipes' ``save_last: link``: ``last.ckpt`` is a relative link to the newest
+    ``ModelCheckpoint`` file; resuming finds that step, and the run holds one checkpoint."""
+    from ssl_cropmix.runs import newest_checkpoint
+
+    run = _fake_run(tmp_path, "exp", "20260101-000000")
+    target = _fake_ckpt(run / "checkpoints" / "epoch=7-step=32.ckpt", 32, time.time())
+    (run / "checkpoints" / "last.ckpt").symlink_to(target.name)
+    latest = newest_checkpoint(run)
+    assert latest.step == 32 and latest.candidates == 1
+    assert latest.checkpoint.resolve() == target.resolve()
+
+
 def test_latest_checkpoint_is_the_newest_runs_furthest_checkpoint(tmp_path):
     """Of the experiment's runs, the one written last (not the one with the largest version
     name); in it the highest step, hpc and ModelCheckpoint files alike, ties broken by mtime;
