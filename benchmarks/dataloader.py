@@ -8,6 +8,8 @@ Compares, in one process, interleaved and repeated, on the same files, loader an
 * ``cropmix``: generic CropMix query (Mixup, n in {2,3,4}) + MoCo v2 key.
 * ``scalemix``: ScaleMix query + key.
 * ``contrastive``: the paper's contrastive CropMix preset (two fully augmented crops) + key.
+* ``cropmix_every_crop`` (only when named in ``--pipelines``): ``cropmix`` with
+  ``CropMix(skip_invisible=False)``, i.e. every Mixup crop resized even when it cannot show.
 
 Datasets: CIFAR-10 JPEGs (32 px views) from ``--data-root``, ImageNet-sized photos
 (224 px views): the scikit-image demo photos resized to ``--photo-side`` px on the long side
@@ -30,6 +32,8 @@ query). Target: streaming >= 0.9x ImageFolder at 224 px. Needs ``ssl_cropmix[str
     python benchmarks/dataloader.py --data-root ../shared/data --num-workers 0
     python benchmarks/dataloader.py --data-root ../shared/data --num-workers 2
     python benchmarks/dataloader.py --quick      # short smoke run
+    python benchmarks/dataloader.py --datasets tiles,cifar10 --pipelines plain,cropmix,cropmix_every_crop \
+        --num-workers 0 --repeats 40 --batches 2     # large sources; the invisible-crop skip
     python benchmarks/dataloader.py --source streaming --data-root ../shared/data --num-workers 2
 """
 
@@ -54,6 +58,15 @@ PIPELINES = ("lightly", "plain", "cropmix", "scalemix", "contrastive")
 
 
 def make_transform(name: str, size: int):
+    if name == "cropmix_every_crop":
+        from ssl_cropmix.transforms import CropMix
+
+        views = moco_views("cropmix", size)
+        for t in [views.query, *getattr(views.query, "transforms", [])]:
+            for c in [t, *getattr(t, "transforms", [])]:
+                if isinstance(c, CropMix):
+                    c.skip_invisible = False
+        return views
     if name == "lightly":
         from lightly.transforms import MoCoV2Transform
 
