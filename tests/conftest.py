@@ -27,6 +27,17 @@ def _seed_everything():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Each test starts with the session's torch thread count: a test that calls a script's
+    ``main`` (which sets one thread for its process) must not change the float reduction
+    order, and so the exact losses, of the tests after it."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 _DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
              "LOCAL_WORLD_SIZE", "PL_GLOBAL_SEED", "PL_TRAINER_GPUS")
 

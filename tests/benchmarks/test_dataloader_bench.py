@@ -8,6 +8,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -32,8 +34,12 @@ def test_tiles_rows_and_the_every_crop_pipeline(capsys):
     default = cropmixes(mod.make_transform("cropmix", 32))
     assert len(every) == len(default) == 2  # BySourceSize: the PIL and the tensor backend
     assert [c.skip_invisible for c in every] == [False, False] and [c.skip_invisible for c in default] == [True, True]
-    assert mod.main(["--quick", "--datasets", "tiles", "--pipelines", "plain,cropmix,cropmix_every_crop",
-                     "--num-workers", "0"]) == 0
+    threads = torch.get_num_threads()
+    try:  # the script sets one torch thread for its process: give the session its threads back
+        assert mod.main(["--quick", "--datasets", "tiles", "--pipelines", "plain,cropmix,cropmix_every_crop",
+                         "--num-workers", "0"]) == 0
+    finally:
+        torch.set_num_threads(threads)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiles | 32 |")]
     assert [r.split("|")[3].strip() for r in rows] == ["plain", "cropmix", "cropmix_every_crop"]
     assert rows[0].split("|")[5].strip() == "1.00x"
