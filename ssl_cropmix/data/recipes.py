@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 
 from ssl_cropmix.data import views as V
 from ssl_cropmix.data.device_views import COLOUR_KERNELS, DecodeToUint8, DeviceViews, pad_collate
-from ssl_cropmix.validation import check_int
+from ssl_cropmix.validation import check_bool, check_int
 
 AUGMENT_ON = ("workers", "device")
 
@@ -44,13 +44,27 @@ class ViewRecipe:
             blur run (:class:`~ssl_cropmix.data.device_views.DeviceViews`' ``colour_kernel``):
             ``"auto"`` (fused Triton kernels on CUDA after a first-batch check against the
             eager ops, eager elsewhere), ``"eager"`` or ``"fused"``.
+        skip_invisible: the worker path's uint8 Mixup CropMix views (MoCo ``query="cropmix"``,
+            MAE ``kind="cropmix_mixup"``) skip the crops they cannot show (within one 8-bit
+            level of the full fold; :class:`~ssl_cropmix.transforms.CropMix`); ``False``
+            renders every crop. Other views, and the device path, render every crop anyway.
     """
 
     augment_on: str = "workers"
     device_max_size: int | None = None
     device_colour_kernel: str = "auto"
+    skip_invisible: bool = True
     #: the recipe's batches are ``((query, key), labels)``
     pairs: ClassVar[bool] = False
+
+    def _set_skip_invisible(self, skip_invisible: bool, mixup: bool) -> None:
+        """``skip_invisible=False`` where it changes nothing (no worker-path Mixup CropMix) is
+        refused, naming what would use it."""
+        self.skip_invisible = check_bool("skip_invisible", skip_invisible)
+        if not self.skip_invisible and (not mixup or self.augment_on != "workers"):
+            raise ValueError("skip_invisible=False is for the worker path's Mixup CropMix views (MoCoViews(query="
+                             "'cropmix'), MAEViews(kind='cropmix_mixup'), augment_on='workers'); got "
+                             f"{self!r}: every crop is rendered there already")
 
     def _set_device_path(self, augment_on: str, device_max_size: int | None, device_colour_kernel: str = "auto") -> None:
         if augment_on not in AUGMENT_ON:
@@ -114,7 +128,7 @@ class MoCoViews(ViewRecipe):
             augmentation) or ``"cropmix"`` (generic Mixup CropMix); or a transform (from
             YAML: a ``class_path``; workers only). See :func:`~ssl_cropmix.data.views.moco_query`.
         augment_on: ``"workers"`` or ``"device"`` (see :class:`ViewRecipe`).
-        device_max_size, device_colour_kernel: see :class:`ViewRecipe`.
+        device_max_size, device_colour_kernel, skip_invisible: see :class:`ViewRecipe`.
 
     Shape:
         PIL image -> ``((3, S, S), (3, S, S))`` float32 normalised (``S``: the image size).
@@ -124,17 +138,19 @@ class MoCoViews(ViewRecipe):
 
     def __init__(self, query: V.QueryName | Callable[[Any], Any] = "contrastive",
                  augment_on: Literal["workers", "device"] = "workers", device_max_size: int | None = None,
-                 device_colour_kernel: Literal["auto", "eager", "fused"] = "auto") -> None:
+                 device_colour_kernel: Literal["auto", "eager", "fused"] = "auto",
+                 skip_invisible: bool = True) -> None:
         if not callable(query) and query not in V.QUERIES:
             raise ValueError(f"query must be one of {V.QUERIES} or a transform, got {query!r}")
         if augment_on == "device" and callable(query):
             raise ValueError(f"augment_on='device' builds the named queries {V.QUERIES}, got query={query!r}")
         self._set_device_path(augment_on, device_max_size, device_colour_kernel)
         self.query = query
+        self._set_skip_invisible(skip_invisible, mixup=query == "cropmix")
 
     def worker_transform(self, size: int, small_image: bool, mean: Sequence[float],
                          std: Sequence[float]) -> Callable[[Any], Any]:
-        return V.moco_views(self.query, size, small_image, mean=mean, std=std)
+        return V.moco_views(self.query, size, small_image, mean=mean, std=std, skip_invisible=self.skip_invisible)
 
     def device_views(self, size: int, small_image: bool, mean: Sequence[float],
                      std: Sequence[float]) -> DeviceViews | None:
@@ -145,7 +161,8 @@ class MoCoViews(ViewRecipe):
 
     def init_args(self) -> dict[str, Any]:
         return {"query": self.query if isinstance(self.query, str) else None, "augment_on": self.augment_on,
-                "device_max_size": self.device_max_size, "device_colour_kernel": self.device_colour_kernel}
+                "device_max_size": self.device_max_size, "device_colour_kernel": self.device_colour_kernel,
+                "skip_invisible": self.skip_invisible}
 
 
 class MAEViews(ViewRecipe):
@@ -156,7 +173,7 @@ class MAEViews(ViewRecipe):
             {2, 3, 4}, the official code's defaults and the 10 %-data recipe),
             ``"cropmix_cutmix"`` (n = 2, CutMix) or ``"rrc"`` (plain MAE).
         augment_on: ``"workers"`` or ``"device"`` (see :class:`ViewRecipe`).
-        device_max_size, device_colour_kernel: see :class:`ViewRecipe`.
+        device_max_size, device_colour_kernel, skip_invisible: see :class:`ViewRecipe`.
 
     Shape:
         PIL image -> ``(3, S, S)`` float32 normalised.
@@ -164,15 +181,17 @@ class MAEViews(ViewRecipe):
 
     def __init__(self, kind: Literal["cropmix_mixup", "cropmix_cutmix", "rrc"] = "cropmix_mixup",
                  augment_on: Literal["workers", "device"] = "workers", device_max_size: int | None = None,
-                 device_colour_kernel: Literal["auto", "eager", "fused"] = "auto") -> None:
+                 device_colour_kernel: Literal["auto", "eager", "fused"] = "auto",
+                 skip_invisible: bool = True) -> None:
         if kind not in V.MAE_VIEWS:
             raise ValueError(f"kind must be one of {V.MAE_VIEWS}, got {kind!r}")
         self._set_device_path(augment_on, device_max_size, device_colour_kernel)
         self.kind = kind
+        self._set_skip_invisible(skip_invisible, mixup=kind == "cropmix_mixup")
 
     def worker_transform(self, size: int, small_image: bool, mean: Sequence[float],
                          std: Sequence[float]) -> Callable[[Any], Any]:
-        return V.mae_view(self.kind, size, mean=mean, std=std)
+        return V.mae_view(self.kind, size, mean=mean, std=std, skip_invisible=self.skip_invisible)
 
     def device_views(self, size: int, small_image: bool, mean: Sequence[float],
                      std: Sequence[float]) -> DeviceViews | None:
@@ -183,7 +202,7 @@ class MAEViews(ViewRecipe):
 
     def init_args(self) -> dict[str, Any]:
         return {"kind": self.kind, "augment_on": self.augment_on, "device_max_size": self.device_max_size,
-                "device_colour_kernel": self.device_colour_kernel}
+                "device_colour_kernel": self.device_colour_kernel, "skip_invisible": self.skip_invisible}
 
 
 class SupervisedViews(ViewRecipe):

@@ -254,6 +254,7 @@ def moco_query(
     small_image: bool | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    skip_invisible: bool = True,
 ) -> Callable[[Any], Any]:
     """The MoCo query view (Han et al., 2022, Table 3 / Appendix A).
 
@@ -269,6 +270,9 @@ def moco_query(
       (0.6, 1.0), each with the full colour augmentation, CutMix; normalised once after
       mixing.
     * a callable: used as is (it must return the final, normalised tensor).
+
+    ``skip_invisible``: the ``"cropmix"`` query's uint8 Mixup skips the crops it cannot show
+    (:class:`~ssl_cropmix.transforms.CropMix`'s ``skip_invisible``); ``False`` renders every crop.
     """
     from ssl_cropmix.transforms import CropMix, ScaleMix, contrastive_cropmix  # late: optional part
 
@@ -304,7 +308,7 @@ def moco_query(
     # is no faster than PIL.
     def mixup(backend: str) -> CropMix:
         return CropMix(size, crop_scale=(0.2, 1.0), num_crops=(2, 3, 4), mixing="mixup", output_dtype=None,
-                       backend=backend, keep_pil=True)
+                       backend=backend, keep_pil=True, skip_invisible=skip_invisible)
 
     mix = BySourceSize(mixup("pil"), mixup("tensor"), size) if small else mixup("tensor")
     return v2.Compose([mix, *_colour_ops(blur), norm])  # PIL colour ops -> float
@@ -316,9 +320,11 @@ def moco_views(
     small_image: bool | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    skip_invisible: bool = True,
 ) -> TwoViews:
     """MoCo pretraining views ``TwoViews(query, key)``: key = :func:`moco_v2_augmentation`,
-    query = :func:`moco_query`. ``small_image`` (default: ``size <= 64``) drops the blur.
+    query = :func:`moco_query` (with ``skip_invisible``). ``small_image`` (default:
+    ``size <= 64``) drops the blur.
 
     Shape:
         PIL image -> ``((3, size, size), (3, size, size))`` float32, normalised.
@@ -326,7 +332,7 @@ def moco_views(
     size = _check_size(size)
     small = size <= SMALL_IMAGE_MAX if small_image is None else bool(small_image)
     key = moco_v2_augmentation(size, blur_prob=0.0 if small else 0.5, mean=mean, std=std)
-    return TwoViews(moco_query(query, size, small, mean, std), key)
+    return TwoViews(moco_query(query, size, small, mean, std, skip_invisible), key)
 
 
 def mae_view(
@@ -334,6 +340,7 @@ def mae_view(
     size: int = 224,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    skip_invisible: bool = True,
 ) -> v2.Compose:
     """The MAE pretraining view (He et al., 2022; Han et al., 2022, Sec. 6 and App. B.3).
 
@@ -348,7 +355,8 @@ def mae_view(
     in the official CropMix MAE code for ``n = 2`` (``mae/cropmix.py``; its ``n = 3, 4``
     branches pass ``interpolation=3``, bicubic: one interpolation for all ``n`` is ours, so
     that ``n`` is the only thing that changes between draws); plain MAE's RRC keeps MAE's
-    bicubic.
+    bicubic. ``skip_invisible``: ``"cropmix_mixup"`` skips the crops its uint8 Mixup cannot
+    show (:class:`~ssl_cropmix.transforms.CropMix`); ``False`` renders every crop.
 
     Shape:
         PIL image -> ``(3, size, size)`` float32, normalised.
@@ -369,6 +377,7 @@ def mae_view(
             alpha=0.4,
             interpolation=InterpolationMode.BILINEAR,
             output_dtype=None,
+            skip_invisible=skip_invisible,
         )
     else:
         raise ValueError(f"kind must be one of {MAE_VIEWS}, got {kind!r}")

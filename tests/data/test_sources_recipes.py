@@ -9,6 +9,7 @@ import argparse
 import inspect
 import io
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +27,8 @@ from ssl_cropmix.data.sources import (
     source_from_flat,
 )
 from data_fixtures import make_tree
+
+REPO = Path(__file__).resolve().parents[2]
 
 SOURCES = [ImageFolderSource, DemoSource, CIFAR10Source, CIFAR100Source, STL10Source, ShardsSource]
 RECIPES = [MoCoViews, MAEViews, SupervisedViews]
@@ -86,6 +89,7 @@ def test_parts_validate_their_arguments_naming_them(tmp_path):
     ImageFolderSource("/data/imagenet", val_split=None, on_bad_image="raise"), DemoSource(), CIFAR100Source(download=True),
     STL10Source(train_split="train+unlabeled"), ShardsSource("s3://bucket/shards", cache_dir="/tmp/c"),
     MoCoViews("scalemix", "device", 96), MoCoViews("contrastive", "device", device_colour_kernel="eager"), MAEViews("rrc"), SupervisedViews("rrc", crop_scale=(0.25, 1.0), random_erasing=0.25),
+    MoCoViews("cropmix", skip_invisible=False), MAEViews(skip_invisible=False),
 ], ids=repr)
 def test_config_round_trips_and_is_plain_data(part, tmp_path):
     base = Source if isinstance(part, Source) else ViewRecipe
@@ -107,6 +111,45 @@ def test_device_colour_kernel_reaches_the_device_views_and_is_checked():
         MoCoViews(augment_on="device", device_colour_kernel="triton")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="device_colour_kernel is for augment_on='device'.*augment_on='workers'"):
         MAEViews(device_colour_kernel="eager")
+
+
+def _cropmixes(transform) -> list:
+    from ssl_cropmix.transforms import CropMix
+
+    found, todo = [], [transform]
+    while todo:
+        t = todo.pop()
+        if isinstance(t, CropMix):
+            found.append(t)
+        todo += [getattr(t, a) for a in ("query", "key") if hasattr(t, a)] + list(getattr(t, "transforms", []))
+    return found
+
+
+def test_skip_invisible_reaches_the_worker_views_and_is_checked(tmp_path, monkeypatch):
+    """The recipes' ``skip_invisible`` is what their Mixup CropMix views use (default True);
+    ``False`` is refused where nothing would use it; the CLI takes it."""
+    from ssl_cropmix.cli import cli_main
+
+    for recipe, n in ((MoCoViews("cropmix"), 2), (MAEViews("cropmix_mixup"), 1)):  # BySourceSize: two CropMix
+        for skip in (True, False):
+            r = type(recipe)(**{**recipe.init_args(), "skip_invisible": skip})
+            found = _cropmixes(r.worker_transform(32, True, (0.5,) * 3, (0.25,) * 3))
+            assert len(found) == n and all(c.skip_invisible is skip for c in found)
+    with pytest.raises(ValueError, match=r"skip_invisible=False is for the worker path's Mixup CropMix.*query='contrastive'"):
+        MoCoViews("contrastive", skip_invisible=False)
+    with pytest.raises(ValueError, match=r"skip_invisible=False is for.*augment_on='device'"):
+        MoCoViews("cropmix", "device", skip_invisible=False)
+    with pytest.raises(ValueError, match=r"skip_invisible=False is for.*kind='rrc'"):
+        MAEViews("rrc", skip_invisible=False)
+    with pytest.raises(TypeError, match="skip_invisible must be a bool, got 'no'"):
+        MAEViews(skip_invisible="no")  # type: ignore[arg-type]
+    monkeypatch.chdir(tmp_path)
+    cli = cli_main(["--config", str(REPO / "configs" / "smoke" / "moco_demo_cpu.yaml"), "--data.views.query=cropmix",
+                    "--data.views.skip_invisible=false", f"--trainer.default_root_dir={tmp_path}"], run=False)
+    cli.datamodule.setup("fit")
+    views = cli.datamodule.views
+    assert views.skip_invisible is False
+    assert [c.skip_invisible for c in _cropmixes(views.worker_transform(32, True, (0.5,) * 3, (0.25,) * 3))] == [False] * 2
 
 
 def test_build_part_refuses_classes_outside_the_data_package():
