@@ -59,14 +59,7 @@ PIPELINES = ("lightly", "plain", "cropmix", "scalemix", "contrastive")
 
 def make_transform(name: str, size: int):
     if name == "cropmix_every_crop":
-        from ssl_cropmix.transforms import CropMix
-
-        views = moco_views("cropmix", size)
-        for t in [views.query, *getattr(views.query, "transforms", [])]:
-            for c in [t, *getattr(t, "transforms", [])]:
-                if isinstance(c, CropMix):
-                    c.skip_invisible = False
-        return views
+        return moco_views("cropmix", size, skip_invisible=False)
     if name == "lightly":
         from lightly.transforms import MoCoV2Transform
 
