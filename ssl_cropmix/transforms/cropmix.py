@@ -634,10 +634,10 @@ class CropMix(Transform):
                 return self.apply_pil(inpt, params["params"], as_pil=self.keep_pil)
             # convert only the union of the crop boxes when it is small
             p = params["params"]
-            w = self._visible_weights(p, self.output_dtype is None)
-            shown = p.boxes if w is None else [p.boxes[i] for i, wk in zip(p.order, w) if wk > 0]
-            region, top, left = _covering_region(inpt, shown)
-            out = self.apply(CF.pil_to_uint8(region), p, origin=(top, left))
+            visible = self._visible_crops(p, self.output_dtype is None)
+            order = p.order if visible is None else visible[0]
+            region, top, left = _covering_region(inpt, [p.boxes[i] for i in order])
+            out = self._apply(CF.pil_to_uint8(region), p, (top, left), visible)
             return CF.uint8_to_pil(out) if self.keep_pil else out
         if isinstance(inpt, tv_tensors.Image):
             out = self.apply(inpt.as_subclass(torch.Tensor), params["params"])
@@ -663,13 +663,16 @@ class CropMix(Transform):
             raise ValueError(f"image must be a (C, H, W) tensor, got shape {tuple(image.shape)}")
         if not (image.dtype == torch.uint8 or image.is_floating_point()):
             raise TypeError(f"image must be uint8 or floating point, got dtype {image.dtype}")
+        visible = self._visible_crops(params, image.dtype == torch.uint8 and self.output_dtype is None)
+        return self._apply(image, params, origin, visible)
+
+    def _apply(self, image: torch.Tensor, params: CropMixParams, origin: tuple[int, int],
+               visible: tuple[list[int], list[float]] | None) -> torch.Tensor:
+        """:meth:`apply` with :meth:`_visible_crops` already known (``None``: every crop)."""
         oy, ox = origin
         ih, iw = image.shape[-2:]
-        w = self._visible_weights(params, image.dtype == torch.uint8 and self.output_dtype is None)
         crops = []
-        for k, i in enumerate(params.order):
-            if w is not None and w[k] == 0:
-                continue  # invisible in the rounded output: not cut, not resized
+        for i in params.order if visible is None else visible[0]:  # invisible crops: not cut, not resized
             b = params.boxes[i]
             box = (b.top - oy, b.left - ox, b.height, b.width)
             if box[0] < 0 or box[1] < 0 or box[0] + box[2] > ih or box[1] + box[3] > iw:
@@ -678,20 +681,22 @@ class CropMix(Transform):
                     f"(params were sampled for image_size {params.image_size})"
                 )
             crops.append(CF.resized_crop(image, box, self.size, self.interpolation, self.antialias))
-        if w is not None:
-            return self._mixup_sum(crops, [wk for wk in w if wk > 0], image.dtype)
+        if visible is not None:
+            return self._mixup_sum(crops, visible[1], image.dtype)
         if self.view_transform is not None:
             crops = [_as_tensor(self.view_transform(c)) for c in crops]
         return self._fold(crops, params.steps, image.dtype)
 
-    def _visible_weights(self, params: CropMixParams, rounded: bool) -> list[float] | None:
-        """The fold-order Mixup weights with the invisible crops at 0
-        (:func:`~ssl_cropmix.transforms.functional.visible_fold_weights`) when ``skip_invisible``
-        applies to ``params`` and an output ``rounded`` to uint8, else ``None`` (render every crop)."""
+    def _visible_crops(self, params: CropMixParams, rounded: bool) -> tuple[list[int], list[float]] | None:
+        """``(box indices, weights)``, in fold order, of the Mixup crops that can show in an
+        output ``rounded`` to uint8 (:func:`~ssl_cropmix.transforms.functional.visible_fold_weights`),
+        when ``skip_invisible`` applies to ``params``; else ``None``: render every crop."""
         if not (rounded and self.skip_invisible and self.mixing == "mixup" and self.intermediate is None
                 and self.view_transform is None and params.steps and all(s.kind == "mixup" for s in params.steps)):
             return None
-        return CF.visible_fold_weights(CF.mixup_fold_weights([s.lam for s in params.steps]))
+        w = CF.visible_fold_weights(CF.mixup_fold_weights([s.lam for s in params.steps]))
+        kept = [(i, wk) for i, wk in zip(params.order, w) if wk > 0]
+        return [i for i, _ in kept], [wk for _, wk in kept]
 
     def _pil_path_channels(self, image: PIL.Image.Image, method: str, as_pil: bool) -> int:
         """Channels of an image that ``method`` (the PIL / NumPy paths) accepts, or raise."""
@@ -715,8 +720,9 @@ class CropMix(Transform):
         * Mixup is one weighted sum over the ``n`` views' bytes
           (:func:`~ssl_cropmix.transforms.functional.mixup_fold_weights`; with
           ``skip_invisible`` and a uint8 output only the visible crops are cut and resized,
-          and a single visible crop is returned as is), equal to the tensor fold up to float rounding, computed in NumPy (a 32-px image is too small
-          to amortise torch's per-op overhead);
+          and a single visible crop is returned as is), equal to the tensor fold up to float
+          rounding, computed in NumPy (a 32-px image is too small to amortise torch's per-op
+          overhead);
         * CutMix pastes the box with ``PIL.Image.paste`` (exact pixels).
 
         Otherwise the tensor fold runs on the uint8 views.
@@ -733,12 +739,11 @@ class CropMix(Transform):
         c = self._pil_path_channels(image, "apply_pil", as_pil)
         oh, ow = self.size
         resample = _PIL_RESAMPLE[self.interpolation]
-        visible = self._visible_weights(params, self.output_dtype is None)
-        order = params.order if visible is None else [i for i, wk in zip(params.order, visible) if wk > 0]
+        visible = self._visible_crops(params, self.output_dtype is None)
         # crop() first: resize(box=...) would let the filter read pixels outside the box
         views: list[Any] = [
             image.crop((b.left, b.top, b.left + b.width, b.top + b.height)).resize((ow, oh), resample)
-            for b in (params.boxes[i] for i in order)
+            for b in (params.boxes[i] for i in (params.order if visible is None else visible[0]))
         ]
         if self.view_transform is not None:
             if self.keep_pil:
@@ -755,15 +760,12 @@ class CropMix(Transform):
         )
         if pil_fold and self.mixing == "mixup":
             n = len(views)
-            if n == 1 and self.output_dtype is None:  # one visible crop: weight ~1, the crop itself
+            if n == 1:  # one visible crop (uint8 output): weight 1 up to rounding, the crop itself
                 return views[0] if as_pil else CF.pil_to_uint8(views[0]).contiguous()
             # float32 on both sides: a uint8 operand would send ``@`` to NumPy's generic
             # mixed-type loop instead of BLAS (about 2x slower at 32 px)
             x = np.ndarray((n, oh * ow * c), np.uint8, b"".join([v.tobytes() for v in views])).astype(np.float32)
-            if visible is None:
-                fold = CF.mixup_fold_weights([s.lam for s in params.steps])
-            else:
-                fold = [wk for wk in visible if wk > 0]
+            fold = CF.mixup_fold_weights([s.lam for s in params.steps]) if visible is None else visible[1]
             w = np.array(fold, dtype=np.float32)
             if self.output_dtype is not None:  # the unrounded fold, in [0, 1]
                 y = (w * np.float32(1.0 / 255.0)) @ x
@@ -814,10 +816,9 @@ class CropMix(Transform):
             raise ValueError("apply_numpy mixes with Mixup only; params hold other mixing steps")
         bicubic = self.interpolation == InterpolationMode.BICUBIC
         # bicubic products may overshoot [0, 255] before the final clip: render every crop
-        visible = self._visible_weights(params, self.output_dtype is None and not bicubic)
-        w = CF.mixup_fold_weights([s.lam for s in params.steps]) if visible is None else visible
-        boxes = [params.boxes[i] for i, wk in zip(params.order, w) if visible is None or wk > 0]
-        w = [wk for wk in w if visible is None or wk > 0]
+        visible = self._visible_crops(params, self.output_dtype is None and not bicubic)
+        order, w = (params.order, CF.mixup_fold_weights([s.lam for s in params.steps])) if visible is None else visible
+        boxes = [params.boxes[i] for i in order]
         region, top, left = _covering_region(image, boxes)
         x = np.ndarray((region.height, region.width, c), np.uint8, region.tobytes())
         y = CF.mixup_resized_crops(

@@ -8,8 +8,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -22,24 +20,15 @@ def _module():
 
 
 def test_tiles_rows_and_the_every_crop_pipeline(capsys):
+    from ssl_cropmix.data.device_views import _find
     from ssl_cropmix.transforms import CropMix
 
     mod = _module()
-
-    def cropmixes(views):
-        return [c for t in [views.query, *views.query.transforms] for c in [t, *getattr(t, "transforms", [])]
-                if isinstance(c, CropMix)]
-
-    every = cropmixes(mod.make_transform("cropmix_every_crop", 32))
-    default = cropmixes(mod.make_transform("cropmix", 32))
-    assert len(every) == len(default) == 2  # BySourceSize: the PIL and the tensor backend
-    assert [c.skip_invisible for c in every] == [False, False] and [c.skip_invisible for c in default] == [True, True]
-    threads = torch.get_num_threads()
-    try:  # the script sets one torch thread for its process: give the session its threads back
-        assert mod.main(["--quick", "--datasets", "tiles", "--pipelines", "plain,cropmix,cropmix_every_crop",
-                         "--num-workers", "0"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert _find(mod.make_transform("cropmix_every_crop", 32).query, CropMix).skip_invisible is False
+    assert _find(mod.make_transform("cropmix", 32).query, CropMix).skip_invisible is True
+    # main() sets one torch thread for the process; conftest's _restore_torch_threads undoes it
+    assert mod.main(["--quick", "--datasets", "tiles", "--pipelines", "plain,cropmix,cropmix_every_crop",
+                     "--num-workers", "0"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiles | 32 |")]
     assert [r.split("|")[3].strip() for r in rows] == ["plain", "cropmix", "cropmix_every_crop"]
     assert rows[0].split("|")[5].strip() == "1.00x"

@@ -432,17 +432,35 @@ def test_skipping_leaves_flat_images_float_outputs_and_other_mixings_unchanged()
             assert torch.equal(a, b), kw
 
 
-def test_every_backend_skips_within_a_level_of_its_full_fold():
+def test_every_backend_skips_within_a_level_of_its_full_fold(monkeypatch):
+    """PIL input through each backend: only the visible crops are resized (PIL ``resize``
+    calls, the NumPy products' boxes, the tensor path's ``resized_crop`` calls, counted), and
+    the output is within one level of the same backend's full fold."""
     from pil_images import noise_pil
 
+    resized = []
+    real_pil, real_numpy, real_tensor = Image.Image.resize, CF.mixup_resized_crops, CF.resized_crop
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: resized.append(1) or real_pil(self, *a, **k))
+    monkeypatch.setattr(CF, "mixup_resized_crops", lambda x, boxes, *a: resized.extend([1] * len(boxes)) or
+                        real_numpy(x, boxes, *a))
+    monkeypatch.setattr(CF, "resized_crop", lambda *a, **k: resized.append(1) or real_tensor(*a, **k))
     img = noise_pil(56, 64, seed=6)
     for backend in ("pil", "numpy", "tensor"):
         skip, full = (CropMix(16, num_crops=(2, 3, 4), output_dtype=None, backend=backend, skip_invisible=s)
                       for s in (True, False))
+        skipped = 0
         for seed in range(10):
             p = skip.sample_params((56, 64), torch.Generator().manual_seed(seed))
-            a, b = skip.transform(img, {"params": p}), full.transform(img, {"params": p})
+            visible = sum(w > 0 for w in CF.visible_fold_weights(_fold_weights_by_hand(p)))
+            resized.clear()
+            a = skip.transform(img, {"params": p})
+            assert len(resized) == visible, (backend, seed)
+            resized.clear()
+            b = full.transform(img, {"params": p})
+            assert len(resized) == p.num_crops, (backend, seed)
+            skipped += p.num_crops - visible
             assert a.dtype == b.dtype == torch.uint8
             assert (a.int() - b.int()).abs().max() <= 1, (backend, seed)
+        assert skipped >= 3, backend  # the case under test happened
     with pytest.raises(TypeError, match="skip_invisible must be a bool, got 'yes'"):
         CropMix(16, skip_invisible="yes")
